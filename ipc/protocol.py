@@ -1,0 +1,526 @@
+"""The wire protocol: every control message between clients, kernel and miniports.
+
+A frame is one msgpack array. Requests get exactly one reply:
+
+    request  [0, rid, op, [field, ...]]
+    ok       [1, rid, result]
+    error    [2, rid, status, message]
+    event    [3, 0,   op, [field, ...]]     one-way, never answered
+
+Each `op` is a small typed record (a frozen dataclass registered with
+`@message`); its fields travel positionally. `decode` checks the envelope and
+every field's type before anyone sees the record, so handlers only deal with
+well-typed values (range checks stay with the handler that knows the ranges).
+MIDI data never travels here: it goes through the shared-memory rings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, ClassVar, Final, TypeVar, Union, get_args, get_origin
+
+import msgpack
+
+from ipc.status import Status, StatusError
+
+PROTOCOL_VERSION: Final = 1
+MAX_FRAME: Final = 4 << 20
+MAX_STR: Final = 4096
+MAX_ITEMS: Final = 4096
+
+
+class Kind(IntEnum):
+    REQUEST = 0
+    OK = 1
+    ERROR = 2
+    EVENT = 3
+
+
+class ProtocolError(StatusError):
+    """A frame that does not decode. `rid` is set when the request id was readable."""
+
+    def __init__(self, message: str, rid: int | None = None) -> None:
+        super().__init__(Status.INVALID_PARAMETER, message)
+        self.rid = rid
+
+
+Checker = Callable[[Any], bool]
+_REGISTRY: dict[str, tuple[type[Any], tuple[Checker, ...], tuple[str, ...]]] = {}
+M = TypeVar("M")
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int and -(1 << 63) <= v < (1 << 64)
+
+
+def _checker(tp: Any) -> Checker:
+    if tp is Any:
+        return lambda v: True
+    if tp is int:
+        return _is_int
+    if tp is bool:
+        return lambda v: type(v) is bool
+    if tp is float:
+        return lambda v: type(v) in (float, int)
+    if tp is str:
+        return lambda v: type(v) is str and len(v) <= MAX_STR
+    if tp is bytes:
+        return lambda v: type(v) is bytes and len(v) <= MAX_FRAME
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = tuple(_checker(a) for a in get_args(tp))
+        return lambda v: any(c(v) for c in options)
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        item = _checker(item_tp)
+        return lambda v: type(v) is list and len(v) <= MAX_ITEMS and all(item(x) for x in v)
+    if origin is dict:
+        key_tp, value_tp = get_args(tp)
+        key, value = _checker(key_tp), _checker(value_tp)
+        return lambda v: (
+            type(v) is dict
+            and len(v) <= MAX_ITEMS
+            and all(key(k) and value(x) for k, x in v.items())
+        )
+    if tp is type(None):
+        return lambda v: v is None
+    raise TypeError(f"unsupported field type {tp!r}")
+
+
+def message(op: str) -> Callable[[type[M]], type[M]]:
+    """Register a dataclass as the record for `op`; its field types drive validation."""
+
+    def register(cls: type[M]) -> type[M]:
+        if op in _REGISTRY:
+            raise ValueError(f"duplicate op {op!r}")
+        hints = typing.get_type_hints(cls)
+        names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        _REGISTRY[op] = (cls, tuple(_checker(hints[n]) for n in names), names)
+        cls.OP = op  # type: ignore[attr-defined]
+        return cls
+
+    return register
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    rid: int
+    body: Any
+
+    @property
+    def op(self) -> str:
+        return str(self.body.OP)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    body: Any
+
+    @property
+    def op(self) -> str:
+        return str(self.body.OP)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    rid: int
+    ok: bool
+    result: Any = None
+    status: int = Status.SUCCESS
+    message: str = ""
+
+    def unwrap(self) -> Any:
+        """The result, or raise the StatusError the peer replied with."""
+        if not self.ok:
+            raise StatusError(self.status, self.message)
+        return self.result
+
+
+Frame = Request | Event | Reply
+
+
+def _fields(body: Any) -> list[Any]:
+    return [getattr(body, n) for n in _REGISTRY[body.OP][2]]
+
+
+def encode_request(rid: int, body: Any) -> bytes:
+    return msgpack.packb([Kind.REQUEST, rid, body.OP, _fields(body)])  # type: ignore[no-any-return]
+
+
+def encode_event(body: Any) -> bytes:
+    return msgpack.packb([Kind.EVENT, 0, body.OP, _fields(body)])  # type: ignore[no-any-return]
+
+
+def encode_ok(rid: int, result: Any = None) -> bytes:
+    return msgpack.packb([Kind.OK, rid, result])  # type: ignore[no-any-return]
+
+
+def encode_error(rid: int, status: int, message: str) -> bytes:
+    return msgpack.packb([Kind.ERROR, rid, int(status), message[:MAX_STR]])  # type: ignore[no-any-return]
+
+
+def encode_exception(rid: int, exc: BaseException) -> bytes:
+    """The one place that maps an exception to an error reply."""
+    if isinstance(exc, StatusError):
+        return encode_error(rid, exc.status, exc.message)
+    return encode_error(rid, Status.UNSUCCESSFUL, f"{type(exc).__name__}: {exc}")
+
+
+def decode(frame: bytes) -> Frame:
+    """Decode and validate one frame; raise ProtocolError for anything malformed."""
+    if len(frame) > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(frame)} bytes is larger than {MAX_FRAME}")
+    try:
+        obj = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise ProtocolError(f"not msgpack: {type(exc).__name__}") from exc
+    if type(obj) is not list or len(obj) < 3 or type(obj[0]) is not int:
+        raise ProtocolError("a frame is an array [kind, rid, ...]")
+    kind, rid = obj[0], obj[1]
+    if not _is_int(rid) or rid < 0:
+        raise ProtocolError("request id must be a non-negative integer")
+    if kind == Kind.OK and len(obj) == 3:
+        return Reply(rid, True, obj[2])
+    if kind == Kind.ERROR and len(obj) == 4 and _is_int(obj[2]) and type(obj[3]) is str:
+        return Reply(rid, False, None, obj[2] & 0xFFFFFFFF, obj[3])
+    if kind not in (Kind.REQUEST, Kind.EVENT) or len(obj) != 4:
+        raise ProtocolError(f"bad frame of kind {kind}", rid or None)
+    op, values = obj[2], obj[3]
+    entry = _REGISTRY.get(op) if type(op) is str else None
+    if entry is None:
+        raise ProtocolError(f"unknown operation {str(op)[:64]!r}", rid or None)
+    cls, checkers, names = entry
+    if type(values) is not list or len(values) != len(names):
+        raise ProtocolError(f"{op}: expected {len(names)} fields", rid or None)
+    for name, check, value in zip(names, checkers, values, strict=True):
+        if not check(value):
+            raise ProtocolError(f"{op}: field {name!r} has a bad type or size", rid or None)
+    body = cls(*values)
+    return Request(rid, body) if kind == Kind.REQUEST else Event(body)
+
+
+# Client -> kernel ("user mode").
+
+
+@message("hello")
+@dataclass(frozen=True, slots=True)
+class Hello:
+    pid: int
+    name: str
+    version: int = PROTOCOL_VERSION
+    OP: ClassVar[str]
+
+
+@message("list_filters")
+@dataclass(frozen=True, slots=True)
+class ListFilters:
+    OP: ClassVar[str]
+
+
+@message("pin_property")
+@dataclass(frozen=True, slots=True)
+class PinProperty:
+    filter: str
+    pin: int
+    property: str
+    OP: ClassVar[str]
+
+
+@message("open_pin")
+@dataclass(frozen=True, slots=True)
+class OpenPin:
+    filter: str
+    pin: int
+    format: dict[str, Any]
+    capacity: int
+    OP: ClassVar[str]
+
+
+@message("set_state")
+@dataclass(frozen=True, slots=True)
+class SetState:
+    handle: int
+    state: int
+    OP: ClassVar[str]
+
+
+@message("get_state")
+@dataclass(frozen=True, slots=True)
+class GetState:
+    handle: int
+    OP: ClassVar[str]
+
+
+@message("close_pin")
+@dataclass(frozen=True, slots=True)
+class ClosePin:
+    handle: int
+    OP: ClassVar[str]
+
+
+@message("stats")
+@dataclass(frozen=True, slots=True)
+class Stats:
+    OP: ClassVar[str]
+
+
+@message("goodbye")
+@dataclass(frozen=True, slots=True)
+class Goodbye:
+    """A client leaves: the kernel closes its pins and acknowledges."""
+
+    OP: ClassVar[str]
+
+
+# Kernel -> client events.
+
+
+@message("device_arrival")
+@dataclass(frozen=True, slots=True)
+class DeviceArrival:
+    filter: str
+    OP: ClassVar[str]
+
+
+@message("device_removal")
+@dataclass(frozen=True, slots=True)
+class DeviceRemoval:
+    filter: str
+    reason: str
+    OP: ClassVar[str]
+
+
+@message("pin_error")
+@dataclass(frozen=True, slots=True)
+class PinError:
+    handle: int
+    status: int
+    message: str
+    OP: ClassVar[str]
+
+
+@message("kernel_shutdown")
+@dataclass(frozen=True, slots=True)
+class KernelShutdown:
+    OP: ClassVar[str]
+
+
+# Miniport host -> kernel ("the bus").
+
+
+@message("register")
+@dataclass(frozen=True, slots=True)
+class Register:
+    device: str
+    pid: int
+    miniport: str
+    wants_service: bool
+    custom_intersection: bool
+    version: int = PROTOCOL_VERSION
+    OP: ClassVar[str]
+
+
+@message("heartbeat")
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    OP: ClassVar[str]
+
+
+@message("interrupt")
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    """The miniport's ISR called notify: service these groups (-1 = Notify(NULL))."""
+
+    groups: list[int]
+    OP: ClassVar[str]
+
+
+@message("group_new")
+@dataclass(frozen=True, slots=True)
+class GroupNew:
+    group: int
+    OP: ClassVar[str]
+
+
+@message("group_add_member")
+@dataclass(frozen=True, slots=True)
+class GroupAddMember:
+    """Add a member to a group: another group (`member_group`) or a miniport sink."""
+
+    group: int
+    member_group: int | None
+    sink: int | None
+    OP: ClassVar[str]
+
+
+@message("group_remove_member")
+@dataclass(frozen=True, slots=True)
+class GroupRemoveMember:
+    group: int
+    member_group: int | None
+    sink: int | None
+    OP: ClassVar[str]
+
+
+@message("group_request_service")
+@dataclass(frozen=True, slots=True)
+class GroupRequestService:
+    group: int
+    OP: ClassVar[str]
+
+
+@message("group_support_delayed")
+@dataclass(frozen=True, slots=True)
+class GroupSupportDelayed:
+    group: int
+    OP: ClassVar[str]
+
+
+@message("group_request_delayed")
+@dataclass(frozen=True, slots=True)
+class GroupRequestDelayed:
+    """`time` in 100 ns units: negative relative to now, positive absolute (shared clock)."""
+
+    group: int
+    time: int
+    OP: ClassVar[str]
+
+
+@message("group_cancel_delayed")
+@dataclass(frozen=True, slots=True)
+class GroupCancelDelayed:
+    group: int
+    OP: ClassVar[str]
+
+
+@message("group_release")
+@dataclass(frozen=True, slots=True)
+class GroupRelease:
+    group: int
+    OP: ClassVar[str]
+
+
+@message("register_service_group")
+@dataclass(frozen=True, slots=True)
+class RegisterServiceGroup:
+    group: int
+    OP: ClassVar[str]
+
+
+@message("stream_error")
+@dataclass(frozen=True, slots=True)
+class StreamError:
+    """A stream's write failed with a device error; its pending data is lost."""
+
+    stream: int
+    status: int
+    message: str
+    OP: ClassVar[str]
+
+
+@message("device_property")
+@dataclass(frozen=True, slots=True)
+class DeviceProperty:
+    property: int
+    length: int
+    OP: ClassVar[str]
+
+
+@message("registry")
+@dataclass(frozen=True, slots=True)
+class Registry:
+    """One registry operation on a key of the device's store (see kernel.registry)."""
+
+    key_type: int
+    path: str
+    action: str
+    name: str
+    value: Any
+    OP: ClassVar[str]
+
+
+# Kernel -> miniport host.
+
+
+@message("init")
+@dataclass(frozen=True, slots=True)
+class Init:
+    resources: dict[str, Any]
+    OP: ClassVar[str]
+
+
+@message("get_description")
+@dataclass(frozen=True, slots=True)
+class GetDescription:
+    OP: ClassVar[str]
+
+
+@message("data_range_intersection")
+@dataclass(frozen=True, slots=True)
+class DataRangeIntersection:
+    pin: int
+    client_format: dict[str, Any]
+    miniport_range: dict[str, Any]
+    OP: ClassVar[str]
+
+
+@message("new_stream")
+@dataclass(frozen=True, slots=True)
+class NewStream:
+    stream: int
+    pin: int
+    capture: bool
+    format: dict[str, Any]
+    channel: str
+    OP: ClassVar[str]
+
+
+@message("stream_set_state")
+@dataclass(frozen=True, slots=True)
+class StreamSetState:
+    stream: int
+    state: int
+    OP: ClassVar[str]
+
+
+@message("stream_set_format")
+@dataclass(frozen=True, slots=True)
+class StreamSetFormat:
+    stream: int
+    format: dict[str, Any]
+    OP: ClassVar[str]
+
+
+@message("close_stream")
+@dataclass(frozen=True, slots=True)
+class CloseStream:
+    stream: int
+    OP: ClassVar[str]
+
+
+@message("service")
+@dataclass(frozen=True, slots=True)
+class Service:
+    """The port's sink was serviced: call the miniport's `service()`."""
+
+    OP: ClassVar[str]
+
+
+@message("sink_service")
+@dataclass(frozen=True, slots=True)
+class SinkService:
+    """A group the kernel serviced had a miniport-side sink as member: call it."""
+
+    sink: int
+    OP: ClassVar[str]
+
+
+@message("unload")
+@dataclass(frozen=True, slots=True)
+class Unload:
+    OP: ClassVar[str]

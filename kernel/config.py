@@ -1,0 +1,153 @@
+"""The kernel's configuration: which devices the PnP manager starts, and its timings.
+
+Read from a TOML file (`portcls up config.toml`); without one, the built-in
+default needs no hardware: one loopback device.
+
+    [kernel]
+    heartbeat_interval = 1.0     # seconds between a miniport host's heartbeats
+    heartbeat_timeout = 5.0      # silence after which a miniport is declared hung
+    call_timeout = 5.0           # how long the kernel waits for a miniport's reply
+    ring_capacity = 65536        # default bytes per data ring
+
+    [[device]]
+    name = "loopback"            # the filter's name; unique
+    miniport = "loopback"        # a registered miniport or "module:Class"
+    options = { max_write = 3 } # constructor keyword arguments
+    resources = { io = [[0x330, 2]], irq = [9] }
+    properties = { friendly_name = "Loopback" }
+    restart = { limit = 5, window = 60.0, backoff = 0.2 }   # limit 0 = never restart
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ipc.status import Status, StatusError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def _config_error(message: str) -> StatusError:
+    return StatusError(Status.DEVICE_CONFIGURATION_ERROR, message)
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    limit: int = 5
+    window: float = 60.0
+    backoff: float = 0.2
+    max_backoff: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    name: str
+    miniport: str
+    options: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
+    restart: RestartPolicy = RestartPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class KernelConfig:
+    devices: tuple[DeviceConfig, ...]
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 5.0
+    call_timeout: float = 5.0
+    ring_capacity: int = 1 << 16
+
+
+DEFAULT = KernelConfig(devices=(DeviceConfig(name="loopback", miniport="loopback"),))
+
+
+def _number(table: dict[str, Any], key: str, default: float, low: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+        raise _config_error(f"{key} must be a number >= {low}")
+    return float(value)
+
+
+def _table(obj: dict[str, Any], key: str) -> dict[str, Any]:
+    value = obj.get(key, {})
+    if not isinstance(value, dict):
+        raise _config_error(f"{key} must be a table")
+    return value
+
+
+def parse(data: dict[str, Any]) -> KernelConfig:
+    """Validate a decoded TOML document; StatusError(DEVICE_CONFIGURATION_ERROR) if wrong."""
+    unknown = set(data) - {"kernel", "device"}
+    if unknown:
+        raise _config_error(f"unknown top-level keys: {sorted(unknown)}")
+    kernel = _table(data, "kernel")
+    devices = []
+    raw_devices = data.get("device", [])
+    if not isinstance(raw_devices, list):
+        raise _config_error("device must be an array of tables ([[device]])")
+    seen = set()
+    for raw in raw_devices:
+        if not isinstance(raw, dict):
+            raise _config_error("each [[device]] must be a table")
+        name, miniport = raw.get("name"), raw.get("miniport")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise _config_error(f"device name {name!r}: letters, digits, _ . - (max 64)")
+        if name in seen:
+            raise _config_error(f"device name {name!r} is used twice")
+        seen.add(name)
+        if not isinstance(miniport, str) or not miniport:
+            raise _config_error(f"device {name!r} needs a miniport")
+        extra = set(raw) - {"name", "miniport", "options", "resources", "properties", "restart"}
+        if extra:
+            raise _config_error(f"device {name!r}: unknown keys {sorted(extra)}")
+        restart = _table(raw, "restart")
+        limit = restart.get("limit", 5)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise _config_error(f"device {name!r}: restart.limit must be an int >= 0")
+        devices.append(
+            DeviceConfig(
+                name=name,
+                miniport=miniport,
+                options=_table(raw, "options"),
+                resources=_table(raw, "resources"),
+                properties=_table(raw, "properties"),
+                restart=RestartPolicy(
+                    limit=limit,
+                    window=_number(restart, "window", 60.0, 0.0),
+                    backoff=_number(restart, "backoff", 0.2, 0.0),
+                    max_backoff=_number(restart, "max_backoff", 5.0, 0.0),
+                ),
+            )
+        )
+    capacity = kernel.get("ring_capacity", 1 << 16)
+    if (
+        isinstance(capacity, bool)
+        or not isinstance(capacity, int)
+        or capacity < 4096
+        or capacity & (capacity - 1)
+    ):
+        raise _config_error("ring_capacity must be a power of two >= 4096")
+    return KernelConfig(
+        devices=tuple(devices),
+        heartbeat_interval=_number(kernel, "heartbeat_interval", 1.0, 0.01),
+        heartbeat_timeout=_number(kernel, "heartbeat_timeout", 5.0, 0.05),
+        call_timeout=_number(kernel, "call_timeout", 5.0, 0.05),
+        ring_capacity=capacity,
+    )
+
+
+def load(path: Path | None) -> KernelConfig:
+    """The configuration in `path`, or the built-in default when `path` is None."""
+    if path is None:
+        return DEFAULT
+    try:
+        with open(path, "rb") as f:
+            return parse(tomllib.load(f))
+    except tomllib.TOMLDecodeError as exc:
+        raise _config_error(f"{path}: {exc}") from exc
+    except OSError as exc:
+        raise _config_error(f"{path}: {exc.strerror}") from exc

@@ -1,0 +1,92 @@
+"""Service groups (IServiceGroup / IServiceSink), as PortCls defines them.
+
+`request_service()` queues the group's DPC once; requests made while it is
+queued coalesce into that one run. The DPC calls `request_service()` on every
+member in insertion order. A group is itself a sink, so groups nest.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ipc.runtime import now_100ns
+from ipc.status import Status, StatusError
+from kernel.dpc import Dpc, Scheduler, Timer
+
+
+class ServiceSink(Protocol):
+    """Anything a service group can call: the port, a stream, another group."""
+
+    def request_service(self) -> None: ...
+
+
+class ServiceGroup:
+    """A list of sinks serviced together from one DPC."""
+
+    def __init__(self, scheduler: Scheduler, name: str = "") -> None:
+        self.name = name
+        self._scheduler = scheduler
+        self._members: list[ServiceSink] = []
+        self._dpc = Dpc(self._service_members)
+        self._timer: Timer | None = None
+        self.requests = 0
+        self.runs = 0
+
+    @property
+    def members(self) -> tuple[ServiceSink, ...]:
+        return tuple(self._members)
+
+    def add_member(self, sink: ServiceSink) -> None:
+        """Append `sink`; it is serviced after the members added before it."""
+        if sink is self:
+            raise StatusError(Status.INVALID_PARAMETER, "a service group cannot contain itself")
+        self._members.append(sink)
+
+    def remove_member(self, sink: ServiceSink) -> None:
+        """Unlink `sink` (its first occurrence); unknown sinks are ignored, as in PortCls."""
+        for i, member in enumerate(self._members):
+            if member is sink:
+                del self._members[i]
+                return
+
+    def request_service(self) -> None:
+        """Queue the group's DPC (coalesces with a run already queued)."""
+        self.requests += 1
+        self._scheduler.queue_dpc(self._dpc)
+
+    def _service_members(self) -> None:
+        self.runs += 1
+        # A copy, so members added or removed during the run take effect next time.
+        for member in tuple(self._members):
+            member.request_service()
+
+    def support_delayed_service(self) -> None:
+        """Allocate the group's timer; required before `request_delayed_service`."""
+        if self._timer is None:
+            self._timer = Timer(Dpc(self.request_service))
+
+    def request_delayed_service(self, due_time: int) -> None:
+        """Service the group later: `due_time` in 100 ns, negative relative, positive absolute.
+
+        A new request replaces a pending one. Zero means "now".
+        """
+        if self._timer is None:
+            raise StatusError(
+                Status.INVALID_DEVICE_REQUEST,
+                "request_delayed_service before support_delayed_service",
+            )
+        due = now_100ns() - due_time if due_time < 0 else due_time
+        self._scheduler.set_timer(self._timer, due)
+
+    def cancel_delayed_service(self) -> bool:
+        """Cancel the pending delayed service; True if one was pending."""
+        return self._timer is not None and self._scheduler.cancel_timer(self._timer)
+
+    def release(self) -> None:
+        """Drop members, cancel the timer and any queued run (the group's owner went away)."""
+        self.cancel_delayed_service()
+        self._scheduler.remove_dpc(self._dpc)
+        self._members.clear()
+
+    def __repr__(self) -> str:
+        return f"<ServiceGroup {self.name or id(self):} members={len(self._members)}>"

@@ -1,0 +1,57 @@
+"""The portcls-emu client SDK. Start with `ksclient.connect()`."""
+
+from ipc.ks import DataFormat, DataRange, KsState
+from ksclient.client import (
+    CapturePin,
+    Client,
+    FilterInfo,
+    KernelEvent,
+    MidiMessage,
+    Pin,
+    PinInfo,
+    RenderPin,
+    connect,
+    now,
+)
+from ksclient.errors import (
+    BrokenError,
+    ClosedError,
+    DeviceError,
+    DeviceRemovedError,
+    InstancesExhaustedError,
+    InvalidStateError,
+    KernelGoneError,
+    KsError,
+    KsTimeoutError,
+    NoMatchError,
+    NotFoundError,
+    WouldBlock,
+)
+
+__all__ = [
+    "BrokenError",
+    "CapturePin",
+    "Client",
+    "ClosedError",
+    "DataFormat",
+    "DataRange",
+    "DeviceError",
+    "DeviceRemovedError",
+    "FilterInfo",
+    "InstancesExhaustedError",
+    "InvalidStateError",
+    "KernelEvent",
+    "KernelGoneError",
+    "KsError",
+    "KsState",
+    "KsTimeoutError",
+    "MidiMessage",
+    "NoMatchError",
+    "NotFoundError",
+    "Pin",
+    "PinInfo",
+    "RenderPin",
+    "WouldBlock",
+    "connect",
+    "now",
+]

@@ -1,0 +1,175 @@
+"""The asyncio flavour of the SDK: the same names, awaitable.
+
+    async with await ksclient.aio.connect() as kernel:
+        inp = await kernel.open_capture("loopback")
+        await inp.run()
+        msg = await inp.receive(timeout=1.0)
+
+Receiving waits on the pin's ring doorbell with `loop.add_reader`, so no thread
+is parked per pin; control requests (open, state, close) are short and run in
+a worker thread, one at a time per client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from ipc.ks import DataFormat
+from ksclient import errors
+from ksclient.client import (
+    DEFAULT_CAPACITY,
+    CapturePin,
+    Client,
+    FilterInfo,
+    KernelEvent,
+    MidiMessage,
+    RenderPin,
+    connect as sync_connect,
+)
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    def __init__(self, client: Client) -> None:
+        self.sync = client
+        self._lock = threading.Lock()
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        def locked() -> T:
+            with self._lock:
+                return fn(*args)
+
+        return await asyncio.to_thread(locked)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def filters(self) -> list[FilterInfo]:
+        return await self._run(self.sync.filters)
+
+    async def wait_for_filter(self, name: str, timeout: float = 10.0) -> FilterInfo:
+        return await self._run(self.sync.wait_for_filter, name, timeout)
+
+    async def next_event(self, timeout: float | None = None) -> KernelEvent:
+        return await self._run(self.sync.next_event, timeout)
+
+    async def open_render(
+        self, filter_id: str, pin: int | None = None, fmt: DataFormat | None = None,
+        capacity: int = DEFAULT_CAPACITY,
+    ) -> AsyncRenderPin:
+        return AsyncRenderPin(self, await self._run(
+            self.sync.open_render, filter_id, pin, fmt, capacity))
+
+    async def open_capture(
+        self, filter_id: str, pin: int | None = None, fmt: DataFormat | None = None,
+        capacity: int = DEFAULT_CAPACITY,
+    ) -> AsyncCapturePin:
+        return AsyncCapturePin(self, await self._run(
+            self.sync.open_capture, filter_id, pin, fmt, capacity))
+
+    async def close(self) -> None:
+        await self._run(self.sync.close)
+
+
+class _AsyncPin:
+    def __init__(self, client: AsyncClient, pin: RenderPin | CapturePin) -> None:
+        self.client = client
+        self.sync = pin
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def run(self) -> None:
+        await self.client._run(self.sync.run)
+
+    async def pause(self) -> None:
+        await self.client._run(self.sync.pause)
+
+    async def stop(self) -> None:
+        await self.client._run(self.sync.stop)
+
+    async def close(self) -> None:
+        await self.client._run(self.sync.close)
+
+
+class AsyncRenderPin(_AsyncPin):
+    sync: RenderPin
+
+    async def send(self, message: Any, at: int | None = None) -> None:
+        """Queue a message; waits (in a worker thread) only when the ring is full."""
+        try:
+            self.sync.send_nowait(message, at)
+        except errors.WouldBlock:
+            await self.client._run(self.sync.send, message, at)
+
+    async def send_many(self, messages: list[Any], at: int | None = None) -> None:
+        await self.client._run(self.sync.send_many, messages, at)
+
+
+class AsyncCapturePin(_AsyncPin):
+    sync: CapturePin
+
+    async def _readable(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        fd = self.sync._channel.data_fileno()
+        ready = loop.create_future()
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ready, timeout)
+        finally:
+            loop.remove_reader(fd)
+
+    async def receive(self, timeout: float | None = None) -> MidiMessage:
+        """The next message; KsTimeoutError after `timeout` seconds (None: forever)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            with contextlib.suppress(errors.WouldBlock):
+                return self.sync.receive_nowait()
+            if self.client._lock.acquire(blocking=False):
+                try:
+                    self.sync.client.pump_events()
+                finally:
+                    self.client._lock.release()
+            self.sync._check()
+            remaining = 0.25 if deadline is None else min(0.25, deadline - loop.time())
+            if remaining <= 0:
+                raise errors.KsTimeoutError("no MIDI message")
+            if self.sync._channel.prepare_to_sleep():
+                await self._readable(remaining)
+
+    def __aiter__(self) -> AsyncIterator[MidiMessage]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[MidiMessage]:
+        while True:
+            try:
+                yield await self.receive()
+            except (errors.ClosedError, errors.BrokenError):
+                return
+
+
+async def connect(
+    runtime_dir: str | Path | None = None, *, timeout: float = 5.0, name: str | None = None
+) -> AsyncClient:
+    """Connect to a kernel (see `ksclient.connect`)."""
+    client = await asyncio.to_thread(sync_connect, runtime_dir, timeout=timeout, name=name)
+    return AsyncClient(client)

@@ -1,0 +1,132 @@
+"""The `portcls` command: up, ls, demo. The CLI is just another client of the kernel."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import ksclient
+from ipc.ks import Communication, DataFlow
+from ipc.runtime import ENV_RUNTIME_DIR, runtime_base
+
+
+def _up(args: argparse.Namespace) -> int:
+    # `up` becomes the kernel process, so Ctrl-C and SIGTERM reach the kernel itself.
+    argv = [sys.executable, "-m", "kernel"]
+    if args.runtime:
+        argv += ["--runtime", str(args.runtime)]
+    if args.quiet:
+        argv.append("--quiet")
+    if args.config:
+        argv.append(str(args.config))
+    os.execv(sys.executable, argv)
+
+
+def _ls(args: argparse.Namespace) -> int:
+    with ksclient.connect(args.runtime, timeout=args.timeout) as client:
+        filters = client.filters()
+        if not filters:
+            print("no filters")
+        for f in filters:
+            print(f"{f.id}  (device {f.device}, subdevice {f.name})")
+            for pin in f.pins:
+                if pin.communication == Communication.NONE:
+                    kind = "bridge " + ("in" if pin.dataflow == DataFlow.IN else "out")
+                else:
+                    kind = "render" if pin.dataflow == DataFlow.IN else "capture"
+                limit = "unlimited" if pin.max_instances == 0xFFFFFFFF else pin.max_instances
+                ranges = len(pin.data_ranges)
+                print(
+                    f"  pin {pin.id}: {pin.name:<12} {kind:<10} instances {f.open_counts[pin.id]}"
+                    f"/{limit}  data ranges {ranges}"
+                )
+    return 0
+
+
+PHRASE = [
+    bytes([0x90, 60, 100]),
+    bytes([0x90, 64, 100]),
+    bytes([0x90, 67, 100]),
+    bytes([0xB0, 7, 90]),
+    bytes([0xF0, 0x7E, 0x7F, 0x06, 0x01, 0xF7]),
+    bytes([0xF8]),
+    bytes([0x80, 60, 0]),
+    bytes([0x80, 64, 0]),
+    bytes([0x80, 67, 0]),
+]
+
+
+def _start_kernel(runtime: Path, config: Path | None) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "kernel", "--quiet", "--runtime", str(runtime)]
+    if config:
+        argv.append(str(config))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("kernel") and "ready" in line:
+            return proc
+    proc.wait()
+    raise SystemExit(f"portcls demo: the kernel did not start (exit {proc.returncode})")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    runtime = Path(tempfile.mkdtemp(prefix="portcls-demo-", dir=runtime_base()))
+    os.rmdir(runtime)
+    kernel = _start_kernel(runtime, args.config)
+    try:
+        with ksclient.connect(runtime) as client:
+            f = client.wait_for_filter(args.filter)
+            print(f"filter {f.id}: {', '.join(p.name for p in f.pins if p.streaming)}")
+            with client.open_render(f.id) as out, client.open_capture(f.id) as inp:
+                inp.run()
+                out.run()
+                for data in PHRASE:
+                    sent = ksclient.now()
+                    out.send(data)
+                    msg = inp.receive(timeout=2.0)
+                    rtt = (ksclient.now() - sent) / 10
+                    print(f"  sent {data.hex(' '):<24} got {msg.data.hex(' '):<24} {rtt:8.0f} us")
+                    if msg.data != data:
+                        print("  MISMATCH", file=sys.stderr)
+                        return 1
+        print("demo ok: every message came back through kernel and loopback miniport")
+        return 0
+    finally:
+        kernel.send_signal(signal.SIGTERM)
+        try:
+            kernel.wait(10)
+        except subprocess.TimeoutExpired:
+            kernel.kill()
+            kernel.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="portcls", description="PortCls MIDI driver-model emulator")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run a kernel in the foreground (Ctrl-C stops it)")
+    up.add_argument("config", nargs="?", type=Path, help="TOML configuration")
+    up.add_argument("--runtime", type=Path, help=f"runtime directory (${ENV_RUNTIME_DIR})")
+    up.add_argument("--quiet", action="store_true")
+    ls = sub.add_parser("ls", help="list the filters and pins of a running kernel")
+    ls.add_argument("--runtime", type=Path)
+    ls.add_argument("--timeout", type=float, default=2.0)
+    demo = sub.add_parser("demo", help="start a kernel, loop a phrase through it, print the times")
+    demo.add_argument("config", nargs="?", type=Path)
+    demo.add_argument("--filter", default="loopback")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            return _up(args)
+        if args.command == "ls":
+            return _ls(args)
+        return _demo(args)
+    except ksclient.KsError as exc:
+        print(f"portcls: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,667 @@
+"""The client SDK: connect to a kernel, find filters, open pins, stream MIDI.
+
+    import ksclient
+    with ksclient.connect() as kernel:
+        with kernel.open_render("loopback") as out, kernel.open_capture("loopback") as inp:
+            inp.run(); out.run()
+            out.send([0x90, 60, 100])
+            print(inp.receive(timeout=1.0))
+
+Control requests (open, set_state, close) go to the kernel over ZeroMQ and
+get exactly one reply; MIDI travels through the pin's shared-memory ring.
+A client object and its pins belong to one thread (as a ZeroMQ socket does);
+`CapturePin.set_callback` runs its callback on a thread of its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, NamedTuple, Self
+
+import zmq
+
+from ipc import protocol as p
+from ipc.channel import ChannelReader, ChannelWriter
+from ipc.ks import (
+    Communication,
+    DataFlow,
+    DataFormat,
+    DataRange,
+    FilterDescriptor,
+    KsState,
+    PinDescriptor,
+)
+from ipc.rpc import RpcEndpoint, RpcTimeout
+from ipc.runtime import USER_SOCKET, default_runtime_dir, endpoint, kernel_alive, now_100ns
+from ipc.status import Status, StatusError
+from ksclient import errors
+
+FLAG_SYSEX: Final = 0x0001
+FLAG_SYSEX_MORE: Final = 0x0002
+FLAG_SYSEX_ABORTED: Final = 0x0004
+DEFAULT_CAPACITY: Final = 1 << 16
+CALL_TIMEOUT: Final = 10.0
+
+
+def now() -> int:
+    """The shared clock, in 100 ns units: what `send(at=...)` and timestamps use."""
+    return now_100ns()
+
+
+class MidiMessage(NamedTuple):
+    """A message from a capture pin: whole MIDI bytes and the ISR time (100 ns units).
+
+    A SysEx comes whole (F0 ... F7) unless it was cut short by another status
+    byte, in which case `aborted` is True.
+    """
+
+    data: bytes
+    timestamp: int
+    flags: int = 0
+
+    @property
+    def is_sysex(self) -> bool:
+        return bool(self.flags & FLAG_SYSEX)
+
+    @property
+    def aborted(self) -> bool:
+        return bool(self.flags & FLAG_SYSEX_ABORTED)
+
+    def to_mido(self) -> Any:
+        """This message as a `mido.Message` (needs mido installed)."""
+        import mido
+
+        return mido.Message.from_bytes(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class KernelEvent:
+    """Something the kernel told this client: kind is "arrival", "removal",
+    "pin_error" or "kernel_shutdown"."""
+
+    kind: str
+    filter: str = ""
+    reason: str = ""
+    handle: int = 0
+    status: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PinInfo:
+    """One pin of a filter, as its descriptor says."""
+
+    id: int
+    name: str
+    dataflow: DataFlow
+    communication: Communication
+    data_ranges: tuple[DataRange, ...]
+    max_instances: int
+    category: str
+
+    @property
+    def is_render(self) -> bool:
+        return self.streaming and self.dataflow == DataFlow.IN
+
+    @property
+    def is_capture(self) -> bool:
+        return self.streaming and self.dataflow == DataFlow.OUT
+
+    @property
+    def streaming(self) -> bool:
+        return self.communication in (Communication.SINK, Communication.BOTH)
+
+    @classmethod
+    def from_descriptor(cls, pin_id: int, d: PinDescriptor) -> PinInfo:
+        return cls(
+            pin_id,
+            d.name,
+            d.dataflow,
+            d.communication,
+            d.data_ranges,
+            min(d.max_global_instances, d.max_filter_instances),
+            d.category,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FilterInfo:
+    id: str
+    device: str
+    name: str
+    description: FilterDescriptor
+    open_counts: tuple[int, ...]
+
+    @property
+    def pins(self) -> list[PinInfo]:
+        return [PinInfo.from_descriptor(i, d) for i, d in enumerate(self.description.pins)]
+
+    def find_pin(self, capture: bool) -> int:
+        """The first streaming pin of the direction asked for."""
+        for pin in self.pins:
+            if pin.is_capture if capture else pin.is_render:
+                return pin.id
+        what = "capture" if capture else "render"
+        raise errors.NotFoundError(Status.OBJECT_NAME_NOT_FOUND, f"{self.id} has no {what} pin")
+
+
+def _to_bytes(message: Any) -> bytes:
+    if isinstance(message, bytes):
+        return message
+    if isinstance(message, (bytearray, memoryview)):
+        return bytes(message)
+    to_bytes = getattr(message, "bytes", None)
+    if callable(to_bytes):  # a mido.Message
+        return bytes(to_bytes())
+    try:
+        return bytes(message)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"cannot send {type(message).__name__} as MIDI bytes") from exc
+
+
+class Client:
+    """A connection to one kernel. Use `connect()` to make one."""
+
+    def __init__(self, runtime_dir: Path, timeout: float, name: str) -> None:
+        self.runtime_dir = runtime_dir
+        self.name = name
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self._rpc = RpcEndpoint(self._ctx, endpoint(runtime_dir, USER_SOCKET))
+        self._pins: dict[int, Pin] = {}
+        self._events: collections.deque[KernelEvent] = collections.deque()
+        self._callbacks: list[Callable[[KernelEvent], None]] = []
+        self._broken: errors.KsError | None = None
+        self._closed = False
+        deadline = time.monotonic() + timeout
+        while not (runtime_dir / USER_SOCKET).exists():
+            if time.monotonic() >= deadline:
+                self.close()
+                raise errors.KernelGoneError(f"no kernel is running in {runtime_dir}")
+            time.sleep(0.01)
+        try:
+            self.kernel_pid = int(
+                self._call(p.Hello(os.getpid(), name), max(0.1, deadline - time.monotonic()))[
+                    "kernel_pid"
+                ]
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _check(self) -> None:
+        if self._closed:
+            raise errors.ClosedError("the client is closed")
+        if self._broken is not None:
+            raise self._broken
+
+    def _call(self, body: Any, timeout: float = CALL_TIMEOUT) -> Any:
+        self._check()
+        try:
+            result = self._rpc.call(body, timeout)
+        except RpcTimeout as exc:
+            if not kernel_alive(self.runtime_dir):
+                self._broken = errors.KernelGoneError("the kernel is gone")
+                raise self._broken from exc
+            raise errors.KsTimeoutError(str(exc)) from exc
+        except StatusError as exc:
+            raise errors.wrap(exc) from None
+        finally:
+            self._dispatch_events()
+        return result
+
+    def _dispatch_events(self) -> None:
+        backlog = self._rpc.backlog
+        while backlog:
+            frame = backlog.popleft()
+            if not isinstance(frame, p.Event):
+                continue
+            body = frame.body
+            if isinstance(body, p.DeviceArrival):
+                event = KernelEvent("arrival", body.filter)
+            elif isinstance(body, p.DeviceRemoval):
+                event = KernelEvent("removal", body.filter, body.reason)
+            elif isinstance(body, p.PinError):
+                event = KernelEvent("pin_error", "", body.message, body.handle, body.status)
+                pin = self._pins.get(body.handle)
+                if pin is not None:
+                    pin._on_error(errors.from_status(body.status, body.message))
+            elif isinstance(body, p.KernelShutdown):
+                event = KernelEvent("kernel_shutdown")
+                self._broken = errors.KernelGoneError("the kernel shut down")
+                for pin in self._pins.values():
+                    pin._on_error(self._broken)
+            else:
+                continue
+            self._events.append(event)
+            for callback in tuple(self._callbacks):
+                callback(event)
+
+    def pump_events(self) -> None:
+        """Take in whatever the kernel sent (events) without blocking."""
+        if not self._closed:
+            self._rpc.receive_pending()
+            self._dispatch_events()
+
+    @property
+    def events_fileno(self) -> int:
+        """A descriptor that polls readable when kernel messages may be waiting."""
+        return int(self._rpc.socket.getsockopt(zmq.FD))
+
+    def next_event(self, timeout: float | None = None) -> KernelEvent:
+        """The next device arrival/removal or pin event; KsTimeoutError if none in time."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.pump_events()
+            if self._events:
+                return self._events.popleft()
+            self._check()
+            wait = 1000 if deadline is None else int((deadline - time.monotonic()) * 1000)
+            if wait <= 0:
+                raise errors.KsTimeoutError("no kernel event")
+            self._rpc.socket.poll(min(wait, 1000))
+
+    def on_event(self, callback: Callable[[KernelEvent], None]) -> None:
+        """Call `callback(event)` for each kernel event, from this client's thread."""
+        self._callbacks.append(callback)
+
+    def filters(self) -> list[FilterInfo]:
+        """Every published filter."""
+        return [
+            FilterInfo(
+                f["id"],
+                f["device"],
+                f["name"],
+                FilterDescriptor.from_wire(f["description"]),
+                tuple(f["open"]),
+            )
+            for f in self._call(p.ListFilters())
+        ]
+
+    def filter(self, name: str) -> FilterInfo:
+        for f in self.filters():
+            if f.id == name:
+                return f
+        raise errors.NotFoundError(Status.OBJECT_NAME_NOT_FOUND, f"no filter {name!r}")
+
+    def wait_for_filter(self, name: str, timeout: float = 10.0) -> FilterInfo:
+        """The filter `name`, waiting up to `timeout` seconds for it to arrive."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(errors.NotFoundError):
+                return self.filter(name)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise errors.KsTimeoutError(f"filter {name!r} did not arrive in {timeout:g} s")
+            with contextlib.suppress(errors.KsTimeoutError):
+                self.next_event(min(remaining, 0.5))
+
+    def pin_property(self, filter_id: str, pin: int, prop: str) -> Any:
+        """KSPROPERTY_PIN_xxx by name: ctypes, dataflow, communication, dataranges,
+        cinstances, globalcinstances, necessaryinstances, name, category."""
+        return self._call(p.PinProperty(filter_id, pin, prop))
+
+    def open_pin(
+        self,
+        filter_id: str,
+        pin: int,
+        fmt: DataFormat | None = None,
+        capacity: int = DEFAULT_CAPACITY,
+    ) -> RenderPin | CapturePin:
+        """Open pin `pin` of a filter with a data format (default: MIDI); it starts in STOP."""
+        fmt = fmt or DataFormat()
+        result = self._call(p.OpenPin(filter_id, pin, fmt.to_wire(), capacity))
+        handle, channel = int(result["handle"]), Path(result["channel"])
+        pin_obj: RenderPin | CapturePin
+        try:
+            if result["capture"]:
+                pin_obj = CapturePin(self, handle, filter_id, pin, ChannelReader.open(channel))
+            else:
+                pin_obj = RenderPin(self, handle, filter_id, pin, ChannelWriter.open(channel))
+        except BaseException:
+            with contextlib.suppress(errors.KsError):
+                self._call(p.ClosePin(handle))
+            raise
+        self._pins[handle] = pin_obj
+        return pin_obj
+
+    def open_render(
+        self, filter_id: str, pin: int | None = None, fmt: DataFormat | None = None,
+        capacity: int = DEFAULT_CAPACITY,
+    ) -> RenderPin:
+        """Open the filter's (first) render pin."""
+        if pin is None:
+            pin = self.filter(filter_id).find_pin(capture=False)
+        opened = self.open_pin(filter_id, pin, fmt, capacity)
+        if not isinstance(opened, RenderPin):
+            opened.close()
+            raise errors.KsError(Status.INVALID_PARAMETER, f"pin {pin} is not a render pin")
+        return opened
+
+    def open_capture(
+        self, filter_id: str, pin: int | None = None, fmt: DataFormat | None = None,
+        capacity: int = DEFAULT_CAPACITY,
+    ) -> CapturePin:
+        """Open the filter's (first) capture pin."""
+        if pin is None:
+            pin = self.filter(filter_id).find_pin(capture=True)
+        opened = self.open_pin(filter_id, pin, fmt, capacity)
+        if not isinstance(opened, CapturePin):
+            opened.close()
+            raise errors.KsError(Status.INVALID_PARAMETER, f"pin {pin} is not a capture pin")
+        return opened
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(p.Stats())
+        return result
+
+    def close(self) -> None:
+        """Close every pin, say goodbye (acknowledged), release the connection. Idempotent."""
+        if self._closed:
+            return
+        for pin in tuple(self._pins.values()):
+            with contextlib.suppress(errors.KsError):
+                pin.close()
+        if self._broken is None and hasattr(self, "kernel_pid"):
+            with contextlib.suppress(StatusError):
+                self._rpc.call(p.Goodbye(), 2.0)
+        self._closed = True
+        self._rpc.close()
+        self._ctx.term()
+
+
+class Pin:
+    """An open pin. Walk its state one step at a time, or use run()/pause()/stop()."""
+
+    def __init__(self, client: Client, handle: int, filter_id: str, pin_id: int) -> None:
+        self.client = client
+        self.handle = handle
+        self.filter_id = filter_id
+        self.pin_id = pin_id
+        self.state = KsState.STOP
+        self._closed = False
+        self._error: errors.KsError | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _on_error(self, error: errors.KsError) -> None:
+        if self._error is None or isinstance(error, errors.BrokenError):
+            self._error = error
+
+    def _check(self) -> None:
+        if self._closed:
+            raise errors.ClosedError("the pin is closed")
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def removed(self) -> bool:
+        return isinstance(self._error, errors.BrokenError)
+
+    def set_state(self, state: KsState) -> None:
+        """Move to `state`, which must be one step from the current state."""
+        self._check()
+        self.client._call(p.SetState(self.handle, int(state)))
+        self.state = KsState(state)
+        if self.state == KsState.STOP:
+            self._flushed()
+
+    def _flushed(self) -> None:
+        pass
+
+    def walk_to(self, target: KsState) -> None:
+        """Step through every state between the current one and `target`."""
+        while self.state != target:
+            step = 1 if target > self.state else -1
+            self.set_state(KsState(self.state + step))
+
+    def run(self) -> None:
+        self.walk_to(KsState.RUN)
+
+    def pause(self) -> None:
+        self.walk_to(KsState.PAUSE)
+
+    def stop(self) -> None:
+        self.walk_to(KsState.STOP)
+
+    def close(self) -> None:
+        """Close the pin (the kernel acknowledges); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.client._pins.pop(self.handle, None)
+        with contextlib.suppress(errors.KernelGoneError, errors.ClosedError):
+            if not self.client._closed:
+                self.client._call(p.ClosePin(self.handle))
+        self._close_channel()
+
+    def _close_channel(self) -> None:
+        pass
+
+    def statistics(self) -> dict[str, Any]:
+        for pin in self.client.stats()["pins"]:
+            if pin["handle"] == self.handle:
+                return dict(pin)
+        return {}
+
+
+class RenderPin(Pin):
+    """A pin the client writes MIDI to (KSPIN_DATAFLOW_IN)."""
+
+    def __init__(
+        self, client: Client, handle: int, filter_id: str, pin_id: int, channel: ChannelWriter
+    ) -> None:
+        super().__init__(client, handle, filter_id, pin_id)
+        self._channel = channel
+        self._chunk = channel.ring.max_payload
+
+    def _records(self, message: Any, at: int | None) -> list[tuple[int, int, bytes]]:
+        data = _to_bytes(message)
+        if not data:
+            raise ValueError("an empty message")
+        stamp = 0 if at is None else int(at)
+        if stamp < 0:
+            raise ValueError("at is a time on the shared clock (ksclient.now()), not negative")
+        chunk = self._chunk
+        return [(stamp, 0, data[i : i + chunk]) for i in range(0, len(data), chunk)]
+
+    def _ready(self) -> None:
+        self._check()
+        if self.state == KsState.STOP:
+            raise errors.InvalidStateError(
+                Status.INVALID_DEVICE_STATE, "the pin is in STOP; call run() first"
+            )
+
+    def send(self, message: Any, at: int | None = None, timeout: float | None = None) -> None:
+        """Queue one message (bytes, a list of ints or a mido.Message).
+
+        `at`: presentation time on the shared clock (`ksclient.now()` + delay in
+        100 ns units); None plays at once. Blocks while the ring is full, up to
+        `timeout` seconds (None: no limit). Events play in the order sent.
+        """
+        self.send_many([message], at, timeout)
+
+    def send_nowait(self, message: Any, at: int | None = None) -> None:
+        """Like send, but raise WouldBlock (sending nothing) if the ring has no room."""
+        self._ready()
+        records = self._records(message, at)
+        if len(records) > 1 or not self._channel.send(*records[0]):
+            if len(records) == 1:
+                self.client.pump_events()
+                self._check()
+                raise errors.WouldBlock("the render ring is full")
+            self.send_many([message], at)
+
+    def send_many(
+        self, messages: Iterable[Any], at: int | None = None, timeout: float | None = None
+    ) -> None:
+        """Queue several messages at once (one wake-up for the lot): the fast path."""
+        self._ready()
+        records: list[tuple[int, int, bytes]] = []
+        for message in messages:
+            records += self._records(message, at)
+        channel = self._channel
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while records:
+            sent = channel.send_many(records)
+            del records[:sent]
+            if not records:
+                return
+            self.client.pump_events()
+            self._check()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise errors.KsTimeoutError(f"{len(records)} records could not be queued")
+            wait = 0.25 if remaining is None else min(0.25, remaining)
+            channel.wait_for_space(len(records[0][2]), wait)
+
+    def _close_channel(self) -> None:
+        self._channel.close()
+
+
+class CapturePin(Pin):
+    """A pin the client reads MIDI from (KSPIN_DATAFLOW_OUT)."""
+
+    def __init__(
+        self, client: Client, handle: int, filter_id: str, pin_id: int, channel: ChannelReader
+    ) -> None:
+        super().__init__(client, handle, filter_id, pin_id)
+        self._channel = channel
+        self._ready: collections.deque[MidiMessage] = collections.deque()
+        self._sysex = bytearray()
+        self._sysex_time = 0
+        self._poller = zmq.Poller()
+        self._poller.register(channel.data_fileno(), zmq.POLLIN)
+        self._poller.register(client._rpc.socket, zmq.POLLIN)
+        self._callback_thread: threading.Thread | None = None
+        self._callback_stop = threading.Event()
+
+    @property
+    def dropped(self) -> int:
+        """Messages the kernel had to drop because this pin's ring was full."""
+        return self._channel.ring.dropped
+
+    def _flushed(self) -> None:
+        self._ready.clear()
+        self._sysex.clear()
+        self._channel.discard_all()
+
+    def _fill(self) -> bool:
+        records = self._channel.receive_many(1024)
+        for timestamp, flags, data in records:
+            if flags & FLAG_SYSEX:
+                if not self._sysex:
+                    self._sysex_time = timestamp
+                self._sysex += data
+                if flags & FLAG_SYSEX_MORE:
+                    continue
+                data, timestamp = bytes(self._sysex), self._sysex_time
+                self._sysex.clear()
+            self._ready.append(MidiMessage(data, timestamp, flags & ~FLAG_SYSEX_MORE))
+        return bool(self._ready)
+
+    def receive_nowait(self) -> MidiMessage:
+        """The next message, or WouldBlock if none is waiting."""
+        if self._ready or self._fill():
+            return self._ready.popleft()
+        self._check()
+        raise errors.WouldBlock("no message waiting")
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        """True when a message can be received without blocking (waits up to `timeout`)."""
+        if self._ready or self._fill():
+            return True
+        self._check()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._channel.prepare_to_sleep():
+                remaining = 1.0 if deadline is None else deadline - time.monotonic()
+                if remaining > 0:
+                    self._poller.poll(max(1, int(min(remaining, 1.0) * 1000)))
+                self.client.pump_events()
+            if self._fill():
+                return True
+            self._check()
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    def receive(self, timeout: float | None = None) -> MidiMessage:
+        """The next message, waiting up to `timeout` seconds (None: forever).
+
+        KsTimeoutError when nothing came; DeviceRemovedError if the device went away.
+        """
+        if not self.poll(timeout):
+            raise errors.KsTimeoutError("no MIDI message")
+        return self._ready.popleft()
+
+    def __iter__(self) -> Iterator[MidiMessage]:
+        """Messages as they come, until the pin is closed or broken."""
+        while True:
+            try:
+                yield self.receive()
+            except (errors.ClosedError, errors.BrokenError):
+                return
+
+    def set_callback(self, callback: Callable[[MidiMessage], None] | None) -> None:
+        """Call `callback(message)` on a background thread for each message; None stops it.
+
+        The thread only reads the ring; do not call this pin's other methods meanwhile.
+        """
+        if self._callback_thread is not None:
+            self._callback_stop.set()
+            self._callback_thread.join()
+            self._callback_thread = None
+        if callback is None:
+            return
+        self._callback_stop.clear()
+
+        def deliver() -> None:
+            while not self._callback_stop.is_set():
+                if self._ready or self._fill():
+                    while self._ready:
+                        callback(self._ready.popleft())
+                    continue
+                if self._channel.prepare_to_sleep():
+                    self._channel.wait(0.1)
+
+        self._callback_thread = threading.Thread(target=deliver, daemon=True)
+        self._callback_thread.start()
+
+    def close(self) -> None:
+        self.set_callback(None)
+        super().close()
+
+    def _close_channel(self) -> None:
+        self._channel.close()
+
+
+def connect(
+    runtime_dir: str | os.PathLike[str] | None = None,
+    *,
+    timeout: float = 5.0,
+    name: str | None = None,
+) -> Client:
+    """Connect to the kernel in `runtime_dir` (default: $PORTCLS_RUNTIME_DIR, else the
+    per-user default), waiting up to `timeout` seconds for it to answer."""
+    directory = Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
+    return Client(directory, timeout, name or f"pid{os.getpid()}")

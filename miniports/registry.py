@@ -1,0 +1,55 @@
+"""Finding miniport classes: built-ins, the `portcls.miniports` entry points, `module:Class`.
+
+Imports happen only when a miniport is asked for, so a miniport whose optional
+dependency is missing fails with a clear "not available" error, and only then.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Final
+
+from ipc.status import Status, StatusError
+from miniports.base import MiniportMidi
+
+ENTRY_POINT_GROUP: Final = "portcls.miniports"
+
+BUILTIN: Final[dict[str, str]] = {
+    "loopback": "miniports.loopback:LoopbackMiniport",
+}
+
+
+def available() -> dict[str, str]:
+    """Every miniport name that can be asked for, with the `module:Class` it names."""
+    found = dict(BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def _import(spec: str) -> type[MiniportMidi]:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise StatusError(Status.INVALID_PARAMETER, f"{spec!r} is not 'module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise StatusError(
+            Status.NOT_SUPPORTED, f"miniport {spec!r} is not available: {exc}"
+        ) from exc
+    cls = getattr(module, attr, None)
+    if not isinstance(cls, type) or not issubclass(cls, MiniportMidi):
+        raise StatusError(Status.INVALID_PARAMETER, f"{spec!r} is not a MiniportMidi subclass")
+    return cls
+
+
+def load(name: str) -> type[MiniportMidi]:
+    """The class for a registered name or a `module:Class` spec."""
+    if ":" in name:
+        return _import(name)
+    spec = available().get(name)
+    if spec is None:
+        known = ", ".join(sorted(available()))
+        raise StatusError(Status.OBJECT_NAME_NOT_FOUND, f"no miniport {name!r} (known: {known})")
+    return _import(spec)
