@@ -444,6 +444,19 @@ class Registry:
     OP: ClassVar[str]
 
 
+@message("batch")
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Events a miniport made in one callback, delivered together (encoded event frames).
+
+    The kernel handles them all before it runs a DPC, as the miniport's calls
+    all happen before a DPC can run on Windows.
+    """
+
+    events: list[bytes]
+    OP: ClassVar[str]
+
+
 # Kernel -> miniport host.
 
 

@@ -291,9 +291,22 @@ class Kernel:
         if isinstance(msg, p.Request):
             self.send_bus(identity, p.encode_ok(msg.rid, result))
 
+    def _bus_batch(self, conn: MiniportConnection, batch: p.Batch) -> None:
+        for frame in batch.events:
+            try:
+                msg = p.decode(frame)
+                if not isinstance(msg, p.Event) or isinstance(msg.body, p.Batch):
+                    raise StatusError(Status.INVALID_PARAMETER, "a batch holds plain events")
+                self._bus_message(conn, msg.body)
+            except StatusError:
+                conn.malformed += 1
+                self.stats["bus_rejected"] += 1
+
     def _bus_message(self, conn: MiniportConnection, body: Any) -> Any:
         port = conn.port
-        if isinstance(body, p.Interrupt):
+        if isinstance(body, p.Batch):
+            self._bus_batch(conn, body)
+        elif isinstance(body, p.Interrupt):
             self.stats["interrupts"] += 1
             if port is None:
                 raise StatusError(Status.INVALID_DEVICE_STATE, "interrupt before init")

@@ -109,6 +109,7 @@ class _RegistryKey(RegistryKey):
         self.host, self.key_type, self.path = host, key_type, path
 
     def _call(self, action: str, name: str = "", value: Any = None) -> Any:
+        self.host.flush_events()
         return self.host.rpc.call(p.Registry(self.key_type, self.path, action, name, value))
 
     def query_value(self, name: str) -> Any:
@@ -160,6 +161,7 @@ class MiniportHost(Port):
         self._thread = threading.get_ident()
         self._lock = threading.Lock()
         self._outbox: collections.deque[Any] = collections.deque()
+        self._events: list[bytes] = []
         self._irq_groups: set[int] = set()
         self._irq_time: int | None = None
         self._gids = iter(range(1, 1 << 62))
@@ -172,10 +174,10 @@ class MiniportHost(Port):
         self._kernel_fd: int | None = None
 
     def post(self, body: Any) -> None:
-        """Send an event to the kernel from any thread, in call order."""
+        """Queue an event for the kernel from any thread; sent in call order, in one batch
+        per callback (see `flush_events`)."""
         if threading.get_ident() == self._thread:
-            self._flush_outbox()
-            self.rpc.send_event(body)
+            self._events.append(p.encode_event(body))
             return
         with self._lock:
             self._outbox.append(body)
@@ -185,11 +187,21 @@ class MiniportHost(Port):
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"!")
 
-    def _flush_outbox(self) -> None:
-        while self._outbox:
+    def flush_events(self) -> None:
+        """Send what the miniport posted as one frame, before any reply or call."""
+        if self._outbox:
             with self._lock:
-                body = self._outbox.popleft()
-            self.rpc.send_event(body)
+                bodies = list(self._outbox)
+                self._outbox.clear()
+            self._events += [p.encode_event(b) for b in bodies]
+        events = self._events
+        if not events:
+            return
+        self._events = []
+        if len(events) == 1:
+            self.rpc.socket.send(events[0])
+        else:
+            self.rpc.send_event(p.Batch(events))
 
     def sink_id(self, sink: ServiceSink) -> int:
         key = id(sink)
@@ -219,12 +231,14 @@ class MiniportHost(Port):
         return group
 
     def get_device_property(self, prop: int, length: int) -> bytes:
+        self.flush_events()
         value = self.rpc.call(p.DeviceProperty(int(prop), int(length)))
         if not isinstance(value, bytes):
             raise StatusError(Status.UNSUCCESSFUL, "kernel sent a non-bytes property")
         return value
 
     def new_registry_key(self, key_type: int, path: str = "") -> RegistryKey:
+        self.flush_events()
         self.rpc.call(p.Registry(int(key_type), path, "create", "", None))
         return _RegistryKey(self, int(key_type), path)
 
@@ -253,15 +267,15 @@ class MiniportHost(Port):
                     if hs.retry_at is not None:
                         deadline = min(deadline, hs.retry_at)
                 timeout = max(0, int((deadline - now) * 1000 + 0.999))
-                if self._outbox or self._irq_groups or self.rpc.backlog:
+                if self._outbox or self._events or self._irq_groups or self.rpc.backlog:
                     timeout = 0
                 for sock, _ in self.poller.poll(timeout):
                     self._on_ready(sock)
-                self._flush_outbox()
+                self.flush_events()
                 self._handle_backlog()
                 now = time.monotonic()
                 if now >= next_beat:
-                    self.rpc.send_event(p.Heartbeat())
+                    self.post(p.Heartbeat())
                     next_beat = now + self.heartbeat
                     # Rescue a wake-up lost to store reordering (Python cannot fence).
                     for hs in list(self.streams.values()):
@@ -271,6 +285,7 @@ class MiniportHost(Port):
                         hs.retry_at = None
                         self._pump_render(hs)
                 self._service_interrupts()
+                self.flush_events()
         except MiniportFault:
             traceback.print_exc()
             return EXIT_MINIPORT_FAULT
@@ -310,11 +325,14 @@ class MiniportHost(Port):
                 try:
                     result = self._request(frame.body)
                 except StatusError as exc:
+                    self.flush_events()
                     self.rpc.reply_exception(frame.rid, exc)
                 except Exception as exc:
+                    self.flush_events()
                     self.rpc.reply_exception(frame.rid, exc)
                     raise MiniportFault(f"{frame.op} raised") from exc
                 else:
+                    self.flush_events()
                     self.rpc.reply(frame.rid, result)
             elif isinstance(frame, p.Event):
                 self._event(frame.body)
@@ -444,9 +462,7 @@ class MiniportHost(Port):
                 lost = len(hs.pending)
                 hs.pending.clear()
                 reader.discard_all()
-                self.rpc.send_event(
-                    p.StreamError(hs.sid, exc.status, f"{exc.message} ({lost} bytes lost)")
-                )
+                self.post(p.StreamError(hs.sid, exc.status, f"{exc.message} ({lost} bytes lost)"))
                 return
             except Exception as exc:
                 raise MiniportFault("write raised") from exc
@@ -471,7 +487,7 @@ class MiniportHost(Port):
                 try:
                     data = hs.stream.read(chunk)
                 except StatusError as exc:
-                    self.rpc.send_event(p.StreamError(hs.sid, exc.status, exc.message))
+                    self.post(p.StreamError(hs.sid, exc.status, exc.message))
                     return moved
                 except Exception as exc:
                     raise MiniportFault("read raised") from exc
@@ -508,7 +524,7 @@ class MiniportHost(Port):
         self._send_interrupt(groups)
 
     def _send_interrupt(self, groups: list[int]) -> None:
-        self.rpc.send_event(p.Interrupt(groups))
+        self.post(p.Interrupt(groups))
 
     def _shutdown(self) -> None:
         for hs in list(self.streams.values()):
