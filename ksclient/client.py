@@ -505,12 +505,15 @@ class RenderPin(Pin):
         """Like send, but raise WouldBlock (sending nothing) if the ring has no room."""
         self._ready()
         records = self._records(message, at)
-        if len(records) > 1 or not self._channel.send(*records[0]):
-            if len(records) == 1:
-                self.client.pump_events()
-                self._check()
-                raise errors.WouldBlock("the render ring is full")
-            self.send_many([message], at)
+        sent = self._channel.send_many(records)
+        if sent == len(records):
+            return
+        if sent == 0:
+            self.client.pump_events()
+            self._check()
+            raise errors.WouldBlock("the render ring is full")
+        # A message longer than one record is partly queued: finish it rather than cut it.
+        self.send_many([b"".join(r[2] for r in records[sent:])], at)
 
     def send_many(
         self, messages: Iterable[Any], at: int | None = None, timeout: float | None = None
@@ -567,6 +570,8 @@ class CapturePin(Pin):
         self._channel.discard_all()
 
     def _fill(self) -> bool:
+        if self._closed:
+            raise errors.ClosedError("the pin is closed")
         records = self._channel.receive_many(1024)
         for timestamp, flags, data in records:
             if flags & FLAG_SYSEX:
