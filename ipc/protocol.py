@@ -149,19 +149,19 @@ def _fields(body: Any) -> list[Any]:
 
 
 def encode_request(rid: int, body: Any) -> bytes:
-    return msgpack.packb([Kind.REQUEST, rid, body.OP, _fields(body)])  # type: ignore[no-any-return]
+    return msgpack.packb([Kind.REQUEST, rid, body.OP, _fields(body)])
 
 
 def encode_event(body: Any) -> bytes:
-    return msgpack.packb([Kind.EVENT, 0, body.OP, _fields(body)])  # type: ignore[no-any-return]
+    return msgpack.packb([Kind.EVENT, 0, body.OP, _fields(body)])
 
 
 def encode_ok(rid: int, result: Any = None) -> bytes:
-    return msgpack.packb([Kind.OK, rid, result])  # type: ignore[no-any-return]
+    return msgpack.packb([Kind.OK, rid, result])
 
 
 def encode_error(rid: int, status: int, message: str) -> bytes:
-    return msgpack.packb([Kind.ERROR, rid, int(status), message[:MAX_STR]])  # type: ignore[no-any-return]
+    return msgpack.packb([Kind.ERROR, rid, int(status), message[:MAX_STR]])
 
 
 def encode_exception(rid: int, exc: BaseException) -> bytes:

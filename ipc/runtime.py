@@ -64,7 +64,8 @@ def kernel_alive(directory: Path) -> bool:
         return False
     pid, created = entry
     try:
-        return abs(psutil.Process(pid).create_time() - created) < 0.01
+        started: float = psutil.Process(pid).create_time()
+        return abs(started - created) < 0.01
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 

@@ -370,7 +370,9 @@ class Kernel:
             problem = f"protocol version {reg.version}, kernel speaks {p.PROTOCOL_VERSION}"
         if problem is not None or device is None:
             self.stats["bus_rejected"] += 1
-            self.send_bus(identity, p.encode_error(rid, Status.INVALID_DEVICE_REQUEST, problem or ""))
+            self.send_bus(
+                identity, p.encode_error(rid, Status.INVALID_DEVICE_REQUEST, problem or "")
+            )
             return
         conn = MiniportConnection(self, reg.device, identity, reg.pid, reg)
         device.conn = conn

@@ -21,7 +21,8 @@ def describe(kernel: Kernel) -> str:
         if f is None:
             lines.append(f"  {device.config.name}: {device.state} {device.last_exit}".rstrip())
             continue
-        lines.append(f"  {f.fid} ({device.config.miniport}, pid {device.process.pid if device.process else '?'})")
+        pid = device.process.pid if device.process else "?"
+        lines.append(f"  {f.fid} ({device.config.miniport}, pid {pid})")
         for i, pin in enumerate(f.descriptor.pins):
             kind = "render" if pin.dataflow == 1 else "capture"
             if not pin.streaming:
@@ -32,8 +33,15 @@ def describe(kernel: Kernel) -> str:
 
 def main(argv: list[str] | None = None, prog: str = "python -m kernel") -> int:
     parser = argparse.ArgumentParser(prog=prog, description="Run the PortCls emulator's kernel.")
-    parser.add_argument("config", nargs="?", type=Path, help="TOML configuration (default: one loopback device)")
-    parser.add_argument("--runtime", type=Path, default=None, help="runtime directory (default: $PORTCLS_RUNTIME_DIR or /dev/shm/portcls-<uid>)")
+    parser.add_argument(
+        "config", nargs="?", type=Path, help="TOML configuration (default: one loopback device)"
+    )
+    parser.add_argument(
+        "--runtime",
+        type=Path,
+        default=None,
+        help="runtime directory (default: $PORTCLS_RUNTIME_DIR or /dev/shm/portcls-<uid>)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only warnings and errors")
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -109,10 +109,10 @@ class DeviceStore:
             return values[name.lower()][1]
         if action == "set":
             ok = (
-                isinstance(value, (int, str, bytes))
-                and not isinstance(value, bool)
-                or isinstance(value, list)
-                and all(isinstance(v, str) for v in value)
+                (isinstance(value, (int, str, bytes))
+                and not isinstance(value, bool))
+                or (isinstance(value, list)
+                and all(isinstance(v, str) for v in value))
             )
             if not ok:
                 raise StatusError(Status.INVALID_PARAMETER, "values are int, str, bytes or [str]")

@@ -30,6 +30,8 @@ from ksclient.client import (
     KernelEvent,
     MidiMessage,
     RenderPin,
+)
+from ksclient.client import (
     connect as sync_connect,
 )
 
@@ -130,7 +132,12 @@ class AsyncCapturePin(_AsyncPin):
         loop = asyncio.get_running_loop()
         fd = self.sync._channel.data_fileno()
         ready = loop.create_future()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, wake)
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ready, timeout)

@@ -106,7 +106,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="portcls", description="PortCls MIDI driver-model emulator")
+    parser = argparse.ArgumentParser(
+        prog="portcls", description="PortCls MIDI driver-model emulator"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run a kernel in the foreground (Ctrl-C stops it)")
     up.add_argument("config", nargs="?", type=Path, help="TOML configuration")

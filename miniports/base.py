@@ -240,7 +240,7 @@ class Port(ABC):
         """Open (creating) a key of the device's store; `key_type` is a RegistryKeyType."""
 
 
-class MiniportMidiStream(ABC):
+class MiniportMidiStream:
     """IMiniportMidiStream: one open stream, render or capture. Created in KSSTATE_STOP.
 
     The defaults of `read` and `write` reject the call with
@@ -318,8 +318,8 @@ class MiniportMidi(ABC):
         StatusError(INSUFFICIENT_RESOURCES) if the hardware has no stream left.
         """
 
-    def service(self) -> None:
+    def service(self) -> None:  # noqa: B027 - an optional hook; the default does nothing
         """Called when the port's sink is serviced (after a notify). Optional."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook; the default does nothing
         """The device is being unloaded; release the hardware."""

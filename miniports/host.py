@@ -392,9 +392,8 @@ class MiniportHost(Port):
             self._stream(body.stream).stream.set_format(DataFormat.from_wire(body.format))
             return None
         if isinstance(body, p.CloseStream):
-            hs = self.streams.pop(body.stream, None)
-            if hs is not None:
-                self._close_stream(hs)
+            if body.stream in self.streams:
+                self._close_stream(self.streams.pop(body.stream))
             return None
         if isinstance(body, p.Unload):
             self.running = False

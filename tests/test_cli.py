@@ -16,7 +16,7 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 def test_demo_runs_and_exits_zero() -> None:
-    result = subprocess.run(CLI + ["demo"], capture_output=True, text=True, env=ENV, timeout=60)
+    result = subprocess.run([*CLI, "demo"], capture_output=True, text=True, env=ENV, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "demo ok" in result.stdout
     assert result.stdout.count(" us") == 9
@@ -24,7 +24,7 @@ def test_demo_runs_and_exits_zero() -> None:
 
 def test_ls_lists_filters_and_pins(loopback_kernel) -> None:
     result = subprocess.run(
-        CLI + ["ls", "--runtime", str(loopback_kernel.runtime)],
+        [*CLI, "ls", "--runtime", str(loopback_kernel.runtime)],
         capture_output=True, text=True, env=ENV, timeout=30,
     )
     assert result.returncode == 0, result.stderr
@@ -34,7 +34,7 @@ def test_ls_lists_filters_and_pins(loopback_kernel) -> None:
 
 def test_ls_without_kernel_fails_clearly(runtime_dir: Path) -> None:
     result = subprocess.run(
-        CLI + ["ls", "--runtime", str(runtime_dir), "--timeout", "0.2"],
+        [*CLI, "ls", "--runtime", str(runtime_dir), "--timeout", "0.2"],
         capture_output=True, text=True, env=ENV, timeout=30,
     )
     assert result.returncode == 1 and "no kernel" in result.stderr
@@ -43,11 +43,11 @@ def test_ls_without_kernel_fails_clearly(runtime_dir: Path) -> None:
 def test_up_stops_cleanly_on_sigterm(runtime_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[[device]]\nname = 'x'\n")
-    result = subprocess.run(CLI + ["up", str(bad), "--runtime", str(runtime_dir)],
+    result = subprocess.run([*CLI, "up", str(bad), "--runtime", str(runtime_dir)],
                             capture_output=True, text=True, env=ENV, timeout=30)
     assert result.returncode == 2 and "needs a miniport" in result.stderr
     proc = subprocess.Popen(
-        CLI + ["up", "--runtime", str(runtime_dir)], stdout=subprocess.PIPE, text=True, env=ENV
+        [*CLI, "up", "--runtime", str(runtime_dir)], stdout=subprocess.PIPE, text=True, env=ENV
     )
     assert proc.stdout is not None
     banner = [proc.stdout.readline() for _ in range(3)]

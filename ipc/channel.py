@@ -1,0 +1,362 @@
+"""One direction of a data stream between two processes: a ring plus two doorbells.
+
+A channel named by a base path consists of three files next to each other:
+
+* ``<base>.ring``  -- the :class:`~ipc.ring.Ring` carrying the records;
+* ``<base>.data``  -- doorbell the producer rings when the consumer sleeps armed;
+* ``<base>.space`` -- doorbell the consumer rings when the producer waits for room.
+
+Whoever owns the channel makes the files with :func:`create_channel_files` and removes
+them with :func:`remove_channel_files`; the two ends open them with
+:meth:`ChannelWriter.open` and :meth:`ChannelReader.open`.
+
+Wake-ups are coalesced with the ring's armed flags: a side rings the other's doorbell
+only if that side announced it is about to sleep, so there is at most one wake-up per
+sleep however many records pass. The flag handshake cannot be fenced from Python, so a
+wake-up can in principle be lost; every wait therefore also times out after
+:attr:`safety_timeout` seconds at the latest and counts such rescues in
+``missed_wakeups`` (expected to stay 0). Event loops that poll the descriptors
+themselves should likewise never block longer than that without re-checking.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+from ipc.doorbell import Doorbell
+from ipc.ring import DEFAULT_CAPACITY, Buffer, Record, Ring
+
+__all__ = [
+    "SAFETY_TIMEOUT",
+    "ChannelReader",
+    "ChannelWriter",
+    "channel_paths",
+    "create_channel_files",
+    "remove_channel_files",
+]
+
+SAFETY_TIMEOUT: Final = 1.0
+"""Default longest single block (seconds) in the waiting helpers."""
+
+
+def channel_paths(base: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
+    """The ring, data-doorbell and space-doorbell paths of the channel at ``base``."""
+    b = Path(base)
+    return (
+        b.with_name(b.name + ".ring"),
+        b.with_name(b.name + ".data"),
+        b.with_name(b.name + ".space"),
+    )
+
+
+def create_channel_files(base: str | os.PathLike[str], capacity: int = DEFAULT_CAPACITY) -> None:
+    """Create the three files of a channel (mode 0600).
+
+    All or nothing: on failure (FileExistsError, ValueError for a bad capacity, ...)
+    the files this call made are removed again; files that existed are left alone.
+    """
+    ring_path, data_path, space_path = channel_paths(base)
+    made: list[Path] = []
+    try:
+        Ring.create(ring_path, capacity).close()
+        made.append(ring_path)
+        for path in (data_path, space_path):
+            Doorbell.create(path).close()
+            made.append(path)
+    except BaseException:
+        for path in made:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def remove_channel_files(base: str | os.PathLike[str]) -> None:
+    """Remove the channel's files; missing ones are ignored. Open ends keep working."""
+    for path in channel_paths(base):
+        path.unlink(missing_ok=True)
+
+
+def _poll_ms(seconds: float) -> int:
+    return max(0, math.ceil(seconds * 1000))
+
+
+class ChannelWriter:
+    """The producer end of a channel."""
+
+    ring: Ring
+    safety_timeout: float
+    wakeups_sent: int
+    """Times this end rang the data doorbell."""
+    space_wakeups_received: int
+    """Times a wait for room found the space doorbell rung."""
+    space_waits: int
+    """Times :meth:`wait_for_space` had to block."""
+    missed_wakeups: int
+    """Times the safety timeout found room that no wake-up announced."""
+
+    def __init__(self, ring: Ring, data_bell: Doorbell, space_bell: Doorbell) -> None:
+        """Internal; use :meth:`open`."""
+        self.ring = ring
+        self._data_bell = data_bell
+        self._space_bell = space_bell
+        self._waiting = False
+        self._poller = select.poll()
+        self._poller.register(space_bell.fileno(), select.POLLIN)
+        self.safety_timeout = SAFETY_TIMEOUT
+        self.wakeups_sent = 0
+        self.space_wakeups_received = 0
+        self.space_waits = 0
+        self.missed_wakeups = 0
+
+    @classmethod
+    def open(cls, base: str | os.PathLike[str]) -> ChannelWriter:
+        """Open the producer end of the channel at ``base`` (files must exist).
+
+        Raises what :meth:`Ring.attach` and :meth:`Doorbell.attach` raise.
+        """
+        ring_path, data_path, space_path = channel_paths(base)
+        ring = Ring.attach(ring_path)
+        try:
+            data_bell = Doorbell.attach(data_path)
+            try:
+                space_bell = Doorbell.attach(space_path)
+            except BaseException:
+                data_bell.close()
+                raise
+        except BaseException:
+            ring.close()
+            raise
+        return cls(ring, data_bell, space_bell)
+
+    def send(self, data: Buffer, timestamp: int = 0, flags: int = 0) -> bool:
+        """Append one record and wake the consumer if it sleeps armed.
+
+        False (nothing written) if the ring lacks room; ValueError as
+        :meth:`Ring.try_put`.
+        """
+        if self._waiting:
+            self.end_wait_for_space()
+        if not self.ring.try_put(data, timestamp, flags):
+            return False
+        if self.ring.take_consumer_wakeup():
+            self._data_bell.ring()
+            self.wakeups_sent += 1
+        return True
+
+    def send_many(self, records: Iterable[tuple[int, int, Buffer]]) -> int:
+        """Append ``(timestamp, flags, data)`` records as :meth:`Ring.put_many` does and
+        return how many were written; at most one wake-up for the whole batch."""
+        if self._waiting:
+            self.end_wait_for_space()
+        try:
+            n = self.ring.put_many(records)
+        finally:
+            # Also after InvalidRecord, which publishes the records before the bad one.
+            if self.ring.take_consumer_wakeup():
+                self._data_bell.ring()
+                self.wakeups_sent += 1
+        return n
+
+    def space_fileno(self) -> int:
+        """Descriptor that becomes readable when the consumer made room after
+        :meth:`prepare_to_wait_for_space` returned True."""
+        return self._space_bell.fileno()
+
+    def prepare_to_wait_for_space(self, need: int) -> bool:
+        """Non-blocking half of :meth:`wait_for_space`, for event loops.
+
+        Arms the producer flag for a record of ``need`` payload bytes. True: room is
+        still missing, poll :meth:`space_fileno` (with a timeout of at most
+        :attr:`safety_timeout`), then retry the send. False: the record fits now.
+        The next send (or :meth:`end_wait_for_space`) drains the doorbell and disarms.
+        """
+        self._waiting = self.ring.arm_producer(need)
+        return self._waiting
+
+    def end_wait_for_space(self) -> None:
+        """Stop waiting for room: drain the space doorbell and clear the armed flag."""
+        self._waiting = False
+        if self._space_bell.drain():
+            self.space_wakeups_received += 1
+        self.ring.disarm_producer()
+
+    def wait_for_space(self, need: int, timeout: float | None) -> bool:
+        """Block until a record of ``need`` payload bytes fits, or ``timeout`` seconds
+        (None: no limit) pass. True if it fits now."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if not self.prepare_to_wait_for_space(need):
+                return True
+            wait = self.safety_timeout
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    self.end_wait_for_space()
+                    return self.ring.has_room(need)
+            self.space_waits += 1
+            events = self._poller.poll(_poll_ms(wait))
+            self.end_wait_for_space()
+            if self.ring.has_room(need):
+                if not events and wait >= self.safety_timeout:
+                    self.missed_wakeups += 1
+                return True
+
+    def close(self) -> None:
+        """Close the ring mapping and both doorbells. Idempotent; the files stay."""
+        self.ring.close()
+        self._data_bell.close()
+        self._space_bell.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ChannelReader:
+    """The consumer end of a channel."""
+
+    ring: Ring
+    safety_timeout: float
+    wakeups_received: int
+    """Times this end found its data doorbell rung."""
+    space_wakeups_sent: int
+    """Times this end rang the space doorbell for a waiting producer."""
+    missed_wakeups: int
+    """Times the safety timeout in :meth:`wait` found data that no wake-up announced."""
+
+    def __init__(self, ring: Ring, data_bell: Doorbell, space_bell: Doorbell) -> None:
+        """Internal; use :meth:`open`."""
+        self.ring = ring
+        self._data_bell = data_bell
+        self._space_bell = space_bell
+        self._armed = False
+        self._poller = select.poll()
+        self._poller.register(data_bell.fileno(), select.POLLIN)
+        self.safety_timeout = SAFETY_TIMEOUT
+        self.wakeups_received = 0
+        self.space_wakeups_sent = 0
+        self.missed_wakeups = 0
+
+    @classmethod
+    def open(cls, base: str | os.PathLike[str]) -> ChannelReader:
+        """Open the consumer end of the channel at ``base`` (files must exist).
+
+        Raises what :meth:`Ring.attach` and :meth:`Doorbell.attach` raise.
+        """
+        ring_path, data_path, space_path = channel_paths(base)
+        ring = Ring.attach(ring_path)
+        try:
+            data_bell = Doorbell.attach(data_path)
+            try:
+                space_bell = Doorbell.attach(space_path)
+            except BaseException:
+                data_bell.close()
+                raise
+        except BaseException:
+            ring.close()
+            raise
+        return cls(ring, data_bell, space_bell)
+
+    def _end_sleep(self) -> None:
+        self._armed = False
+        if self._data_bell.drain():
+            self.wakeups_received += 1
+        self.ring.disarm_consumer()
+
+    def end_sleep(self) -> None:
+        """Stop sleeping: drain the data doorbell and disarm, without reading records
+        (for an event loop woken while it does not want the data yet)."""
+        self._end_sleep()
+
+    def _wake_producer(self) -> None:
+        if self.ring.take_producer_wakeup():
+            self._space_bell.ring()
+            self.space_wakeups_sent += 1
+
+    def receive_many(self, max_records: int = 1024, max_bytes: int | None = None) -> list[Record]:
+        """Take records as :meth:`Ring.get_many` does and wake the producer if it waits
+        for room. After :meth:`prepare_to_sleep` returned True, this also drains the data
+        doorbell and disarms, so call it after every wake-up (even a foreign one)."""
+        if self._armed:
+            self._end_sleep()
+        records = self.ring.get_many(max_records, max_bytes)
+        if records:
+            self._wake_producer()
+        return records
+
+    def discard_all(self) -> int:
+        """Drop everything readable (flush) and wake a waiting producer; returns the
+        number of records dropped."""
+        if self._armed:
+            self._end_sleep()
+        n = self.ring.discard_all()
+        if n:
+            self._wake_producer()
+        return n
+
+    def prepare_to_sleep(self) -> bool:
+        """Arm the consumer flag before blocking.
+
+        True: the ring is still empty; poll :meth:`data_fileno` (with a timeout of at
+        most :attr:`safety_timeout`), then call :meth:`receive_many`. False: data
+        arrived meanwhile, do not sleep.
+        """
+        self._armed = self.ring.arm_consumer()
+        return self._armed
+
+    def data_fileno(self) -> int:
+        """Descriptor that becomes readable when the producer published records after
+        :meth:`prepare_to_sleep` returned True."""
+        return self._data_bell.fileno()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until records are readable or ``timeout`` seconds (None: no limit)
+        pass. True if records are readable now."""
+        if self.ring.readable():
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if not self.prepare_to_sleep():
+                return True
+            wait = self.safety_timeout
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    self._end_sleep()
+                    return self.ring.readable()
+            events = self._poller.poll(_poll_ms(wait))
+            self._end_sleep()
+            if self.ring.readable():
+                if not events and wait >= self.safety_timeout:
+                    self.missed_wakeups += 1
+                return True
+
+    def close(self) -> None:
+        """Close the ring mapping and both doorbells. Idempotent; the files stay."""
+        self.ring.close()
+        self._data_bell.close()
+        self._space_bell.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
