@@ -61,3 +61,11 @@ class StatusError(Exception):
     def __str__(self) -> str:
         name = Status.name_of(self.status)
         return name if self.message == name else f"{name}: {self.message}"
+
+
+class BufferTooSmall(StatusError):
+    """STATUS_BUFFER_TOO_SMALL, with the size the caller's buffer needs in `needed`."""
+
+    def __init__(self, needed: int) -> None:
+        super().__init__(Status.BUFFER_TOO_SMALL, f"the buffer needs {needed} bytes")
+        self.needed = needed

@@ -231,8 +231,8 @@ class Port(ABC):
     def get_device_property(self, prop: int, length: int) -> bytes:
         """A device property (DevicePropertyXxx id) as bytes, strings UTF-16LE + NUL.
 
-        StatusError(BUFFER_TOO_SMALL) if `length` is too small (its message names the
-        size needed); StatusError(UNSUCCESSFUL) before the port is initialised.
+        BufferTooSmall (STATUS_BUFFER_TOO_SMALL, with `.needed`) if `length` is too
+        small; StatusError(UNSUCCESSFUL) before the port is initialised.
         """
 
     @abstractmethod

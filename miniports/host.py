@@ -35,7 +35,7 @@ from ipc.channel import ChannelReader, ChannelWriter
 from ipc.ks import DataFormat, DataRange, KsState
 from ipc.rpc import RpcEndpoint
 from ipc.runtime import BUS_SOCKET, endpoint, now_100ns
-from ipc.status import Status, StatusError
+from ipc.status import BufferTooSmall, Status, StatusError
 from miniports import registry
 from miniports.base import (
     MiniportMidi,
@@ -235,6 +235,8 @@ class MiniportHost(Port):
         value = self.rpc.call(p.DeviceProperty(int(prop), int(length)))
         if not isinstance(value, bytes):
             raise StatusError(Status.UNSUCCESSFUL, "kernel sent a non-bytes property")
+        if length < len(value):
+            raise BufferTooSmall(len(value))
         return value
 
     def new_registry_key(self, key_type: int, path: str = "") -> RegistryKey:

@@ -155,3 +155,47 @@ class GarbageOnWrite(GroupProbe):
 class FailingInit(GroupProbe):
     def init(self, resources: ResourceList, port: Port) -> PortServiceGroup | None:
         raise StatusError(Status.IO_DEVICE_ERROR, "no ACK from the hardware")
+
+
+class RegistryProbe(GroupProbe):
+    """Command 7 reports device properties and registry round trips as a SysEx of JSON."""
+
+    def command(self, byte: int) -> None:
+        if byte != 7:
+            super().command(byte)
+            return
+        import json
+
+        from ipc.status import BufferTooSmall
+
+        result: dict[str, object] = {}
+        try:
+            self.port.get_device_property(9, 2)
+        except BufferTooSmall as exc:
+            result["needed"] = exc.needed
+        name = self.port.get_device_property(9, 256)
+        result["friendly_name"] = name.decode("utf-16-le").rstrip("\0")
+        key = self.port.new_registry_key(1, "Settings")
+        key.set_value("Volume", 90)
+        key.set_value("Names", ["a", "b"])
+        sub = key.new_sub_key("Deeper")
+        sub.set_value("Blob", b"\x01\x02")
+        result["volume"] = key.query_value("VOLUME")
+        result["values"] = sorted(key.enumerate_values())
+        try:
+            key.delete_key()
+        except StatusError as exc:
+            result["delete_with_subkey"] = exc.status
+        sub.delete_key()
+        key.delete_value("Names")
+        try:
+            key.query_value("Names")
+        except StatusError as exc:
+            result["deleted"] = exc.status
+        try:
+            self.port.get_device_property(999, 10)
+        except StatusError as exc:
+            result["unknown"] = exc.status
+        if self.capture is not None:
+            self.capture.fifo += b"\xf0" + json.dumps(result).encode() + b"\xf7"
+            self.port.notify(self.cap)
