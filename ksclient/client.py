@@ -339,30 +339,35 @@ class Client:
         self._pins[handle] = pin_obj
         return pin_obj
 
+    def _open_streaming(
+        self, filter_id: str, pin: int | None, fmt: DataFormat | None, capacity: int,
+        capture: bool,
+    ) -> RenderPin | CapturePin:
+        if pin is None:
+            pin = self.filter(filter_id).find_pin(capture)
+        opened = self.open_pin(filter_id, pin, fmt, capacity)
+        if isinstance(opened, CapturePin) != capture:
+            opened.close()
+            what = "capture" if capture else "render"
+            raise errors.KsError(Status.INVALID_PARAMETER, f"pin {pin} is not a {what} pin")
+        return opened
+
     def open_render(
         self, filter_id: str, pin: int | None = None, fmt: DataFormat | None = None,
         capacity: int = DEFAULT_CAPACITY,
     ) -> RenderPin:
-        """Open the filter's (first) render pin."""
-        if pin is None:
-            pin = self.filter(filter_id).find_pin(capture=False)
-        opened = self.open_pin(filter_id, pin, fmt, capacity)
-        if not isinstance(opened, RenderPin):
-            opened.close()
-            raise errors.KsError(Status.INVALID_PARAMETER, f"pin {pin} is not a render pin")
+        """Open the filter's render pin (the first one unless `pin` is given)."""
+        opened = self._open_streaming(filter_id, pin, fmt, capacity, capture=False)
+        assert isinstance(opened, RenderPin)
         return opened
 
     def open_capture(
         self, filter_id: str, pin: int | None = None, fmt: DataFormat | None = None,
         capacity: int = DEFAULT_CAPACITY,
     ) -> CapturePin:
-        """Open the filter's (first) capture pin."""
-        if pin is None:
-            pin = self.filter(filter_id).find_pin(capture=True)
-        opened = self.open_pin(filter_id, pin, fmt, capacity)
-        if not isinstance(opened, CapturePin):
-            opened.close()
-            raise errors.KsError(Status.INVALID_PARAMETER, f"pin {pin} is not a capture pin")
+        """Open the filter's capture pin (the first one unless `pin` is given)."""
+        opened = self._open_streaming(filter_id, pin, fmt, capacity, capture=True)
+        assert isinstance(opened, CapturePin)
         return opened
 
     def stats(self) -> dict[str, Any]:
