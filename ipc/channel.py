@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import Final, Self
 
 from ipc.doorbell import Doorbell
-from ipc.ring import DEFAULT_CAPACITY, Buffer, Record, Ring
+from ipc.ring import DEFAULT_CAPACITY, Buffer, InvalidRecord, Record, Ring
 
 __all__ = [
     "SAFETY_TIMEOUT",
@@ -144,10 +144,13 @@ class ChannelWriter:
             self.end_wait_for_space()
         if not self.ring.try_put(data, timestamp, flags):
             return False
+        self._wake_consumer()
+        return True
+
+    def _wake_consumer(self) -> None:
         if self.ring.take_consumer_wakeup():
             self._data_bell.ring()
             self.wakeups_sent += 1
-        return True
 
     def send_many(self, records: Iterable[tuple[int, int, Buffer]]) -> int:
         """Append ``(timestamp, flags, data)`` records as :meth:`Ring.put_many` does and
@@ -156,11 +159,13 @@ class ChannelWriter:
             self.end_wait_for_space()
         try:
             n = self.ring.put_many(records)
-        finally:
-            # Also after InvalidRecord, which publishes the records before the bad one.
-            if self.ring.take_consumer_wakeup():
-                self._data_bell.ring()
-                self.wakeups_sent += 1
+        except InvalidRecord as e:
+            # The records before the bad one were published.
+            if e.written:
+                self._wake_consumer()
+            raise
+        if n:
+            self._wake_consumer()
         return n
 
     def space_fileno(self) -> int:

@@ -57,7 +57,7 @@ class Doorbell:
         """Open an existing doorbell FIFO.
 
         FileNotFoundError if ``path`` does not exist; :class:`NotAFifoError` if it
-        exists but is not a FIFO.
+        exists but is not a FIFO (a symbolic link is refused too).
         """
         p = Path(path)
         # Check before opening: opening some other kind of file (a device, say) can

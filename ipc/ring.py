@@ -5,7 +5,8 @@ Neither side trusts the other: everything read from the shared file is validated
 inconsistencies raise :class:`RingCorrupt` (never another exception, never an
 unbounded loop or allocation).
 
-File layout (all integers little-endian)::
+File layout (the header prefix and record headers little-endian; the indices, flags
+and counter, which the two sides access concurrently, in native byte order)::
 
     offset   0  magic b"PCLSRING", version u32, header size u32, capacity u64
     offset  64  write index u64      (written by the producer only)
@@ -82,12 +83,25 @@ _OFF_PRODUCER_ARMED: Final = 256
 _OFF_DROPPED: Final = 320
 HEADER_SIZE: Final = 384
 
-_U32: Final = struct.Struct("<I")
-_U64: Final = struct.Struct("<Q")
+# Fields the other process stores concurrently use native formats, which CPython
+# always unpacks with one memcpy (one aligned load, so no torn values); "<" formats
+# get that only where CPython swaps in its native routines (little-endian hosts).
+_U32: Final = struct.Struct("@I")
+_U64: Final = struct.Struct("@Q")
 # Write and read index in one call; they sit on different cache lines 64 bytes apart.
-_INDICES: Final = struct.Struct("<Q56xQ")
+_INDICES: Final = struct.Struct("@Q56xQ")
 _REC: Final = struct.Struct("<qIHH")
 _U64_MAX: Final = (1 << 64) - 1
+_ARMED: Final = struct.pack("@I", 1)
+_DISARMED: Final = struct.pack("@I", 0)
+
+
+def _store_u64(mm: mmap.mmap, offset: int, value: int) -> None:
+    """Store a shared u64 with one copy. Struct.pack_into would zero the field first,
+    and the other process could read that 0 (seen in practice: a write index of 0)."""
+    mm[offset : offset + 8] = _U64.pack(value)
+
+
 _PADS: Final = tuple(bytes(i) for i in range(8))
 
 
@@ -228,8 +242,8 @@ class Ring:
     def _indices(self, mm: mmap.mmap) -> tuple[int, int]:
         wr: int
         rd: int
-        # Safe against tearing because each u64 is aligned and struct copies it with
-        # one 8-byte memcpy on the little-endian machines this runs on.
+        # Safe against tearing: each u64 is aligned, native-format unpacking copies it
+        # with one memcpy, and writers store it with one copy too (_store_u64).
         wr, rd = _INDICES.unpack_from(mm, _OFF_WRITE)
         if (wr | rd) & 7 or not 0 <= wr - rd <= self.capacity:
             raise RingCorrupt(
@@ -281,7 +295,7 @@ class Ring:
         # we rely on the CPU keeping stores in program order (x86 does; elsewhere the
         # system calls around wake-ups order them in practice). The reader validates
         # everything it reads regardless.
-        _U64.pack_into(mm, _OFF_WRITE, wr + span)
+        _store_u64(mm, _OFF_WRITE, wr + span)
         return True
 
     def put_many(self, records: Iterable[tuple[int, int, Buffer]]) -> int:
@@ -351,7 +365,7 @@ class Ring:
                 mm[run_start : run_start + len(run)] = run
             if free != start_free:
                 # See try_put for why this store order is all the ordering we get.
-                _U64.pack_into(mm, _OFF_WRITE, wr + start_free - free)
+                _store_u64(mm, _OFF_WRITE, wr + start_free - free)
         return n
 
     def get(self) -> Record | None:
@@ -438,7 +452,7 @@ class Ring:
             # producer never leaves) so that readable() cannot stay true forever.
             left = 0
         if left != wr - rd:
-            _U64.pack_into(mm, _OFF_READ, wr - left)
+            _store_u64(mm, _OFF_READ, wr - left)
         return out
 
     def discard_all(self) -> int:
@@ -483,7 +497,7 @@ class Ring:
                     f"{self.path}: bad record kind {kind:#06x} at index {rd} (length {length})"
                 )
         if rd != start_rd:
-            _U64.pack_into(mm, _OFF_READ, rd)
+            _store_u64(mm, _OFF_READ, rd)
         return n
 
     def readable(self) -> bool:
@@ -521,16 +535,16 @@ class Ring:
         can in principle be missed; sleepers must use a (long) safety timeout.
         """
         mm = self._map()
-        _U32.pack_into(mm, _OFF_CONSUMER_ARMED, 1)
+        mm[_OFF_CONSUMER_ARMED : _OFF_CONSUMER_ARMED + 4] = _ARMED
         wr, rd = _INDICES.unpack_from(mm, _OFF_WRITE)
         if wr != rd:
-            _U32.pack_into(mm, _OFF_CONSUMER_ARMED, 0)
+            mm[_OFF_CONSUMER_ARMED : _OFF_CONSUMER_ARMED + 4] = _DISARMED
             return False
         return True
 
     def disarm_consumer(self) -> None:
         """Consumer: clear the consumer-armed flag (woke up for another reason)."""
-        _U32.pack_into(self._map(), _OFF_CONSUMER_ARMED, 0)
+        self._map()[_OFF_CONSUMER_ARMED : _OFF_CONSUMER_ARMED + 4] = _DISARMED
 
     def take_consumer_wakeup(self) -> bool:
         """Producer, after publishing: True (and the flag cleared) if the consumer armed.
@@ -539,7 +553,7 @@ class Ring:
         """
         mm = self._map()
         if _U32.unpack_from(mm, _OFF_CONSUMER_ARMED)[0]:
-            _U32.pack_into(mm, _OFF_CONSUMER_ARMED, 0)
+            mm[_OFF_CONSUMER_ARMED : _OFF_CONSUMER_ARMED + 4] = _DISARMED
             return True
         return False
 
@@ -553,23 +567,23 @@ class Ring:
         if not 0 <= need <= self.max_payload:
             raise ValueError(f"need {need} out of range [0, {self.max_payload}]")
         mm = self._map()
-        _U32.pack_into(mm, _OFF_PRODUCER_ARMED, 1)
+        mm[_OFF_PRODUCER_ARMED : _OFF_PRODUCER_ARMED + 4] = _ARMED
         wr, rd = self._indices(mm)
         if self._span_for(wr, record_size(need)) <= self.capacity - (wr - rd):
-            _U32.pack_into(mm, _OFF_PRODUCER_ARMED, 0)
+            mm[_OFF_PRODUCER_ARMED : _OFF_PRODUCER_ARMED + 4] = _DISARMED
             return False
         return True
 
     def disarm_producer(self) -> None:
         """Producer: clear the producer-armed flag (stopped waiting for room)."""
-        _U32.pack_into(self._map(), _OFF_PRODUCER_ARMED, 0)
+        self._map()[_OFF_PRODUCER_ARMED : _OFF_PRODUCER_ARMED + 4] = _DISARMED
 
     def take_producer_wakeup(self) -> bool:
         """Consumer, after publishing the read index: True (flag cleared) if the producer
         armed; the caller must then wake it. At most one True per arming."""
         mm = self._map()
         if _U32.unpack_from(mm, _OFF_PRODUCER_ARMED)[0]:
-            _U32.pack_into(mm, _OFF_PRODUCER_ARMED, 0)
+            mm[_OFF_PRODUCER_ARMED : _OFF_PRODUCER_ARMED + 4] = _DISARMED
             return True
         return False
 
@@ -581,7 +595,7 @@ class Ring:
         if n < 0:
             raise ValueError("n must not be negative")
         mm = self._map()
-        _U64.pack_into(mm, _OFF_DROPPED, (_U64.unpack_from(mm, _OFF_DROPPED)[0] + n) & _U64_MAX)
+        _store_u64(mm, _OFF_DROPPED, (_U64.unpack_from(mm, _OFF_DROPPED)[0] + n) & _U64_MAX)
 
     @property
     def dropped(self) -> int:

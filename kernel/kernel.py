@@ -213,7 +213,11 @@ class Kernel:
             if isinstance(sock, int):
                 handler = self._fd_handlers.get(sock)
                 if handler is not None:
-                    handler()
+                    try:
+                        handler()
+                    except Exception:  # a bug must not take the kernel down; counted
+                        self.stats["handler_errors"] += 1
+                        log.exception("handler for fd %d raised", sock)
         sched.run_dpcs()
         if busy_user:
             self._drain_user()
@@ -818,7 +822,7 @@ class Kernel:
             stream.release()
             done()
 
-        if conn is None or stream.removed is not None or conn.closed:
+        if conn is None or conn.closed:
             finish()
             return
         steps = [KsState(s) for s in range(int(stream.state) - 1, -1, -1)]

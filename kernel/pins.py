@@ -21,7 +21,7 @@ from ipc.ks import (
     KsState,
     PinDescriptor,
 )
-from ipc.ring import Record
+from ipc.ring import Record, RingError
 from ipc.status import Status, StatusError
 from kernel.dpc import Dpc, Timer
 from kernel.midiparse import MidiStreamParser
@@ -162,8 +162,24 @@ class KernelStream:
         self.client_reader.end_sleep()
         self.pump()
 
+    def _ring_fault(self, exc: RingError) -> None:
+        """A ring holds garbage: the side that wrote it is at fault, never the kernel."""
+        self.stats["ring_faults"] += 1
+        reason = f"corrupt ring: {exc}"
+        conn = self.filter.port.conn
+        if str(self.miniport_base) in str(exc) and conn is not None:
+            self.kernel.miniport_fault(conn, reason)
+        else:
+            self.remove(StatusError(Status.IO_DEVICE_ERROR, reason))
+
     def pump(self) -> None:
         """The sequencer: pull the client's events and release those that are due, in order."""
+        try:
+            self._pump()
+        except RingError as exc:
+            self._ring_fault(exc)
+
+    def _pump(self) -> None:
         reader, writer = self.client_reader, self.mp_writer
         if (
             self.state != KsState.RUN
@@ -218,6 +234,12 @@ class KernelStream:
 
     def drain_capture(self) -> None:
         """The port's capture service: parse what the miniport read, deliver to the client."""
+        try:
+            self._drain_capture()
+        except RingError as exc:
+            self._ring_fault(exc)
+
+    def _drain_capture(self) -> None:
         reader, parser = self.mp_reader, self.parser
         if reader is None or self.removed is not None or self.waiting_client:
             return

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +40,7 @@ from ipc.ks import (
     KsState,
     PinDescriptor,
 )
+from ipc.ring import RingError
 from ipc.rpc import RpcEndpoint, RpcTimeout
 from ipc.runtime import USER_SOCKET, default_runtime_dir, endpoint, kernel_alive, now_100ns
 from ipc.status import Status, StatusError
@@ -194,6 +196,9 @@ class Client:
         except BaseException:
             self.close()
             raise
+        self._kernel_fd: int | None = None
+        with contextlib.suppress(OSError):
+            self._kernel_fd = os.pidfd_open(self.kernel_pid)
 
     def __enter__(self) -> Self:
         return self
@@ -208,6 +213,15 @@ class Client:
             raise errors.ClosedError("the client is closed")
         if self._broken is not None:
             raise self._broken
+
+    def check_kernel(self) -> None:
+        """Raise KernelGoneError if the kernel process has exited (cheap: a pidfd poll)."""
+        fd = getattr(self, "_kernel_fd", None)
+        if fd is not None and select.select([fd], [], [], 0)[0]:
+            self._broken = errors.KernelGoneError("the kernel is gone")
+            for pin in self._pins.values():
+                pin._on_error(self._broken)
+        self._check()
 
     def _call(self, body: Any, timeout: float = CALL_TIMEOUT) -> Any:
         self._check()
@@ -381,10 +395,15 @@ class Client:
         for pin in tuple(self._pins.values()):
             with contextlib.suppress(errors.KsError):
                 pin.close()
+        with contextlib.suppress(errors.KsError):
+            self.check_kernel()
         if self._broken is None and hasattr(self, "kernel_pid"):
             with contextlib.suppress(StatusError):
                 self._rpc.call(p.Goodbye(), 2.0)
         self._closed = True
+        if getattr(self, "_kernel_fd", None) is not None:
+            os.close(self._kernel_fd)  # type: ignore[arg-type]
+            self._kernel_fd = None
         self._rpc.close()
         self._ctx.term()
 
@@ -531,11 +550,15 @@ class RenderPin(Pin):
         channel = self._channel
         deadline = None if timeout is None else time.monotonic() + timeout
         while records:
-            sent = channel.send_many(records)
+            try:
+                sent = channel.send_many(records)
+            except RingError as exc:
+                raise errors.BrokenError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}") from exc
             del records[:sent]
             if not records:
                 return
             self.client.pump_events()
+            self.client.check_kernel()
             self._check()
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -577,7 +600,10 @@ class CapturePin(Pin):
     def _fill(self) -> bool:
         if self._closed:
             raise errors.ClosedError("the pin is closed")
-        records = self._channel.receive_many(1024)
+        try:
+            records = self._channel.receive_many(1024)
+        except RingError as exc:
+            raise errors.BrokenError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}") from exc
         for timestamp, flags, data in records:
             if flags & FLAG_SYSEX:
                 if not self._sysex:
@@ -606,8 +632,10 @@ class CapturePin(Pin):
         while True:
             if self._channel.prepare_to_sleep():
                 remaining = 1.0 if deadline is None else deadline - time.monotonic()
-                if remaining > 0:
-                    self._poller.poll(max(1, int(min(remaining, 1.0) * 1000)))
+                if remaining > 0 and not self._poller.poll(
+                    max(1, int(min(remaining, 1.0) * 1000))
+                ):
+                    self.client.check_kernel()
                 self.client.pump_events()
             if self._fill():
                 return True

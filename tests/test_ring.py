@@ -681,3 +681,15 @@ def test_bad_record_headers_raise(pair: tuple[Ring, Ring]) -> None:
     poke(producer.path, HEADER_SIZE, REC.pack(0, 8, 0, KIND_PAD))
     with pytest.raises(RingCorrupt, match="padding"):
         consumer.get()
+
+
+def test_padding_must_reach_the_end(pair: tuple[Ring, Ring]) -> None:
+    producer, consumer = pair
+    assert producer.put_many([(0, 0, bytes(1000))] * 4) == 4
+    assert consumer.discard_all() == 4
+    assert producer.try_put(b"x" * 100)  # 32 bytes left: a padding record, then wrap
+    poke(producer.path, HEADER_SIZE + 4064, REC.pack(0, 8, 0, KIND_PAD))
+    with pytest.raises(RingCorrupt, match="bad padding at index 4064: length 8"):
+        consumer.get()
+    poke(producer.path, HEADER_SIZE + 4064, REC.pack(0, 16, 0, KIND_PAD))
+    assert consumer.get() == Record(0, 0, b"x" * 100)

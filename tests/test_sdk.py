@@ -134,3 +134,44 @@ def test_kernel_gone(loopback_kernel) -> None:
 def test_connect_without_a_kernel(runtime_dir) -> None:
     with pytest.raises(ksclient.KernelGoneError):
         ksclient.connect(runtime_dir, timeout=0.2)
+
+
+def test_a_client_scribbling_on_its_ring_fails_only_its_pin(loopback_kernel) -> None:
+    import mmap
+
+    with loopback_kernel.connect() as c:
+        c.wait_for_filter("loopback")
+        out, inp = c.open_render("loopback"), c.open_capture("loopback")
+        inp.run()
+        out.run()
+        ring = loopback_kernel.runtime / f"pin{out.handle}-client.ring"
+        with open(ring, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+            mm[64:72] = (12345).to_bytes(8, "little")  # a write index that cannot be
+        out._channel._data_bell.ring()  # wake the kernel as a send would
+        event = c.next_event(timeout=10)
+        assert (event.kind, event.status) == ("pin_error", Status.IO_DEVICE_ERROR)
+        assert "corrupt ring" in event.reason
+        out.close()
+        with c.open_render("loopback") as out2:  # the kernel and the device carry on
+            out2.run()
+            out2.send(b"\x90\x3c\x40")
+            assert inp.receive(timeout=5).data == b"\x90\x3c\x40"
+        inp.close()
+
+
+def test_blocked_receive_notices_the_kernel_is_gone(loopback_kernel) -> None:
+    import shutil
+    import time
+
+    c = loopback_kernel.connect()
+    c.wait_for_filter("loopback")
+    inp = c.open_capture("loopback")
+    inp.run()
+    threading.Timer(0.3, loopback_kernel.proc.kill).start()
+    start = time.monotonic()
+    with pytest.raises(ksclient.KernelGoneError):
+        inp.receive(timeout=30)
+    assert time.monotonic() - start < 10
+    loopback_kernel.proc.wait()
+    c.close()
+    shutil.rmtree(loopback_kernel.runtime, ignore_errors=True)
