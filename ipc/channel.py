@@ -82,6 +82,22 @@ def remove_channel_files(base: str | os.PathLike[str]) -> None:
         path.unlink(missing_ok=True)
 
 
+def _attach(base: str | os.PathLike[str]) -> tuple[Ring, Doorbell, Doorbell]:
+    """Open the ring and both doorbells of the channel at ``base``; all or nothing."""
+    ring_path, data_path, space_path = channel_paths(base)
+    ring = Ring.attach(ring_path)
+    try:
+        data_bell = Doorbell.attach(data_path)
+        try:
+            return ring, data_bell, Doorbell.attach(space_path)
+        except BaseException:
+            data_bell.close()
+            raise
+    except BaseException:
+        ring.close()
+        raise
+
+
 def _poll_ms(seconds: float) -> int:
     return max(0, math.ceil(seconds * 1000))
 
@@ -120,19 +136,7 @@ class ChannelWriter:
 
         Raises what :meth:`Ring.attach` and :meth:`Doorbell.attach` raise.
         """
-        ring_path, data_path, space_path = channel_paths(base)
-        ring = Ring.attach(ring_path)
-        try:
-            data_bell = Doorbell.attach(data_path)
-            try:
-                space_bell = Doorbell.attach(space_path)
-            except BaseException:
-                data_bell.close()
-                raise
-        except BaseException:
-            ring.close()
-            raise
-        return cls(ring, data_bell, space_bell)
+        return cls(*_attach(base))
 
     def send(self, data: Buffer, timestamp: int = 0, flags: int = 0) -> bool:
         """Append one record and wake the consumer if it sleeps armed.
@@ -261,19 +265,7 @@ class ChannelReader:
 
         Raises what :meth:`Ring.attach` and :meth:`Doorbell.attach` raise.
         """
-        ring_path, data_path, space_path = channel_paths(base)
-        ring = Ring.attach(ring_path)
-        try:
-            data_bell = Doorbell.attach(data_path)
-            try:
-                space_bell = Doorbell.attach(space_path)
-            except BaseException:
-                data_bell.close()
-                raise
-        except BaseException:
-            ring.close()
-            raise
-        return cls(ring, data_bell, space_bell)
+        return cls(*_attach(base))
 
     def _end_sleep(self) -> None:
         self._armed = False

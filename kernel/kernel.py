@@ -806,12 +806,8 @@ class Kernel:
     def _forget_stream(self, stream: KernelStream) -> None:
         self.streams.pop(stream.handle, None)
         stream.session.streams.pop(stream.handle, None)
-        if self.filters.get(stream.filter.fid) is stream.filter:
-            stream.filter.open_counts[stream.pin_id] -= 1
-        else:
-            stream.filter.open_counts[stream.pin_id] = max(
-                0, stream.filter.open_counts[stream.pin_id] - 1
-            )
+        counts = stream.filter.open_counts
+        counts[stream.pin_id] = max(0, counts[stream.pin_id] - 1)
 
     def _close_stream(self, stream: KernelStream, done: Callable[[], None]) -> None:
         """Walk the miniport stream down to STOP, close it, release everything, then `done`."""

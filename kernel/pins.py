@@ -132,7 +132,7 @@ class KernelStream:
         self.client_writer: ChannelWriter | None = None
         self.mp_reader: ChannelReader | None = None
         self.parser = MidiStreamParser()
-        self.backlog: collections.deque[tuple[int, int, bytes]] = collections.deque()
+        self.backlog: list[tuple[int, int, bytes]] = []
         self.waiting_client = False
 
     def open_channels(self) -> None:
@@ -255,7 +255,7 @@ class KernelStream:
             if self.state != KsState.RUN:
                 self.stats["dropped"] += len(messages)
                 continue
-            self.backlog.extend(messages)
+            self.backlog = messages
             if not self._flush_backlog():
                 return
 
@@ -264,9 +264,8 @@ class KernelStream:
         assert writer is not None
         backlog = self.backlog
         while backlog:
-            sent = writer.send_many(list(backlog))
-            for _ in range(sent):
-                backlog.popleft()
+            sent = writer.send_many(backlog)
+            del backlog[:sent]
             self.stats["delivered"] += sent
             if backlog and writer.prepare_to_wait_for_space(len(backlog[0][2])):
                 self.waiting_client = True

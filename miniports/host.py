@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ class HostStream:
     writer: ChannelWriter | None = None
     reader: ChannelReader | None = None
     state: KsState = KsState.STOP
-    pending: bytearray = field(default_factory=bytearray)
+    pending: bytes = b""
     retry_at: float | None = None
     held: bytes | None = None
     isr_time: int = 0
@@ -382,7 +382,7 @@ class MiniportHost(Port):
             hs.stream.set_state(state)
             hs.state = state
             if state == KsState.STOP:
-                hs.pending.clear()
+                hs.pending = b""
                 hs.held = None
                 hs.retry_at = None
                 if hs.reader is not None:
@@ -447,29 +447,31 @@ class MiniportHost(Port):
         if reader is None or hs.state != KsState.RUN:
             return
         while True:
-            if not hs.pending:
+            data = hs.pending
+            if not data:
                 records = reader.receive_many(max_bytes=RENDER_BATCH_BYTES)
                 if not records:
                     if reader.prepare_to_sleep():
                         return
                     continue
-                hs.pending += b"".join(r.data for r in records)
-                if not hs.pending:
+                data = b"".join(r.data for r in records)
+                if not data:
                     continue
-            data = bytes(hs.pending)
             try:
                 taken = hs.stream.write(data)
             except StatusError as exc:
-                lost = len(hs.pending)
-                hs.pending.clear()
+                hs.pending = b""
                 reader.discard_all()
-                self.post(p.StreamError(hs.sid, exc.status, f"{exc.message} ({lost} bytes lost)"))
+                self.post(
+                    p.StreamError(hs.sid, exc.status, f"{exc.message} ({len(data)} bytes lost)")
+                )
                 return
             except Exception as exc:
                 raise MiniportFault("write raised") from exc
             if type(taken) is not int or not 0 <= taken <= len(data):
                 raise MiniportFault(f"write returned {taken!r} for {len(data)} bytes")
-            del hs.pending[:taken]
+            # Only a short write copies: the rest waits for the retry.
+            hs.pending = data[taken:]
             if hs.pending:
                 hs.retry_at = time.monotonic() + RETRY_SECONDS
                 return
