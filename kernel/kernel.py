@@ -33,6 +33,7 @@ import zmq
 from ipc import protocol as p
 from ipc.channel import create_channel_files
 from ipc.ks import DataFormat, KsState
+from ipc.procwatch import ProcessWatch
 from ipc.runtime import (
     BUS_SOCKET,
     USER_SOCKET,
@@ -64,7 +65,22 @@ MIN_PIN_CAPACITY: Final = 1 << 14
 MAX_PIN_CAPACITY: Final = 1 << 26
 SUBDEVICE: Final = "midi"
 PENDING: Final = object()
+EXIT_MINIPORT_FAULT: Final = 70
+"""The host's exit status when its miniport raised out of a callback (miniports.host)."""
 """A client handler's result meaning "the reply will be sent later"."""
+
+
+def exit_reason(code: int) -> str:
+    """Why a miniport process ended, in words, from its Popen return code."""
+    if code == EXIT_MINIPORT_FAULT:
+        return f"the miniport raised out of a callback (exit {code})"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "an unknown signal"
+        return f"miniport process killed by signal {-code} ({name})"
+    return f"miniport process exited with {code}"
 
 
 @dataclass(eq=False)
@@ -72,7 +88,7 @@ class ClientSession:
     identity: bytes
     pid: int
     name: str
-    pidfd: int | None = None
+    watch: ProcessWatch | None = None
     streams: dict[int, KernelStream] = field(default_factory=dict)
 
 
@@ -83,7 +99,7 @@ class Device:
     config: DeviceConfig
     store: DeviceStore
     process: subprocess.Popen[bytes] | None = None
-    pidfd: int | None = None
+    watch: ProcessWatch | None = None
     conn: MiniportConnection | None = None
     port: PortMidi | None = None
     filter: Filter | None = None
@@ -265,7 +281,7 @@ class Kernel:
         except p.ProtocolError as exc:
             self.stats["bus_malformed"] += 1
             if conn is not None:
-                conn.malformed += 1
+                self._count_malformed(conn)
             if exc.rid:
                 self.send_bus(identity, p.encode_exception(exc.rid, exc))
             return
@@ -287,8 +303,8 @@ class Kernel:
         try:
             result = self._bus_message(conn, msg.body)
         except StatusError as exc:
-            conn.malformed += 1
             self.stats["bus_rejected"] += 1
+            self._count_malformed(conn)
             if isinstance(msg, p.Request):
                 self.send_bus(identity, p.encode_exception(msg.rid, exc))
             return
@@ -297,14 +313,30 @@ class Kernel:
 
     def _bus_batch(self, conn: MiniportConnection, batch: p.Batch) -> None:
         for frame in batch.events:
+            if conn.closed:
+                return
             try:
                 msg = p.decode(frame)
                 if not isinstance(msg, p.Event) or isinstance(msg.body, p.Batch):
                     raise StatusError(Status.INVALID_PARAMETER, "a batch holds plain events")
                 self._bus_message(conn, msg.body)
             except StatusError:
-                conn.malformed += 1
                 self.stats["bus_rejected"] += 1
+                self._count_malformed(conn)
+
+    def _count_malformed(self, conn: MiniportConnection) -> None:
+        """Count a malformed or refused message; too many in the window is a fault."""
+        conn.malformed += 1
+        limit, window = self.config.malformed_limit, self.config.malformed_window
+        if not limit or conn.closed:
+            return
+        now = self.clock_seconds()
+        recent = conn.recent_malformed
+        recent.append(now)
+        while recent and now - recent[0] > window:
+            recent.popleft()
+        if len(recent) >= limit:
+            self.miniport_fault(conn, f"{len(recent)} malformed messages in {window:g} s")
 
     def _bus_message(self, conn: MiniportConnection, body: Any) -> Any:
         port = conn.port
@@ -441,12 +473,8 @@ class Kernel:
         ]
         device.state = "starting"
         device.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, close_fds=True)
-        try:
-            device.pidfd = os.pidfd_open(device.process.pid)
-        except OSError:
-            device.pidfd = None
-        if device.pidfd is not None:
-            self.watch_fd(device.pidfd, lambda: self._on_process_exit(device))
+        device.watch = ProcessWatch(device.process.pid, device.process)
+        self.watch_fd(device.watch.fileno(), lambda: self._on_process_exit(device))
         log.info("device %s: miniport %s started, pid %d", cfg.name, cfg.miniport,
                  device.process.pid)
 
@@ -454,13 +482,11 @@ class Kernel:
         process = device.process
         if process is None or process.poll() is None:
             return
-        code = process.returncode
-        reason = f"miniport process exited with {code}" if code >= 0 else (
-            f"miniport process killed by signal {-code}")
-        if device.pidfd is not None:
-            self.unwatch_fd(device.pidfd)
-            os.close(device.pidfd)
-            device.pidfd = None
+        reason = exit_reason(process.returncode)
+        if device.watch is not None:
+            self.unwatch_fd(device.watch.fileno())
+            device.watch.close()
+            device.watch = None
         device.process = None
         if device.kill_timer is not None:
             self.scheduler.cancel_timer(device.kill_timer)
@@ -493,7 +519,8 @@ class Kernel:
         else:
             self._check_ready()
 
-    def _kill(self, device: Device, grace: float = 1.0) -> None:
+    def _kill(self, device: Device) -> None:
+        """Stop the device's process: SIGTERM, then SIGKILL after the configured grace."""
         process = device.process
         if process is None or process.poll() is not None:
             return
@@ -502,10 +529,14 @@ class Kernel:
 
         def hard_kill() -> None:
             if device.process is process and process.poll() is None:
+                log.warning("device %s: pid %d ignored SIGTERM; killing it",
+                            device.config.name, process.pid)
+                self.stats["hard_kills"] += 1
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
 
         device.kill_timer = Timer(Dpc(hard_kill))
+        grace = self.config.stop_grace
         self.scheduler.set_timer(device.kill_timer, now_100ns() + int(grace * 1e7))
 
     def _remove_device(self, device: Device, reason: str) -> None:
@@ -597,20 +628,22 @@ class Kernel:
         session = ClientSession(identity, body.pid, body.name)
         with contextlib.suppress(OSError):
             if body.pid > 0:
-                session.pidfd = os.pidfd_open(body.pid)
+                session.watch = ProcessWatch(body.pid)
         self.sessions[identity] = session
-        if session.pidfd is not None:
-            self.watch_fd(session.pidfd, lambda: self._end_session(session, "client exited"))
+        if session.watch is not None:
+            self.watch_fd(
+                session.watch.fileno(), lambda: self._end_session(session, "client exited")
+            )
         return {"kernel_pid": os.getpid(), "version": p.PROTOCOL_VERSION}
 
     def _end_session(self, session: ClientSession, why: str) -> None:
         if self.sessions.get(session.identity) is not session:
             return
         del self.sessions[session.identity]
-        if session.pidfd is not None:
-            self.unwatch_fd(session.pidfd)
-            os.close(session.pidfd)
-            session.pidfd = None
+        if session.watch is not None:
+            self.unwatch_fd(session.watch.fileno())
+            session.watch.close()
+            session.watch = None
         for stream in tuple(session.streams.values()):
             self._close_stream(stream, lambda: None)
         log.debug("session %s ended: %s", session.name, why)

@@ -8,6 +8,7 @@ made, services them (it is itself a service sink), and owns the streams.
 
 from __future__ import annotations
 
+import collections
 import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -56,6 +57,7 @@ class MiniportConnection:
         self.port: PortMidi | None = None
         self.last_seen = kernel.clock_seconds()
         self.malformed = 0
+        self.recent_malformed: collections.deque[float] = collections.deque()
         self.closed = False
         self._ids = itertools.count(1)
         self._calls: dict[int, tuple[Continuation, Timer]] = {}

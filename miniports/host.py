@@ -33,6 +33,7 @@ import zmq
 from ipc import protocol as p
 from ipc.channel import ChannelReader, ChannelWriter
 from ipc.ks import DataFormat, DataRange, KsState
+from ipc.procwatch import ProcessWatch
 from ipc.rpc import RpcEndpoint
 from ipc.runtime import BUS_SOCKET, endpoint, now_100ns
 from ipc.status import BufferTooSmall, Status, StatusError
@@ -171,6 +172,7 @@ class MiniportHost(Port):
         self._fd_streams: dict[int, HostStream] = {}
         self._initialised = False
         self.running = True
+        self._kernel_watch: ProcessWatch | None = None
         self._kernel_fd: int | None = None
 
     def post(self, body: Any) -> None:
@@ -257,8 +259,10 @@ class MiniportHost(Port):
             timeout=10.0,
         )
         self.heartbeat = float(reply.get("heartbeat", self.heartbeat))
-        with contextlib.suppress(OSError, KeyError, TypeError):
-            self._kernel_fd = os.pidfd_open(int(reply["kernel_pid"]))
+        # The kernel's death ends this process at once (a readable watch), not at a timeout.
+        with contextlib.suppress(OSError, KeyError, TypeError, ValueError):
+            self._kernel_watch = ProcessWatch(int(reply["kernel_pid"]))
+            self._kernel_fd = self._kernel_watch.fileno()
             self.poller.register(self._kernel_fd, zmq.POLLIN)
         next_beat = time.monotonic() + self.heartbeat
         try:
@@ -539,10 +543,11 @@ class MiniportHost(Port):
         # The Unload reply must reach the kernel before the socket goes (libzmq#4660).
         self.rpc.socket.close(linger=1000)
         self.ctx.term()
-        for fd in (self._wake_r, self._wake_w, self._kernel_fd):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self._kernel_watch is not None:
+            self._kernel_watch.close()
 
 
 def main(argv: list[str] | None = None) -> int:
