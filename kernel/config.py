@@ -7,6 +7,9 @@ default needs no hardware: one loopback device.
     heartbeat_interval = 1.0     # seconds between a miniport host's heartbeats
     heartbeat_timeout = 5.0      # silence after which a miniport is declared hung
     call_timeout = 5.0           # how long the kernel waits for a miniport's reply
+    malformed_limit = 50         # this many malformed messages from a miniport in
+    malformed_window = 10.0      #   this many seconds is a fault (0 = never)
+    stop_grace = 1.0             # SIGTERM to a failed miniport, SIGKILL this much later
     ring_capacity = 65536        # default bytes per data ring
 
     [[device]]
@@ -15,7 +18,7 @@ default needs no hardware: one loopback device.
     options = { max_write = 3 } # constructor keyword arguments
     resources = { io = [[0x330, 2]], irq = [9] }
     properties = { friendly_name = "Loopback" }
-    restart = { limit = 5, window = 60.0, backoff = 0.2 }   # limit 0 = never restart
+    restart = { limit = 5, window = 60.0, backoff = 0.2 }   # limit 0 (or "never"): no restart
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ class KernelConfig:
     heartbeat_timeout: float = 5.0
     call_timeout: float = 5.0
     ring_capacity: int = 1 << 16
+    malformed_limit: int = 50
+    malformed_window: float = 10.0
+    stop_grace: float = 1.0
 
 
 DEFAULT = KernelConfig(devices=(DeviceConfig(name="loopback", miniport="loopback"),))
@@ -104,7 +110,8 @@ def parse(data: dict[str, Any]) -> KernelConfig:
         extra = set(raw) - {"name", "miniport", "options", "resources", "properties", "restart"}
         if extra:
             raise _config_error(f"device {name!r}: unknown keys {sorted(extra)}")
-        restart = _table(raw, "restart")
+        # `restart = "never"` is short for a limit of 0.
+        restart = {"limit": 0} if raw.get("restart") == "never" else _table(raw, "restart")
         limit = restart.get("limit", 5)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise _config_error(f"device {name!r}: restart.limit must be an int >= 0")
@@ -131,12 +138,20 @@ def parse(data: dict[str, Any]) -> KernelConfig:
         or capacity & (capacity - 1)
     ):
         raise _config_error("ring_capacity must be a power of two >= 4096")
+    malformed_limit = kernel.get("malformed_limit", 50)
+    if isinstance(malformed_limit, bool) or not isinstance(malformed_limit, int) or (
+        malformed_limit < 0
+    ):
+        raise _config_error("malformed_limit must be an int >= 0 (0: never a fault)")
     return KernelConfig(
         devices=tuple(devices),
         heartbeat_interval=_number(kernel, "heartbeat_interval", 1.0, 0.01),
         heartbeat_timeout=_number(kernel, "heartbeat_timeout", 5.0, 0.05),
         call_timeout=_number(kernel, "call_timeout", 5.0, 0.05),
         ring_capacity=capacity,
+        malformed_limit=malformed_limit,
+        malformed_window=_number(kernel, "malformed_window", 10.0, 0.01),
+        stop_grace=_number(kernel, "stop_grace", 1.0, 0.0),
     )
 
 
