@@ -19,6 +19,7 @@ import pytest
 
 import ksclient
 from ipc.runtime import runtime_base
+from miniports.jackbed import JackServer, jack_missing_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,3 +149,19 @@ miniport = "loopback"
 @pytest.fixture
 def loopback_kernel(start_kernel: Callable[..., KernelProcess]) -> KernelProcess:
     return start_kernel(LOOPBACK)
+
+
+@pytest.fixture
+def jack_server() -> Iterator[JackServer]:
+    """A private JACK server (dummy backend, period 64 at 48 kHz) under a unique name.
+
+    Without jackd the test is skipped with the reason, except under CI (the
+    CI environment variable set), where a missing jackd is a failure.
+    """
+    reason = jack_missing_reason()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs JACK: {reason}")
+        pytest.skip(reason)
+    with JackServer() as server:
+        yield server

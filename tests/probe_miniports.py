@@ -22,6 +22,7 @@ from miniports.base import (
     Status,
     StatusError,
 )
+from miniports.loopback import LoopbackMiniport
 
 DESCRIPTION = FilterDescriptor(
     pins=(PinDescriptor("Commands", DataFlow.IN), PinDescriptor("Reports", DataFlow.OUT))
@@ -199,3 +200,12 @@ class RegistryProbe(GroupProbe):
         if self.capture is not None:
             self.capture.fifo += b"\xf0" + json.dumps(result).encode() + b"\xf7"
             self.port.notify(self.cap)
+
+
+class DroppingLoopback(LoopbackMiniport):
+    """Breaks the contract: a write of more than 64 bytes says "all taken" and loses them."""
+
+    def cable_send(self, data: bytes) -> int:
+        if len(data) > 64:
+            return len(data)
+        return super().cable_send(data)

@@ -1,0 +1,528 @@
+"""The conformance suite: checks any miniport against the contract, with one call.
+
+    from miniports.testing import assert_conformant
+    assert_conformant("mypackage.mymidi:MyMiniport", options={"port": "x"})
+
+It starts a real kernel in a private runtime directory with one device driven
+by the miniport (in its own process, as always), and checks, through the
+client SDK, what a client and the port rely on:
+
+  descriptor      the filter is published; every pin answers its properties;
+                  streaming pins carry MIDI data ranges; bridge pins cannot be opened
+  format          a format outside the pin's data ranges fails with no-match
+  instances       a pin's instance limit is enforced, and freed on close
+  states          KSSTATE walks STOP→ACQUIRE→PAUSE→RUN and back, one step at a time
+  roundtrip       short messages come back whole and in order (read until 0)
+  timestamps      capture times are monotonic and lie between send and receipt
+  sysex_realtime  a 1 KiB SysEx and real-time bytes (clock, start, active sensing) intact
+  burst           a burst far faster than the device: nothing lost, nothing reordered
+                  (the port's partial/busy write path at work)
+  stop_flush      going to STOP drops what was queued and not yet played
+  shutdown        the kernel unloads the miniport cleanly: exit 0, nothing left behind
+
+The checks from `roundtrip` on need a loop: what the device renders must come
+back on its capture pin (the loopback does that by design; an MPU-401 with its
+cable looped back; an rtmidi device whose output port is wired to its input,
+which `prepare` can do once the kernel runs). Pass `loop=False` for a device
+without one: those checks are then reported as skipped, not passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+import ksclient
+from ipc.ks import DataFormat, KsState
+from ipc.runtime import runtime_base
+
+__all__ = [
+    "CHECKS",
+    "CheckResult",
+    "ConformanceError",
+    "ConformanceReport",
+    "KernelUnderTest",
+    "assert_conformant",
+    "check_miniport",
+    "start_kernel",
+    "toml_config",
+]
+
+DEVICE = "dut"
+"""The name of the device under test."""
+
+
+class ConformanceError(AssertionError):
+    """A miniport failed one or more checks; the message is the report."""
+
+
+class _Skip(Exception):
+    """A check that does not apply to this device."""
+
+
+@dataclass
+class CheckResult:
+    name: str
+    outcome: str
+    """"passed", "failed" or "skipped"."""
+    detail: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class ConformanceReport:
+    miniport: str
+    results: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.outcome != "failed" for r in self.results)
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [r for r in self.results if r.outcome == "failed"]
+
+    def summary(self) -> str:
+        lines = [f"conformance of {self.miniport}:"]
+        for r in self.results:
+            detail = f"  {r.detail}" if r.detail else ""
+            lines.append(f"  {r.outcome:<7} {r.name:<15} {r.seconds * 1000:7.0f} ms{detail}")
+        lines.append("  " + ("all checks passed" if self.ok else f"{len(self.failed)} failed"))
+        return "\n".join(lines)
+
+    def raise_for_failures(self) -> None:
+        if not self.ok:
+            raise ConformanceError(self.summary())
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_value(key)
+
+
+def toml_config(
+    devices: Iterable[Mapping[str, Any]], kernel: Mapping[str, Any] | None = None
+) -> str:
+    """A kernel configuration (TOML text) from plain dicts, one per [[device]]."""
+    lines = []
+    if kernel:
+        lines.append("[kernel]")
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in kernel.items()]
+    for device in devices:
+        lines.append("\n[[device]]")
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in device.items()]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class KernelUnderTest:
+    """A kernel process started for a test, in its own runtime directory."""
+
+    runtime: Path
+    process: subprocess.Popen[str]
+    banner: str
+    env: dict[str, str]
+    _config_dir: str
+    _output: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    def connect(self, **kwargs: Any) -> ksclient.Client:
+        return ksclient.connect(self.runtime, **kwargs)
+
+    def miniport_pids(self) -> list[int]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            return [c.pid for c in psutil.Process(self.process.pid).children()]
+        return []
+
+    def output(self) -> str:
+        return "".join(self._output)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, wait; SIGKILL (and AssertionError) if it does not stop in time."""
+        try:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+                    raise AssertionError("the kernel did not stop on SIGTERM") from None
+            return self.process.returncode
+        finally:
+            if self._reader is not None:
+                self._reader.join(5)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+            shutil.rmtree(self._config_dir, ignore_errors=True)
+
+
+def start_kernel(
+    config: str | None,
+    runtime: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 20.0,
+) -> KernelUnderTest:
+    """Start `python -m kernel` with a TOML configuration and wait until it is ready.
+
+    Child processes see the caller's `sys.path`, so a miniport importable here
+    (`module:Class`) is importable in its miniport host too.
+    """
+    runtime = runtime or runtime_base() / f"portcls-t{uuid.uuid4().hex[:10]}"
+    config_dir = tempfile.mkdtemp(prefix="portcls-config-")
+    argv = [sys.executable, "-m", "kernel", "--quiet", "--runtime", str(runtime)]
+    if config is not None:
+        path = Path(config_dir) / "kernel.toml"
+        path.write_text(config)
+        argv.append(str(path))
+    full_env = dict(os.environ if env is None else env)
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=full_env,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    kut = KernelUnderTest(runtime, process, "", full_env, config_dir, lines)
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("kernel") and "ready" in line:
+            break
+        if time.monotonic() > deadline:
+            kut.stop()
+            raise AssertionError(f"the kernel was not ready in {timeout} s: {''.join(lines)}")
+    else:
+        process.wait()
+        kut.stop()
+        raise AssertionError(f"the kernel exited with {process.returncode}: {''.join(lines)}")
+    kut.banner = "".join(lines)
+
+    def drain() -> None:
+        # Keep reading so the kernel never blocks on a full pipe.
+        assert process.stdout is not None
+        with contextlib.suppress(ValueError, OSError):
+            for line in process.stdout:
+                lines.append(line)
+
+    kut._reader = threading.Thread(target=drain, daemon=True)
+    kut._reader.start()
+    return kut
+
+
+@contextlib.contextmanager
+def running_kernel(
+    config: str | None, env: Mapping[str, str] | None = None
+) -> Iterator[KernelUnderTest]:
+    kut = start_kernel(config, env=env)
+    try:
+        yield kut
+    finally:
+        kut.stop()
+
+
+class _Suite:
+    def __init__(
+        self, kut: KernelUnderTest, client: ksclient.Client, loop: bool, burst: int,
+        timeout: float,
+    ) -> None:
+        self.kut, self.client, self.loop = kut, client, loop
+        self.burst_size, self.timeout = burst, timeout
+        self.info = client.filter(DEVICE)
+        self.render = self._pin(capture=False)
+        self.capture = self._pin(capture=True)
+
+    def _pin(self, capture: bool) -> int | None:
+        with contextlib.suppress(ksclient.NotFoundError):
+            return self.info.find_pin(capture)
+        return None
+
+    def descriptor(self) -> None:
+        pins = self.info.pins
+        if not any(p.streaming for p in pins):
+            raise AssertionError("the filter has no streaming pin")
+        count = self.client.pin_property(DEVICE, 0, "ctypes")
+        if count != len(pins):
+            raise AssertionError(f"ctypes says {count} pins, the descriptor has {len(pins)}")
+        for pin in pins:
+            for prop in ("dataflow", "communication", "dataranges", "cinstances", "name"):
+                self.client.pin_property(DEVICE, pin.id, prop)
+            if pin.streaming and not any(r.matches(DataFormat()) for r in pin.data_ranges):
+                raise AssertionError(f"streaming pin {pin.id} has no MIDI data range")
+            if not pin.streaming:
+                try:
+                    self.client.open_pin(DEVICE, pin.id).close()
+                except ksclient.KsError:
+                    continue
+                raise AssertionError(f"bridge pin {pin.id} could be opened")
+
+    def format(self) -> None:
+        bogus = DataFormat(major_format=str(uuid.uuid4()))
+        for pin in self.info.pins:
+            if not pin.streaming:
+                continue
+            try:
+                self.client.open_pin(DEVICE, pin.id, bogus).close()
+            except ksclient.NoMatchError:
+                continue
+            raise AssertionError(f"pin {pin.id} opened with a format outside its data ranges")
+
+    def instances(self) -> None:
+        checked = 0
+        for pin in self.info.pins:
+            if not pin.streaming or pin.max_instances > 64:
+                continue
+            opened = []
+            try:
+                for _ in range(pin.max_instances):
+                    opened.append(self.client.open_pin(DEVICE, pin.id))
+                try:
+                    opened.append(self.client.open_pin(DEVICE, pin.id))
+                except ksclient.InstancesExhaustedError:
+                    pass
+                else:
+                    raise AssertionError(
+                        f"pin {pin.id} opened {pin.max_instances + 1} times (limit "
+                        f"{pin.max_instances})")
+            finally:
+                for opened_pin in opened:
+                    opened_pin.close()
+            # Closing frees the instances.
+            self.client.open_pin(DEVICE, pin.id).close()
+            checked += 1
+        if not checked:
+            raise _Skip("no pin has a finite instance limit")
+
+    def states(self) -> None:
+        steps = [KsState.ACQUIRE, KsState.PAUSE, KsState.RUN, KsState.PAUSE, KsState.ACQUIRE,
+                 KsState.STOP]
+        for pin_id in (self.render, self.capture):
+            if pin_id is None:
+                continue
+            with self.client.open_pin(DEVICE, pin_id) as pin:
+                for state in steps * 2:
+                    pin.set_state(state)
+                    if pin.state != state:
+                        raise AssertionError(f"pin {pin_id}: asked for {state.name}, "
+                                             f"is {pin.state.name}")
+
+    def _loop_pins(self) -> tuple[ksclient.RenderPin, ksclient.CapturePin]:
+        if not self.loop:
+            raise _Skip("no loop from render to capture (loop=False)")
+        if self.render is None or self.capture is None:
+            raise _Skip("the filter lacks a render or a capture pin")
+        out = self.client.open_render(DEVICE, self.render)
+        try:
+            inp = self.client.open_capture(DEVICE, self.capture)
+        except BaseException:
+            out.close()
+            raise
+        inp.run()
+        out.run()
+        return out, inp
+
+    def _expect(
+        self, inp: ksclient.CapturePin, wanted: list[bytes], then_silent: float = 0.1
+    ) -> list[ksclient.MidiMessage]:
+        """Receive exactly `wanted`, in order; then nothing more for `then_silent` s."""
+        got: list[ksclient.MidiMessage] = []
+        deadline = time.monotonic() + self.timeout
+        while len(got) < len(wanted):
+            left = deadline - time.monotonic()
+            try:
+                msg = inp.receive(timeout=max(0.0, left))
+            except ksclient.KsTimeoutError:
+                raise AssertionError(
+                    f"{len(got)} of {len(wanted)} messages came back in {self.timeout} s"
+                ) from None
+            data = msg.data
+            index = len(got)
+            if data != wanted[index]:
+                raise AssertionError(
+                    f"message {index}: sent {wanted[index][:16].hex(' ')}, "
+                    f"got {data[:16].hex(' ')} ({len(data)} bytes)")
+            got.append(msg)
+        if then_silent and inp.poll(then_silent):
+            extra = inp.receive_nowait()
+            raise AssertionError(f"an unexpected message came back: {extra.data[:16].hex(' ')}")
+        return got
+
+    def roundtrip(self) -> None:
+        out, inp = self._loop_pins()
+        with out, inp:
+            for i in range(100):
+                message = bytes((0x90 | (i % 16), i % 128, 1 + i % 127))
+                out.send(message)
+                self._expect(inp, [message], then_silent=0.0 if i < 99 else 0.1)
+
+    def timestamps(self) -> None:
+        out, inp = self._loop_pins()
+        with out, inp:
+            wanted = [bytes((0xB0, 7, i)) for i in range(50)]
+            sent_at = ksclient.now()
+            for message in wanted:
+                out.send(message)
+                time.sleep(0.002)
+            got = self._expect(inp, wanted)
+            received_at = ksclient.now()
+            stamps = [m.timestamp for m in got]
+            if any(b < a for a, b in itertools.pairwise(stamps)):
+                raise AssertionError(f"capture times go backwards: {stamps}")
+            if stamps[0] < sent_at or stamps[-1] > received_at:
+                raise AssertionError("capture times lie outside the time the messages travelled")
+
+    def sysex_realtime(self) -> None:
+        out, inp = self._loop_pins()
+        with out, inp:
+            sysex = bytes([0xF0, 0x7D]) + bytes(i % 128 for i in range(1020)) + b"\xf7"
+            wanted = [
+                b"\xfa", bytes((0x90, 64, 100)), b"\xf8", sysex, b"\xf8",
+                bytes((0x80, 64, 0)), b"\xfe", b"\xfc",
+            ]
+            out.send_many(wanted)
+            self._expect(inp, wanted)
+
+    def burst(self) -> None:
+        out, inp = self._loop_pins()
+        with out, inp:
+            wanted = [bytes((0x90 | (i % 16), i % 128, (i // 128) % 128)) for i in
+                      range(self.burst_size)]
+            out.send_many(wanted)
+            self._expect(inp, wanted)
+
+    def stop_flush(self) -> None:
+        out, inp = self._loop_pins()
+        with out, inp:
+            later = ksclient.now() + 10_000_000
+            out.send(bytes((0x90, 1, 1)), at=later)
+            out.walk_to(KsState.STOP)
+            out.run()
+            marker = bytes((0x90, 2, 2))
+            out.send(marker)
+            self._expect(inp, [marker])
+            if inp.poll(1.2):
+                raise AssertionError("an event queued before STOP was played after it")
+
+
+CHECKS: tuple[str, ...] = (
+    "descriptor", "format", "instances", "states", "roundtrip", "timestamps",
+    "sysex_realtime", "burst", "stop_flush", "shutdown",
+)
+
+
+def check_miniport(
+    miniport: str,
+    *,
+    options: Mapping[str, Any] | None = None,
+    resources: Mapping[str, Any] | None = None,
+    loop: bool = True,
+    prepare: Callable[[KernelUnderTest], None] | None = None,
+    env: Mapping[str, str] | None = None,
+    burst: int = 2000,
+    timeout: float = 20.0,
+    checks: Iterable[str] = CHECKS,
+) -> ConformanceReport:
+    """Run the conformance checks on `miniport` (a registered name or `module:Class`).
+
+    `options` and `resources` are the device's configuration; `prepare` runs
+    once the kernel is up (to wire an external loop, say); `env` is the
+    environment of the kernel and miniport processes. Returns the report;
+    `assert_conformant` raises on a failure instead.
+    """
+    wanted = list(checks)
+    unknown = set(wanted) - set(CHECKS)
+    if unknown:
+        raise ValueError(f"unknown checks {sorted(unknown)}; known: {CHECKS}")
+    report = ConformanceReport(miniport)
+    device: dict[str, Any] = {"name": DEVICE, "miniport": miniport,
+                              "restart": {"limit": 0}}
+    if options:
+        device["options"] = dict(options)
+    if resources:
+        device["resources"] = dict(resources)
+    kut = start_kernel(toml_config([device]), env=env)
+    stopped = False
+    try:
+        miniport_pids = kut.miniport_pids()
+        with kut.connect() as client:
+            try:
+                client.wait_for_filter(DEVICE, timeout=timeout)
+            except ksclient.KsError as exc:
+                report.results.append(CheckResult(
+                    "descriptor", "failed", f"the device was never published: {exc}; "
+                    f"kernel said: {kut.output().strip()[-500:]}"))
+                return report
+            if prepare is not None:
+                prepare(kut)
+            suite = _Suite(kut, client, loop, burst, timeout)
+            for name in wanted:
+                if name == "shutdown":
+                    continue
+                report.results.append(_run(name, getattr(suite, name)))
+        if "shutdown" in wanted:
+            stopped = True
+            report.results.append(_run("shutdown", lambda: _shutdown(kut, miniport_pids)))
+    finally:
+        if not stopped:
+            kut.stop()
+    return report
+
+
+def _run(name: str, check: Callable[[], None]) -> CheckResult:
+    start = time.monotonic()
+    try:
+        check()
+    except _Skip as exc:
+        return CheckResult(name, "skipped", str(exc), time.monotonic() - start)
+    except (AssertionError, ksclient.KsError) as exc:
+        detail = f"{type(exc).__name__}: {exc}" if isinstance(exc, ksclient.KsError) else str(exc)
+        return CheckResult(name, "failed", detail, time.monotonic() - start)
+    return CheckResult(name, "passed", "", time.monotonic() - start)
+
+
+def _shutdown(kut: KernelUnderTest, miniport_pids: list[int]) -> None:
+    code = kut.stop()
+    if code != 0:
+        raise AssertionError(f"the kernel exited with {code}")
+    left = [pid for pid in miniport_pids if psutil.pid_exists(pid)
+            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    if left:
+        raise AssertionError(f"miniport processes left running: {left}")
+    if kut.runtime.exists():
+        raise AssertionError(f"the runtime directory is left: {sorted(kut.runtime.iterdir())}")
+
+
+def assert_conformant(miniport: str, **kwargs: Any) -> ConformanceReport:
+    """`check_miniport`, raising ConformanceError (an AssertionError) with the report
+    if any check failed."""
+    report = check_miniport(miniport, **kwargs)
+    report.raise_for_failures()
+    return report
