@@ -295,7 +295,7 @@ class KernelStream:
         self.backlog.clear()
         self.parser.reset()
         if self.client_reader is not None:
-            self.client_reader.discard_all()
+            self.stats["flushed"] += self.client_reader.discard_all()
         if self.mp_reader is not None:
             self.mp_reader.discard_all()
 
@@ -303,8 +303,21 @@ class KernelStream:
         """The device went away: fail further I/O with `error` and let the client know."""
         if self.removed is None:
             self.removed = error
+            self.stats["lost"] += self._count_lost()
             self.kernel.notify_pin_error(self, error)
         self.release()
+
+    def _count_lost(self) -> int:
+        """Messages that die with this stream: for capture what the kernel read from the
+        miniport but never delivered (records still in the miniport's ring count one
+        each); render losses the client works out from `released` and `flushed`."""
+        if not self.capture:
+            return len(self.queue)
+        lost = len(self.backlog)
+        if self.mp_reader is not None and not self.released:
+            with contextlib.suppress(RingError, ValueError):
+                lost += self.mp_reader.discard_all()
+        return lost
 
     def release(self) -> None:
         """Close both rings, leave the group, delete the ring files. Idempotent."""

@@ -9,6 +9,12 @@
 
 Control requests (open, set_state, close) go to the kernel over ZeroMQ and
 get exactly one reply; MIDI travels through the pin's shared-memory ring.
+
+When a device goes away (surprise removal), I/O on its open pins raises
+DeviceRemovedError. A pin opened with `auto_reopen=True` instead waits for the
+device to come back under the same name (up to `reopen_timeout` seconds),
+opens it again, walks it back to the KSSTATE it had, and carries on; what was
+lost on the way is added to `pin.lost` and told in a "reopened" event.
 A client object and its pins belong to one thread (as a ZeroMQ socket does);
 `CapturePin.set_callback` runs its callback on a thread of its own.
 """
@@ -40,6 +46,7 @@ from ipc.ks import (
     KsState,
     PinDescriptor,
 )
+from ipc.procwatch import ProcessWatch
 from ipc.ring import RingError
 from ipc.rpc import RpcEndpoint, RpcTimeout
 from ipc.runtime import USER_SOCKET, default_runtime_dir, endpoint, kernel_alive, now_100ns
@@ -51,6 +58,10 @@ FLAG_SYSEX_MORE: Final = 0x0002
 FLAG_SYSEX_ABORTED: Final = 0x0004
 DEFAULT_CAPACITY: Final = 1 << 16
 CALL_TIMEOUT: Final = 10.0
+REOPEN_TIMEOUT: Final = 10.0
+EVENT_CHECK_SECONDS: Final = 0.01
+"""How stale a render pin's view of kernel events may get on the fast path (a check
+of the socket costs ~2 µs, too much for every send)."""
 
 
 def now() -> int:
@@ -87,13 +98,16 @@ class MidiMessage(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class KernelEvent:
     """Something the kernel told this client: kind is "arrival", "removal",
-    "pin_error" or "kernel_shutdown"."""
+    "pin_error" or "kernel_shutdown"; or, from the SDK itself, "reopened" (a pin
+    with auto_reopen came back: `handle` is its new handle, `lost` the messages
+    lost while the device was away)."""
 
     kind: str
     filter: str = ""
     reason: str = ""
     handle: int = 0
     status: int = 0
+    lost: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +185,14 @@ def _to_bytes(message: Any) -> bytes:
 class Client:
     """A connection to one kernel. Use `connect()` to make one."""
 
-    def __init__(self, runtime_dir: Path, timeout: float, name: str) -> None:
+    def __init__(
+        self, runtime_dir: Path, timeout: float, name: str, auto_reopen: bool = False,
+        reopen_timeout: float = REOPEN_TIMEOUT,
+    ) -> None:
         self.runtime_dir = runtime_dir
         self.name = name
+        self.auto_reopen = auto_reopen
+        self.reopen_timeout = reopen_timeout
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._rpc = RpcEndpoint(self._ctx, endpoint(runtime_dir, USER_SOCKET))
         self._pins: dict[int, Pin] = {}
@@ -196,9 +215,16 @@ class Client:
         except BaseException:
             self.close()
             raise
+        self._kernel_watch: ProcessWatch | None = None
         self._kernel_fd: int | None = None
         with contextlib.suppress(OSError):
-            self._kernel_fd = os.pidfd_open(self.kernel_pid)
+            self._kernel_watch = ProcessWatch(self.kernel_pid)
+            self._kernel_fd = self._kernel_watch.fileno()
+        # One place to wait for kernel messages or the kernel's death.
+        self._event_poller = zmq.Poller()
+        self._event_poller.register(self._rpc.socket, zmq.POLLIN)
+        if self._kernel_fd is not None:
+            self._event_poller.register(self._kernel_fd, zmq.POLLIN)
 
     def __enter__(self) -> Self:
         return self
@@ -261,9 +287,7 @@ class Client:
                     pin._on_error(self._broken)
             else:
                 continue
-            self._events.append(event)
-            for callback in tuple(self._callbacks):
-                callback(event)
+            self._post_event(event)
 
     def pump_events(self) -> None:
         """Take in whatever the kernel sent (events) without blocking."""
@@ -287,7 +311,31 @@ class Client:
             wait = 1000 if deadline is None else int((deadline - time.monotonic()) * 1000)
             if wait <= 0:
                 raise errors.KsTimeoutError("no kernel event")
-            self._rpc.socket.poll(min(wait, 1000))
+            self._wait_events(min(wait, 1000) / 1000)
+
+    def _wait_events(self, timeout: float) -> None:
+        """Block until a kernel message may be waiting, the kernel dies, or `timeout`."""
+        if not self._event_poller.poll(max(0, int(timeout * 1000))):
+            return
+        self.check_kernel()
+
+    def _post_event(self, event: KernelEvent) -> None:
+        self._events.append(event)
+        for callback in tuple(self._callbacks):
+            callback(event)
+
+    def _await_filter(self, name: str, deadline: float) -> bool:
+        """Wait until filter `name` is published (True) or `deadline` passes (False),
+        leaving the events for `next_event`."""
+        while True:
+            self.pump_events()
+            self.check_kernel()
+            if any(f["id"] == name for f in self._call(p.ListFilters())):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._wait_events(min(remaining, 0.5))
 
     def on_event(self, callback: Callable[[KernelEvent], None]) -> None:
         """Call `callback(event)` for each kernel event, from this client's thread."""
@@ -335,31 +383,50 @@ class Client:
         pin: int,
         fmt: DataFormat | None = None,
         capacity: int = DEFAULT_CAPACITY,
+        auto_reopen: bool | None = None,
     ) -> RenderPin | CapturePin:
-        """Open pin `pin` of a filter with a data format (default: MIDI); it starts in STOP."""
+        """Open pin `pin` of a filter with a data format (default: MIDI); it starts in STOP.
+
+        `auto_reopen` (default: the client's setting) reopens the pin after a
+        surprise removal; see the module docstring.
+        """
         fmt = fmt or DataFormat()
+        handle, capture, channel = self._open_channel(filter_id, pin, fmt, capacity)
+        pin_obj: RenderPin | CapturePin
+        if capture:
+            assert isinstance(channel, ChannelReader)
+            pin_obj = CapturePin(self, handle, filter_id, pin, channel)
+        else:
+            assert isinstance(channel, ChannelWriter)
+            pin_obj = RenderPin(self, handle, filter_id, pin, channel)
+        pin_obj._fmt, pin_obj._capacity = fmt, capacity
+        pin_obj.auto_reopen = self.auto_reopen if auto_reopen is None else auto_reopen
+        pin_obj.reopen_timeout = self.reopen_timeout
+        self._pins[handle] = pin_obj
+        return pin_obj
+
+    def _open_channel(
+        self, filter_id: str, pin: int, fmt: DataFormat, capacity: int
+    ) -> tuple[int, bool, ChannelReader | ChannelWriter]:
         result = self._call(p.OpenPin(filter_id, pin, fmt.to_wire(), capacity))
         handle, channel = int(result["handle"]), Path(result["channel"])
-        pin_obj: RenderPin | CapturePin
         try:
-            if result["capture"]:
-                pin_obj = CapturePin(self, handle, filter_id, pin, ChannelReader.open(channel))
-            else:
-                pin_obj = RenderPin(self, handle, filter_id, pin, ChannelWriter.open(channel))
+            capture = bool(result["capture"])
+            return handle, capture, (
+                ChannelReader.open(channel) if capture else ChannelWriter.open(channel)
+            )
         except BaseException:
             with contextlib.suppress(errors.KsError):
                 self._call(p.ClosePin(handle))
             raise
-        self._pins[handle] = pin_obj
-        return pin_obj
 
     def _open_streaming(
         self, filter_id: str, pin: int | None, fmt: DataFormat | None, capacity: int,
-        capture: bool,
+        capture: bool, auto_reopen: bool | None,
     ) -> RenderPin | CapturePin:
         if pin is None:
             pin = self.filter(filter_id).find_pin(capture)
-        opened = self.open_pin(filter_id, pin, fmt, capacity)
+        opened = self.open_pin(filter_id, pin, fmt, capacity, auto_reopen)
         if isinstance(opened, CapturePin) != capture:
             opened.close()
             what = "capture" if capture else "render"
@@ -368,19 +435,31 @@ class Client:
 
     def open_render(
         self, filter_id: str, pin: int | None = None, fmt: DataFormat | None = None,
-        capacity: int = DEFAULT_CAPACITY,
+        capacity: int = DEFAULT_CAPACITY, auto_reopen: bool | None = None,
     ) -> RenderPin:
-        """Open the filter's render pin (the first one unless `pin` is given)."""
-        opened = self._open_streaming(filter_id, pin, fmt, capacity, capture=False)
+        """Open the filter's render pin (the first one unless `pin` is given).
+
+        `auto_reopen=True`: after a surprise removal, reopen and carry on (see
+        the module docstring); default: the client's setting.
+        """
+        opened = self._open_streaming(
+            filter_id, pin, fmt, capacity, capture=False, auto_reopen=auto_reopen
+        )
         assert isinstance(opened, RenderPin)
         return opened
 
     def open_capture(
         self, filter_id: str, pin: int | None = None, fmt: DataFormat | None = None,
-        capacity: int = DEFAULT_CAPACITY,
+        capacity: int = DEFAULT_CAPACITY, auto_reopen: bool | None = None,
     ) -> CapturePin:
-        """Open the filter's capture pin (the first one unless `pin` is given)."""
-        opened = self._open_streaming(filter_id, pin, fmt, capacity, capture=True)
+        """Open the filter's capture pin (the first one unless `pin` is given).
+
+        `auto_reopen=True`: after a surprise removal, reopen and carry on (see
+        the module docstring); default: the client's setting.
+        """
+        opened = self._open_streaming(
+            filter_id, pin, fmt, capacity, capture=True, auto_reopen=auto_reopen
+        )
         assert isinstance(opened, CapturePin)
         return opened
 
@@ -401,15 +480,23 @@ class Client:
             with contextlib.suppress(StatusError):
                 self._rpc.call(p.Goodbye(), 2.0)
         self._closed = True
-        if getattr(self, "_kernel_fd", None) is not None:
-            os.close(self._kernel_fd)  # type: ignore[arg-type]
+        if getattr(self, "_kernel_watch", None) is not None:
+            self._kernel_watch.close()  # type: ignore[union-attr]
+            self._kernel_watch = None
             self._kernel_fd = None
         self._rpc.close()
         self._ctx.term()
 
 
 class Pin:
-    """An open pin. Walk its state one step at a time, or use run()/pause()/stop()."""
+    """An open pin. Walk its state one step at a time, or use run()/pause()/stop().
+
+    `lost` counts messages lost to surprise removals of the device (render:
+    sent but never passed to the miniport; capture: read from the device but
+    never delivered), `reopens` how often auto_reopen brought the pin back.
+    Messages the miniport itself held when it died are not known to anyone
+    and not in `lost`.
+    """
 
     def __init__(self, client: Client, handle: int, filter_id: str, pin_id: int) -> None:
         self.client = client
@@ -417,8 +504,17 @@ class Pin:
         self.filter_id = filter_id
         self.pin_id = pin_id
         self.state = KsState.STOP
+        self.auto_reopen = False
+        self.reopen_timeout = REOPEN_TIMEOUT
+        self.lost = 0
+        self.reopens = 0
+        self._fmt = DataFormat()
+        self._capacity = DEFAULT_CAPACITY
         self._closed = False
         self._error: errors.KsError | None = None
+        self._removed_at: float | None = None
+        self._target_state = KsState.STOP
+        self._lost_now = 0
 
     def __enter__(self) -> Self:
         return self
@@ -430,13 +526,81 @@ class Pin:
 
     def _on_error(self, error: errors.KsError) -> None:
         if self._error is None or isinstance(error, errors.BrokenError):
+            if isinstance(error, errors.DeviceRemovedError) and self._removed_at is None:
+                self._removed_at = time.monotonic()
+                self._target_state = self.state
             self._error = error
 
-    def _check(self) -> None:
+    def _check(self, deadline: float | None = None) -> None:
+        """Raise what broke the pin; with auto_reopen, reopen it after a removal instead,
+        waiting for the device until `deadline` (KsTimeoutError) or the reopen window
+        ends (the DeviceRemovedError)."""
         if self._closed:
             raise errors.ClosedError("the pin is closed")
-        if self._error is not None:
-            raise self._error
+        error = self._error
+        if error is None:
+            return
+        if self.auto_reopen and isinstance(error, errors.DeviceRemovedError):
+            self._reopen(error, deadline)
+            return
+        raise error
+
+    def _reopen(self, error: errors.DeviceRemovedError, deadline: float | None) -> None:
+        removed_at = self._removed_at if self._removed_at is not None else time.monotonic()
+        give_up = removed_at + self.reopen_timeout
+        until = give_up if deadline is None else min(deadline, give_up)
+        client = self.client
+        self._release_old_handle()
+        while True:
+            if not client._await_filter(self.filter_id, until):
+                if time.monotonic() >= give_up:
+                    self.auto_reopen = False
+                    raise error
+                raise errors.KsTimeoutError(f"{self.filter_id} has not come back yet")
+            try:
+                handle, _, channel = client._open_channel(
+                    self.filter_id, self.pin_id, self._fmt, self._capacity
+                )
+            except (errors.DeviceRemovedError, errors.NotFoundError):
+                continue  # gone again between the listing and the open: wait once more
+            break
+        self.handle = handle
+        self._attach(channel)
+        client._pins[handle] = self
+        self._error = None
+        self._removed_at = None
+        self.state = KsState.STOP
+        try:
+            self.walk_to(self._target_state)
+        except errors.DeviceRemovedError as exc:
+            self._on_error(exc)
+            self._check(deadline)
+            return
+        self.reopens += 1
+        client._post_event(
+            KernelEvent("reopened", self.filter_id, error.message, handle, lost=self._lost_now)
+        )
+        self._lost_now = 0
+
+    def _release_old_handle(self) -> None:
+        """Count what the removal lost on the old handle, then close it (once)."""
+        if self.handle not in self.client._pins:
+            return
+        kernel_stats: dict[str, Any] = {}
+        with contextlib.suppress(errors.KsError):
+            kernel_stats = self.statistics().get("stats", {})
+        self._lost_now = self._count_lost(kernel_stats)
+        self.lost += self._lost_now
+        self.client._pins.pop(self.handle, None)
+        with contextlib.suppress(errors.KsError):
+            self.client._call(p.ClosePin(self.handle))
+        self._close_channel()
+
+    def _count_lost(self, kernel_stats: dict[str, Any]) -> int:
+        return int(kernel_stats.get("lost", 0))
+
+    def _attach(self, channel: ChannelReader | ChannelWriter) -> None:
+        raise NotImplementedError
 
     @property
     def removed(self) -> bool:
@@ -498,6 +662,18 @@ class RenderPin(Pin):
         super().__init__(client, handle, filter_id, pin_id)
         self._channel = channel
         self._chunk = channel.ring.max_payload
+        self._written = 0
+        self._events_checked = time.monotonic()
+
+    def _attach(self, channel: ChannelReader | ChannelWriter) -> None:
+        assert isinstance(channel, ChannelWriter)
+        self._channel = channel
+        self._written = 0
+
+    def _count_lost(self, kernel_stats: dict[str, Any]) -> int:
+        # Whatever this pin wrote that the kernel neither passed on nor flushed on STOP.
+        passed = int(kernel_stats.get("released", 0)) + int(kernel_stats.get("flushed", 0))
+        return max(0, self._written - passed) if kernel_stats else self._written
 
     def _records(self, message: Any, at: int | None) -> list[tuple[int, int, bytes]]:
         data = _to_bytes(message)
@@ -509,8 +685,14 @@ class RenderPin(Pin):
         chunk = self._chunk
         return [(stamp, 0, data[i : i + chunk]) for i in range(0, len(data), chunk)]
 
-    def _ready(self) -> None:
-        self._check()
+    def _ready(self, deadline: float | None = None) -> None:
+        # A removal must fail the next send even if nobody looked at the events, but
+        # looking costs a system call: do it at most every EVENT_CHECK_SECONDS.
+        now = time.monotonic()
+        if now - self._events_checked >= EVENT_CHECK_SECONDS:
+            self._events_checked = now
+            self.client.pump_events()
+        self._check(deadline)
         if self.state == KsState.STOP:
             raise errors.InvalidStateError(
                 Status.INVALID_DEVICE_STATE, "the pin is in STOP; call run() first"
@@ -527,14 +709,15 @@ class RenderPin(Pin):
 
     def send_nowait(self, message: Any, at: int | None = None) -> None:
         """Like send, but raise WouldBlock (sending nothing) if the ring has no room."""
-        self._ready()
+        self._ready(time.monotonic())
         records = self._records(message, at)
         sent = self._channel.send_many(records)
+        self._written += sent
         if sent == len(records):
             return
         if sent == 0:
             self.client.pump_events()
-            self._check()
+            self._check(time.monotonic())
             raise errors.WouldBlock("the render ring is full")
         # A message longer than one record is partly queued: finish it rather than cut it.
         self.send_many([b"".join(r[2] for r in records[sent:])], at)
@@ -543,23 +726,27 @@ class RenderPin(Pin):
         self, messages: Iterable[Any], at: int | None = None, timeout: float | None = None
     ) -> None:
         """Queue several messages at once (one wake-up for the lot): the fast path."""
-        self._ready()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._ready(deadline)
         records: list[tuple[int, int, bytes]] = []
         for message in messages:
             records += self._records(message, at)
-        channel = self._channel
-        deadline = None if timeout is None else time.monotonic() + timeout
         while records:
+            # After an auto-reopen the pin has a new channel: look it up every time.
+            channel = self._channel
             try:
                 sent = channel.send_many(records)
             except RingError as exc:
                 raise errors.BrokenError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}") from exc
+            self._written += sent
             del records[:sent]
             if not records:
                 return
             self.client.pump_events()
             self.client.check_kernel()
-            self._check()
+            self._check(deadline)
+            if channel is not self._channel:
+                continue
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise errors.KsTimeoutError(f"{len(records)} records could not be queued")
@@ -584,6 +771,8 @@ class CapturePin(Pin):
         self._poller = zmq.Poller()
         self._poller.register(channel.data_fileno(), zmq.POLLIN)
         self._poller.register(client._rpc.socket, zmq.POLLIN)
+        if client._kernel_fd is not None:
+            self._poller.register(client._kernel_fd, zmq.POLLIN)
         self._callback_thread: threading.Thread | None = None
         self._callback_stop = threading.Event()
 
@@ -591,6 +780,18 @@ class CapturePin(Pin):
     def dropped(self) -> int:
         """Messages the kernel had to drop because this pin's ring was full."""
         return self._channel.ring.dropped
+
+    def _attach(self, channel: ChannelReader | ChannelWriter) -> None:
+        assert isinstance(channel, ChannelReader)
+        self._poller.unregister(self._channel.data_fileno())
+        self._channel = channel
+        self._poller.register(channel.data_fileno(), zmq.POLLIN)
+
+    def _release_old_handle(self) -> None:
+        # What reached the old ring was delivered, not lost: keep it for receive().
+        with contextlib.suppress(errors.KsError):
+            self._fill()
+        super()._release_old_handle()
 
     def _flushed(self) -> None:
         self._ready.clear()
@@ -620,28 +821,38 @@ class CapturePin(Pin):
         """The next message, or WouldBlock if none is waiting."""
         if self._ready or self._fill():
             return self._ready.popleft()
-        self._check()
+        self._check(time.monotonic())
+        if self._fill():
+            return self._ready.popleft()
         raise errors.WouldBlock("no message waiting")
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """True when a message can be received without blocking (waits up to `timeout`)."""
         if self._ready or self._fill():
             return True
-        self._check()
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._check_or_timeout(deadline)
         while True:
             if self._channel.prepare_to_sleep():
                 remaining = 1.0 if deadline is None else deadline - time.monotonic()
-                if remaining > 0 and not self._poller.poll(
-                    max(1, int(min(remaining, 1.0) * 1000))
-                ):
-                    self.client.check_kernel()
+                if remaining > 0:
+                    self._poller.poll(max(1, int(min(remaining, 1.0) * 1000)))
+                self.client.check_kernel()
                 self.client.pump_events()
             if self._fill():
                 return True
-            self._check()
+            if not self._check_or_timeout(deadline):
+                return False
             if deadline is not None and time.monotonic() >= deadline:
                 return False
+
+    def _check_or_timeout(self, deadline: float | None) -> bool:
+        """`_check`, but False where a reopen is still waiting for the device at `deadline`."""
+        try:
+            self._check(deadline)
+        except errors.KsTimeoutError:
+            return False
+        return True
 
     def receive(self, timeout: float | None = None) -> MidiMessage:
         """The next message, waiting up to `timeout` seconds (None: forever).
@@ -698,8 +909,16 @@ def connect(
     *,
     timeout: float = 5.0,
     name: str | None = None,
+    auto_reopen: bool = False,
+    reopen_timeout: float = REOPEN_TIMEOUT,
 ) -> Client:
     """Connect to the kernel in `runtime_dir` (default: $PORTCLS_RUNTIME_DIR, else the
-    per-user default), waiting up to `timeout` seconds for it to answer."""
+    per-user default), waiting up to `timeout` seconds for it to answer.
+
+    `auto_reopen`: the default for this client's pins (see the module docstring);
+    `reopen_timeout`: how long such a pin waits for its device to come back.
+    """
+    if reopen_timeout < 0:
+        raise ValueError("reopen_timeout must not be negative")
     directory = Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
-    return Client(directory, timeout, name or f"pid{os.getpid()}")
+    return Client(directory, timeout, name or f"pid{os.getpid()}", auto_reopen, reopen_timeout)
