@@ -12,8 +12,8 @@ STATUS_IO_DEVICE_ERROR; enter UART mode (0x3F, acknowledged too). Every wait
 polls the status with short sleeps and gives up after about 50 ms.
 
 ISR (under the interrupt-sync lock): read while input is available; keep the
-bytes in a 128-byte ring only while the capture stream runs; drop and count
-what does not fit; `notify` if anything was kept; claim the interrupt only if
+bytes in a 128-byte ring (at the real wire rate) only while the capture stream
+runs; drop and count what does not fit; `notify` if anything was kept; claim the interrupt only if
 input was present. The port stamps the bytes with the time of the first
 `notify` after its last drain, which is the ISR that stored the first of them.
 
@@ -28,7 +28,10 @@ Options (keyword arguments from the device's configuration):
   baud         wire rate, default 31250 (320 us a byte); tests use a faster one
   tx_fifo      the card's transmit FIFO in bytes (default 16)
   rx_fifo      the card's receive FIFO in bytes (default 16)
-  tick         seconds; how often the card's wire thread may wake (default 0.001)
+  tick         seconds; how often the card's wire thread may wake (default 0.001,
+               the 1 ms resolution of the port's sequencer)
+  capture_ring bytes the ISR keeps for the port; default 128 at 31,250 baud, scaled
+               with `baud` so that it always holds the same 41 ms of input
   fault        a broken card, to exercise failure paths: "no_ack" (never
                acknowledges), "no_card" (nothing at the I/O address), "tx_stuck"
                (the transmitter never drains)
@@ -93,6 +96,7 @@ NODE_PIN_OUT: Final = 0
 NODE_PIN_IN: Final = 1
 
 CAPTURE_RING_SIZE: Final = 128
+"""The ISR's ring at the real wire rate."""
 MAX_ZERO_WRITES: Final = 100
 WAIT_LIMIT: Final = 0.05
 """How long init waits for the card at each step (about 50 ms)."""
@@ -110,7 +114,11 @@ MIDI_BUS_RANGE: Final = DataRange(sub_format=KSDATAFORMAT_SUBTYPE_MIDI_BUS)
 DESCRIPTION: Final = FilterDescriptor(
     pins=(
         PinDescriptor("MIDI Render", DataFlow.IN, data_ranges=(MIDI_RANGE,)),
-        PinDescriptor("DirectMusic Render", DataFlow.IN, data_ranges=(DIRECTMUSIC_RANGE,)),
+        # The emulated port carries raw MIDI bytes on both render pins, so the
+        # DirectMusic pin takes the plain MIDI format as well as its own.
+        PinDescriptor(
+            "DirectMusic Render", DataFlow.IN, data_ranges=(DIRECTMUSIC_RANGE, MIDI_RANGE)
+        ),
         PinDescriptor("MIDI Out (bridge)", DataFlow.OUT, Communication.NONE, (MIDI_BUS_RANGE,)),
         PinDescriptor("MIDI In (bridge)", DataFlow.IN, Communication.NONE, (MIDI_BUS_RANGE,)),
         PinDescriptor("MIDI Capture", DataFlow.OUT, data_ranges=(MIDI_RANGE, DIRECTMUSIC_RANGE)),
@@ -259,6 +267,7 @@ class UartMiniport(MiniportMidi):
         rx_fifo: int = 16,
         tick: float = 0.001,
         fault: str | None = None,
+        capture_ring: int | None = None,
         clsid: str = CLSID_MiniportDriverUart,
     ) -> None:
         if cable not in mpu401.CABLES:
@@ -277,6 +286,11 @@ class UartMiniport(MiniportMidi):
         self.tx_fifo = int(_option("tx_fifo", tx_fifo, True, 1))
         self.rx_fifo = int(_option("rx_fifo", rx_fifo, True, 1))
         self.tick = _option("tick", tick, False, 0)
+        self.capture_ring = (
+            max(CAPTURE_RING_SIZE, CAPTURE_RING_SIZE * self.baud // mpu401.WIRE_BAUD)
+            if capture_ring is None
+            else int(_option("capture_ring", capture_ring, True, 1))
+        )
         self.fault = fault
         self.clsid = _normal_clsid(clsid)
         self.sync = InterruptSync()
@@ -315,7 +329,9 @@ class UartMiniport(MiniportMidi):
     def _command(self, command: int, expect_ack: bool) -> bool:
         """Send a command when the card is ready; with `expect_ack`, True if 0xFE came back."""
         if not self._wait_status(mpu401.STATUS_OUTPUT_NOT_READY, WAIT_LIMIT):
-            raise StatusError(Status.IO_DEVICE_ERROR, "the MPU-401 never became ready")
+            raise StatusError(
+                Status.IO_DEVICE_ERROR, f"the MPU-401 at 0x{self.base:x} never became ready"
+            )
         self.io.write_port_uchar(self.base + mpu401.COMMAND_PORT, command)
         if not expect_ack:
             return True
@@ -418,7 +434,7 @@ class UartMiniport(MiniportMidi):
             byte = self._read_data()
             if not keep:
                 continue
-            if len(self.ring) < CAPTURE_RING_SIZE:
+            if len(self.ring) < self.capture_ring:
                 self.ring.append(byte)
                 stored = True
             else:
