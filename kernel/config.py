@@ -1,7 +1,8 @@
 """The kernel's configuration: which devices the PnP manager starts, and its timings.
 
 Read from a TOML file (`portcls up config.toml`); without one, the built-in
-default needs no hardware: one loopback device.
+default needs no hardware: one loopback device and one MPU-401 (emulated, its
+cable looped back).
 
     [kernel]
     heartbeat_interval = 1.0     # seconds between a miniport host's heartbeats
@@ -68,7 +69,18 @@ class KernelConfig:
     stop_grace: float = 1.0
 
 
-DEFAULT = KernelConfig(devices=(DeviceConfig(name="loopback", miniport="loopback"),))
+DEFAULT = KernelConfig(
+    devices=(
+        DeviceConfig(name="loopback", miniport="loopback"),
+        # The built-in UART miniport on an emulated MPU-401 whose MIDI OUT is looped to its IN.
+        DeviceConfig(
+            name="mpu401",
+            miniport="mpu401",
+            options={"cable": "loopback"},
+            resources={"io": [[0x330, 2]], "irq": [9]},
+        ),
+    )
+)
 
 
 def _number(table: dict[str, Any], key: str, default: float, low: float) -> float:

@@ -52,13 +52,14 @@ def test_up_stops_cleanly_on_sigterm(runtime_dir: Path, tmp_path: Path) -> None:
     assert proc.stdout is not None
     banner = [proc.stdout.readline() for _ in range(3)]
     assert "ready" in banner[0] and "loopback" in banner[1]
-    children = __import__("psutil").Process(proc.pid).children()
-    assert len(children) == 1
+    children = __import__("psutil").Process(proc.pid).children(recursive=True)
+    miniports = [c for c in children if "miniports.host" in c.cmdline()]
+    assert len(miniports) == 2  # the default: a loopback and an MPU-401
     proc.send_signal(signal.SIGTERM)
     rest = proc.stdout.read()
     assert proc.wait(15) == 0
     proc.stdout.close()
-    assert "kernel stopped" in rest
+    assert "mpu401 (mpu401" in rest and "kernel stopped" in rest
     assert not runtime_dir.exists()
     time.sleep(0.1)
-    assert not children[0].is_running()
+    assert not any(child.is_running() for child in children)
