@@ -222,22 +222,35 @@ class RtMidiCable(Cable):
     """A real MIDI port through python-rtmidi (imported only when this cable is made).
 
     `port`: connect to the first output (and input, if there is one) whose name
-    contains it; None: open virtual ports named after `client_name` that other
-    programs connect to. Input arrives at the card paced at the wire rate.
+    contains it; None: open virtual ports ("out", "in") that other programs
+    connect to. `api`: "alsa", "jack" or None (rtmidi's default); with JACK the
+    two directions are the clients `client_name`-out and `client_name`-in.
+    Input arrives at the card paced at the wire rate.
     """
 
-    def __init__(self, port: str | None = None, client_name: str = "portcls MPU-401") -> None:
+    def __init__(
+        self, port: str | None = None, client_name: str = "portcls-mpu401", api: str | None = None
+    ) -> None:
         try:
             import rtmidi
         except ImportError as exc:
             raise CableError(f"the rtmidi cable needs python-rtmidi: {exc}") from exc
+        apis = {None: rtmidi.API_UNSPECIFIED, "alsa": rtmidi.API_LINUX_ALSA,
+                "jack": rtmidi.API_UNIX_JACK}
+        if api not in apis:
+            raise CableError(f"no rtmidi API {api!r} (alsa, jack)")
+        jack = api == "jack"
         self._framer = MidiFramer()
         try:
-            self._out = rtmidi.MidiOut(name=client_name)
-            self._in = rtmidi.MidiIn(name=client_name)
+            self._out = rtmidi.MidiOut(
+                rtapi=apis[api], name=f"{client_name}-out" if jack else client_name
+            )
+            self._in = rtmidi.MidiIn(
+                rtapi=apis[api], name=f"{client_name}-in" if jack else client_name
+            )
             if port is None:
-                self._out.open_virtual_port(f"{client_name} OUT")
-                self._in.open_virtual_port(f"{client_name} IN")
+                self._out.open_virtual_port("out")
+                self._in.open_virtual_port("in")
             else:
                 self._open_named(self._out, port, required=True)
                 self._open_named(self._in, port, required=False)
@@ -278,14 +291,22 @@ class RtMidiCable(Cable):
 CABLES: Final = ("loopback", "rtmidi", "none")
 
 
-def open_cable(kind: str, port: str | None = None, client_name: str = "portcls MPU-401") -> Cable:
-    """A new cable of `kind` ("loopback", "rtmidi" or "none"); CableError if it cannot be made."""
+def open_cable(
+    kind: str,
+    port: str | None = None,
+    client_name: str = "portcls-mpu401",
+    api: str | None = None,
+) -> Cable:
+    """A new cable of `kind` ("loopback", "rtmidi" or "none"); CableError if it cannot be made.
+
+    `port`, `client_name` and `api` are for the rtmidi cable (see `RtMidiCable`).
+    """
     if kind == "loopback":
         return LoopbackCable()
     if kind == "none":
         return NullCable()
     if kind == "rtmidi":
-        return RtMidiCable(port, client_name)
+        return RtMidiCable(port, client_name, api)
     raise CableError(f"no cable {kind!r} (one of {', '.join(CABLES)})")
 
 

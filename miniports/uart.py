@@ -25,6 +25,8 @@ Options (keyword arguments from the device's configuration):
   cable        "loopback" (default: MIDI OUT wired to MIDI IN), "rtmidi", "none"
   rtmidi_port  with cable = "rtmidi": connect to the MIDI port whose name
                contains this; unset: open virtual ports other programs connect to
+  rtmidi_api   with cable = "rtmidi": "alsa", "jack" or unset (rtmidi's default)
+  rtmidi_client  with cable = "rtmidi": the MIDI client name (default portcls-mpu401)
   baud         wire rate, default 31250 (320 us a byte); tests use a faster one
   tx_fifo      the card's transmit FIFO in bytes (default 16)
   rx_fifo      the card's receive FIFO in bytes (default 16)
@@ -262,6 +264,8 @@ class UartMiniport(MiniportMidi):
         self,
         cable: str = "loopback",
         rtmidi_port: str | None = None,
+        rtmidi_api: str | None = None,
+        rtmidi_client: str = "portcls-mpu401",
         baud: int = mpu401.WIRE_BAUD,
         tx_fifo: int = 16,
         rx_fifo: int = 16,
@@ -276,12 +280,18 @@ class UartMiniport(MiniportMidi):
             )
         if rtmidi_port is not None and (not isinstance(rtmidi_port, str) or cable != "rtmidi"):
             raise StatusError(Status.INVALID_PARAMETER, "rtmidi_port is a string for cable rtmidi")
+        if rtmidi_api not in (None, "alsa", "jack"):
+            raise StatusError(Status.INVALID_PARAMETER, "rtmidi_api must be alsa or jack")
+        if not isinstance(rtmidi_client, str) or not rtmidi_client:
+            raise StatusError(Status.INVALID_PARAMETER, "rtmidi_client must be a name")
         if fault is not None and fault not in FAULTS:
             raise StatusError(Status.INVALID_PARAMETER, f"fault must be one of {', '.join(FAULTS)}")
         if _normal_clsid(clsid) not in UART_CLSIDS:
             raise StatusError(Status.INVALID_PARAMETER, f"{clsid!r} is not an MPU-401 UART clsid")
         self.cable_kind = cable
         self.rtmidi_port = rtmidi_port
+        self.rtmidi_api = rtmidi_api
+        self.rtmidi_client = rtmidi_client
         self.baud = int(_option("baud", baud, True, 1))
         self.tx_fifo = int(_option("tx_fifo", tx_fifo, True, 1))
         self.rx_fifo = int(_option("rx_fifo", rx_fifo, True, 1))
@@ -348,7 +358,9 @@ class UartMiniport(MiniportMidi):
         if self.fault == "no_card":
             return
         try:
-            cable = mpu401.open_cable(self.cable_kind, self.rtmidi_port)
+            cable = mpu401.open_cable(
+                self.cable_kind, self.rtmidi_port, self.rtmidi_client, self.rtmidi_api
+            )
         except mpu401.CableError as exc:
             raise StatusError(Status.DEVICE_CONFIGURATION_ERROR, str(exc)) from exc
         self.card = mpu401.Mpu401(

@@ -25,7 +25,7 @@ from miniports.mpu401 import (
     MidiFramer,
     Mpu401,
 )
-from miniports.testing import assert_conformant
+from miniports.testing import assert_conformant, running_kernel, toml_config
 from miniports.uart import (
     CLSID_MiniportDriverDMusUART,
     CLSID_MiniportDriverDMusUARTCapture,
@@ -452,3 +452,26 @@ def test_the_conformance_suite_passes_on_the_mpu401() -> None:
         resources={"io": [[0x330, 2]], "irq": [9]},
     )
     assert all(r.outcome == "passed" for r in report.results), report.summary()
+
+
+@pytest.mark.jack
+def test_the_rtmidi_cable_through_a_real_jack_server(jack_server) -> None:
+    config = toml_config([{
+        "name": "mpu", "miniport": "mpu401", "restart": "never",
+        "resources": {"io": [[0x330, 2]], "irq": [9]},
+        "options": {"cable": "rtmidi", "rtmidi_api": "jack", "rtmidi_client": "mpu",
+                    "baud": FAST},
+    }])
+    with running_kernel(config, env=jack_server.env()) as kernel, kernel.connect() as c:
+        c.wait_for_filter("mpu")
+        jack_server.wait_for_port("mpu-out:out")
+        jack_server.wait_for_port("mpu-in:in")
+        jack_server.connect("mpu-out:out", "mpu-in:in")  # a real MIDI cable, out to in
+        with c.open_render("mpu") as out, c.open_capture("mpu") as inp:
+            inp.run()
+            out.run()
+            messages = [bytes([0x90 | (i % 16), i % 128, 64]) for i in range(300)]
+            sysex = bytes([0xF0, 0x7D, *range(100), 0xF7])
+            out.send_many([*messages, sysex])
+            assert [inp.receive(timeout=10).data for _ in messages] == messages
+            assert inp.receive(timeout=10).data == sysex
