@@ -17,8 +17,9 @@ ENTRY_POINT_GROUP: Final = "portcls.miniports"
 
 BUILTIN: Final[dict[str, str]] = {
     "loopback": "miniports.loopback:LoopbackMiniport",
-    "faulty": "miniports.faults:FaultInjector",
     "mpu401": "miniports.uart:UartMiniport",
+    "faulty": "miniports.faults:FaultInjector",
+    "rtmidi": "miniports.rtmidiport:RtMidiMiniport",
 }
 
 

@@ -360,8 +360,10 @@ class _Suite:
             try:
                 msg = inp.receive(timeout=max(0.0, left))
             except ksclient.KsTimeoutError:
+                missing = wanted[len(got)][:16].hex(" ")
                 raise AssertionError(
-                    f"{len(got)} of {len(wanted)} messages came back in {self.timeout} s"
+                    f"{len(got)} of {len(wanted)} messages came back in {self.timeout} s "
+                    f"(missing: {missing})"
                 ) from None
             data = msg.data
             index = len(got)

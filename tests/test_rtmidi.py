@@ -1,0 +1,268 @@
+"""The rtmidi miniport through a real JACK server, with real JACK peers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import rtmidi
+
+import ksclient
+from ipc.status import StatusError
+from miniports.jackbed import JackServer
+from miniports.rtmidiport import MessageAssembler, RtMidiMiniport
+from miniports.testing import assert_conformant, toml_config
+from tests.conftest import KernelProcess
+
+pytestmark = pytest.mark.jack
+
+
+def rtmidi_config(server: JackServer, name: str = "jack", **options: Any) -> str:
+    return toml_config([{
+        "name": name,
+        "miniport": "rtmidi",
+        "options": {"api": "jack", "jack_server": server.name, "client_name": "pcls",
+                    **options},
+        "restart": {"limit": 0},
+    }])
+
+
+@pytest.fixture
+def jack_env(jack_server: JackServer, monkeypatch: pytest.MonkeyPatch) -> JackServer:
+    """Point this test process's own JACK clients (the peers) at the test's server."""
+    for key, value in jack_server.env({}).items():
+        monkeypatch.setenv(key, value)
+    return jack_server
+
+
+@pytest.fixture
+def spawn(jack_server: JackServer) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start JACK tools as peers; they are stopped (SIGINT, then kill) after the test."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*argv: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            ["stdbuf", "-oL", *argv], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, text=True, env=jack_server.env(),
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def dump_lines(proc: subprocess.Popen[str], count: int, timeout: float = 15.0) -> list[bytes]:
+    """The first `count` events jack_midi_dump prints, as bytes."""
+    assert proc.stdout is not None
+    events: list[bytes] = []
+    timer = threading.Timer(timeout, proc.send_signal, (signal.SIGINT,))
+    timer.start()
+    try:
+        for line in proc.stdout:
+            head, sep, rest = line.partition(":")
+            if not sep or not head.strip().isdigit():
+                continue
+            hex_bytes = []
+            for token in rest.split():
+                if len(token) != 2:
+                    break
+                hex_bytes.append(int(token, 16))
+            events.append(bytes(hex_bytes))
+            if len(events) == count:
+                break
+    finally:
+        timer.cancel()
+    return events
+
+
+def test_render_reaches_jack_midi_dump(
+    jack_server: JackServer, start_kernel: Callable[..., KernelProcess],
+    spawn: Callable[..., subprocess.Popen[str]],
+) -> None:
+    dump = spawn("jack_midi_dump")
+    jack_server.wait_for_port("midi-monitor:input")
+    kernel = start_kernel(rtmidi_config(jack_server, output="midi-monitor:input"))
+    sent = [bytes((0x90 | (i % 16), 40 + i, 1 + i)) for i in range(40)]
+    with kernel.connect() as client, client.open_render("jack") as out:
+        out.run()
+        for i, message in enumerate(sent):
+            out.send(message)
+            if i % 10 == 9:
+                time.sleep(0.01)
+        assert dump_lines(dump, len(sent)) == sent
+
+
+def test_capture_from_jack_midiseq_with_timestamps(
+    jack_server: JackServer, start_kernel: Callable[..., KernelProcess],
+    spawn: Callable[..., subprocess.Popen[str]],
+) -> None:
+    # A 0.1 s loop at 48 kHz: note 60 at sample 0, note 64 at sample 2400.
+    spawn("jack_midiseq", "seq", "4800", "0", "60", "1000", "2400", "64", "1000")
+    jack_server.wait_for_port("seq:out")
+    kernel = start_kernel(rtmidi_config(jack_server, input="seq:out"))
+    known = {bytes.fromhex(h) for h in ("903c40", "803c40", "904040", "804040")}
+    with kernel.connect() as client, client.open_capture("jack") as inp:
+        started = ksclient.now()
+        inp.run()
+        got = [inp.receive(timeout=10) for _ in range(12)]
+        finished = ksclient.now()
+    assert {m.data for m in got} == known
+    order = [m.data for m in got]
+    cycle = [bytes.fromhex(h) for h in ("903c40", "803c40", "904040", "804040")]
+    first = cycle.index(order[0])
+    assert order == [cycle[(first + i) % 4] for i in range(12)]
+    stamps = [m.timestamp for m in got]
+    assert stamps == sorted(stamps)
+    assert started <= stamps[0] and stamps[-1] <= finished
+
+
+def test_sysex_and_realtime_both_ways_with_an_rtmidi_peer(
+    jack_env: JackServer, start_kernel: Callable[..., KernelProcess]
+) -> None:
+    received: list[bytes] = []
+    arrived = threading.Event()
+    peer_in = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name="peer")
+    peer_out = rtmidi.MidiOut(rtapi=rtmidi.API_UNIX_JACK, name="peersend")
+    try:
+        peer_in.ignore_types(sysex=False, timing=False, active_sense=False)
+
+        def on_message(event: tuple[list[int], float], _: object) -> None:
+            received.append(bytes(event[0]))
+            if len(received) == 3:
+                arrived.set()
+
+        peer_in.set_callback(on_message)
+        peer_in.open_virtual_port("in")
+        peer_out.open_virtual_port("out")
+        kernel = start_kernel(rtmidi_config(jack_env, input="peersend:out", output="peer:in"))
+        sysex = bytes([0xF0, 0x7D]) + bytes(i % 128 for i in range(1021)) + b"\xf7"
+        assert len(sysex) == 1024
+        with kernel.connect() as client, client.open_render("jack") as out, \
+                client.open_capture("jack") as inp:
+            inp.run()
+            out.run()
+            out.send_many([b"\xf8", sysex, b"\xfe"])
+            assert arrived.wait(10), f"the peer got {len(received)} of 3 messages"
+            assert received == [b"\xf8", sysex, b"\xfe"]
+
+            peer_out.send_message(b"\xf8")
+            peer_out.send_message(sysex)
+            peer_out.send_message(b"\xfe")
+            got = [inp.receive(timeout=10) for _ in range(3)]
+            assert [m.data for m in got] == [b"\xf8", sysex, b"\xfe"]
+            assert got[1].is_sysex and not got[1].aborted
+    finally:
+        peer_in.delete()
+        peer_out.delete()
+
+
+def test_rtmidi_through_jack_is_conformant(jack_server: JackServer) -> None:
+    def wire_the_loop(_: object) -> None:
+        jack_server.wait_for_port("dut-out:out")
+        jack_server.wait_for_port("dut-in:in")
+        jack_server.connect("dut-out:out", "dut-in:in")
+
+    assert_conformant(
+        "rtmidi",
+        options={"api": "jack", "jack_server": jack_server.name, "virtual": True,
+                 "client_name": "dut"},
+        prepare=wire_the_loop,
+        env=jack_server.env(),
+    )
+
+
+def test_a_port_that_is_not_there_fails_the_device_clearly(
+    jack_server: JackServer, start_kernel: Callable[..., KernelProcess]
+) -> None:
+    kernel = start_kernel(rtmidi_config(jack_server, output="nobody:*"))
+    with kernel.connect() as client:
+        assert [f.id for f in client.filters()] == []
+        device = client.stats()["devices"]["jack"]
+    assert device["state"] == "failed"
+    assert "no output port matches 'nobody:*'" in device["last_exit"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"api": "bogus", "output": "x"}, "api 'bogus'"),
+        ({"api": "jack"}, "input and/or an output"),
+        ({"api": "jack", "output": ""}, "output must be"),
+        ({"api": "jack", "output": "x", "pace_messages": 0}, "pace_messages"),
+        ({"api": "jack", "input": "x", "fifo_size": True}, "fifo_size"),
+    ],
+)
+def test_bad_options_are_refused_with_a_clear_message(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(StatusError, match=message):
+        RtMidiMiniport(**options)
+
+
+def assemble(chunks: list[bytes], refuse_every: int = 0) -> tuple[list[bytes], MessageAssembler]:
+    """Feed the chunks like the port does (re-offering what was not taken)."""
+    assembler = MessageAssembler()
+    sent: list[bytes] = []
+    calls = 0
+
+    def send(message: bytes) -> bool:
+        nonlocal calls
+        calls += 1
+        if refuse_every and calls % refuse_every == 0:
+            return False
+        sent.append(message)
+        return True
+
+    for chunk in chunks:
+        while chunk:
+            taken = assembler.feed(chunk, send)
+            chunk = chunk[taken:]
+    return sent, assembler
+
+
+def test_the_assembler_expands_running_status_and_joins_split_messages() -> None:
+    stream = bytes.fromhex("903c40 3e40 c005 06 f0010203f7 b0077f")
+    messages = [bytes.fromhex(h) for h in
+                ("903c40", "903e40", "c005", "c006", "f0010203f7", "b0077f")]
+    for cut in range(1, len(stream)):
+        for refuse in (0, 2, 3):
+            sent, _ = assemble([stream[:cut], stream[cut:]], refuse)
+            assert sent == messages, (cut, refuse)
+
+
+def test_the_assembler_sends_realtime_bytes_inside_sysex_at_once() -> None:
+    sent, assembler = assemble([bytes.fromhex("f00102f8 0304fe f7 f6 f8")])
+    assert sent == [b"\xf8", b"\xfe", bytes.fromhex("f001020304f7"), b"\xf6", b"\xf8"]
+    assert assembler.discarded == 0
+
+
+def test_the_assembler_drops_strays_and_cut_messages_and_counts_them() -> None:
+    sent, assembler = assemble([bytes.fromhex("3c 40 90 3c f7 f00102 903c40")])
+    assert sent == [bytes.fromhex("903c40")]
+    assert assembler.discarded == 2 + 2 + 1 + 3
+
+
+def test_jack_peers_see_the_device_ports(jack_server: JackServer,
+                                         start_kernel: Callable[..., KernelProcess]) -> None:
+    kernel = start_kernel(rtmidi_config(jack_server, virtual=True))
+    with kernel.connect() as client:
+        client.wait_for_filter("jack")
+    ports = jack_server.ports()
+    assert "pcls-in:in" in ports and "pcls-out:out" in ports
+    assert os.environ.get("JACK_DEFAULT_SERVER") != jack_server.name
