@@ -226,7 +226,15 @@ class RtMidiCable(Cable):
     connect to. `api`: "alsa", "jack" or None (rtmidi's default); with JACK the
     two directions are the clients `client_name`-out and `client_name`-in.
     Input arrives at the card paced at the wire rate.
+
+    On JACK the input queue is polled every `JACK_POLL` seconds (about one JACK
+    period) instead of using rtmidi's callback: that callback runs in JACK's
+    process thread, must take the GIL per event and then misses cycles and
+    loses or repeats events while another thread holds it (observed here, as
+    the rtmidi miniport found). Other APIs use the callback and cost nothing idle.
     """
+
+    JACK_POLL: Final = 0.001
 
     def __init__(
         self, port: str | None = None, client_name: str = "portcls-mpu401", api: str | None = None
@@ -255,10 +263,25 @@ class RtMidiCable(Cable):
                 self._open_named(self._out, port, required=True)
                 self._open_named(self._in, port, required=False)
             self._in.ignore_types(sysex=False, timing=False, active_sense=False)
-            self._in.set_callback(self._on_input)
+            if not jack:
+                self._in.set_callback(self._on_input)
         except (rtmidi.RtMidiError, OSError) as exc:
             self.close()
             raise CableError(f"rtmidi: {exc}") from exc
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        if jack:
+            self._poller = threading.Thread(target=self._poll_input, name="mpu401-jack-in",
+                                            daemon=True)
+            self._poller.start()
+
+    def _poll_input(self) -> None:
+        while not self._stop.is_set():
+            event = self._in.get_message()
+            if event is None:
+                self._stop.wait(self.JACK_POLL)
+            elif self.card is not None:
+                self.card.receive(bytes(event[0]))
 
     @staticmethod
     def _open_named(midi: Any, port: str, required: bool) -> None:
@@ -279,6 +302,11 @@ class RtMidiCable(Cable):
             self._out.send_message(message)
 
     def close(self) -> None:
+        poller = getattr(self, "_poller", None)
+        if poller is not None:
+            self._stop.set()
+            poller.join(5)
+            self._poller = None
         midi_in, midi_out = getattr(self, "_in", None), getattr(self, "_out", None)
         if midi_in is not None:
             midi_in.cancel_callback()

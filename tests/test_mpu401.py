@@ -459,8 +459,8 @@ def test_the_rtmidi_cable_through_a_real_jack_server(jack_server) -> None:
     config = toml_config([{
         "name": "mpu", "miniport": "mpu401", "restart": "never",
         "resources": {"io": [[0x330, 2]], "irq": [9]},
-        "options": {"cable": "rtmidi", "rtmidi_api": "jack", "rtmidi_client": "mpu",
-                    "baud": FAST},
+        # At the real wire rate: a real MIDI port is what this cable is for.
+        "options": {"cable": "rtmidi", "rtmidi_api": "jack", "rtmidi_client": "mpu"},
     }])
     with running_kernel(config, env=jack_server.env()) as kernel, kernel.connect() as c:
         c.wait_for_filter("mpu")
@@ -470,8 +470,8 @@ def test_the_rtmidi_cable_through_a_real_jack_server(jack_server) -> None:
         with c.open_render("mpu") as out, c.open_capture("mpu") as inp:
             inp.run()
             out.run()
-            messages = [bytes([0x90 | (i % 16), i % 128, 64]) for i in range(300)]
-            sysex = bytes([0xF0, 0x7D, *range(100), 0xF7])
+            messages = [bytes([0x90 | (i % 16), i % 128, 64]) for i in range(100)]
+            sysex = bytes([0xF0, 0x7D, *range(50), 0xF7])
             out.send_many([*messages, sysex])
             assert [inp.receive(timeout=10).data for _ in messages] == messages
             assert inp.receive(timeout=10).data == sysex
