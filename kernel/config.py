@@ -20,6 +20,13 @@ cable looped back).
     resources = { io = [[0x330, 2]], irq = [9] }
     properties = { friendly_name = "Loopback" }
     restart = { limit = 5, window = 60.0, backoff = 0.2 }   # limit 0 (or "never"): no restart
+
+    [[hotplug]]                  # every matching rtmidi port becomes a device while it exists
+    api = "jack"                 # alsa, jack, coremidi, winmm
+    match = "synth*:*"           # glob over port names
+    direction = "both"           # input (capture from it), output (render to it), both
+    prefix = "hw"                # device name: hw-<port name>
+    options = { pace = false }   # more rtmidi miniport options
 """
 
 from __future__ import annotations
@@ -58,8 +65,27 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HotplugRule:
+    """Every rtmidi port of `api` whose name matches `match` becomes a device while it exists.
+
+    direction "input": the device captures from the port; "output": it renders
+    to it; "both": either, as the port allows. The device is named
+    `prefix-<port name>` (characters a device name cannot hold become "-").
+    """
+
+    api: str
+    match: str
+    direction: str = "both"
+    prefix: str = "hw"
+    options: dict[str, Any] = field(default_factory=dict)
+    interval: float = 0.25
+    restart: RestartPolicy = RestartPolicy()
+
+
+@dataclass(frozen=True, slots=True)
 class KernelConfig:
     devices: tuple[DeviceConfig, ...]
+    hotplug: tuple[HotplugRule, ...] = ()
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 5.0
     call_timeout: float = 5.0
@@ -97,9 +123,54 @@ def _table(obj: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+def _restart(raw: dict[str, Any], what: str) -> RestartPolicy:
+    # `restart = "never"` is short for a limit of 0.
+    restart = {"limit": 0} if raw.get("restart") == "never" else _table(raw, "restart")
+    limit = restart.get("limit", 5)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise _config_error(f"{what}: restart.limit must be an int >= 0")
+    return RestartPolicy(
+        limit=limit,
+        window=_number(restart, "window", 60.0, 0.0),
+        backoff=_number(restart, "backoff", 0.2, 0.0),
+        max_backoff=_number(restart, "max_backoff", 5.0, 0.0),
+    )
+
+
+def _hotplug_rules(raw_rules: Any) -> tuple[HotplugRule, ...]:
+    if not isinstance(raw_rules, list):
+        raise _config_error("hotplug must be an array of tables ([[hotplug]])")
+    rules = []
+    for raw in raw_rules:
+        if not isinstance(raw, dict):
+            raise _config_error("each [[hotplug]] must be a table")
+        extra = set(raw) - {"api", "match", "direction", "prefix", "options", "interval",
+                            "restart"}
+        if extra:
+            raise _config_error(f"hotplug: unknown keys {sorted(extra)}")
+        api, match = raw.get("api"), raw.get("match")
+        if not isinstance(api, str) or not api:
+            raise _config_error("hotplug needs an api (alsa, jack, coremidi, winmm)")
+        if not isinstance(match, str) or not match:
+            raise _config_error("hotplug needs a match pattern (a glob over port names)")
+        direction = raw.get("direction", "both")
+        if direction not in ("input", "output", "both"):
+            raise _config_error(f"hotplug direction {direction!r}: input, output or both")
+        prefix = raw.get("prefix", "hw")
+        if not isinstance(prefix, str) or not _NAME.match(prefix) or len(prefix) > 16:
+            raise _config_error(f"hotplug prefix {prefix!r}: letters, digits, _ . - (max 16)")
+        rules.append(HotplugRule(
+            api=api, match=match, direction=direction, prefix=prefix,
+            options=_table(raw, "options"),
+            interval=_number(raw, "interval", 0.25, 0.01),
+            restart=_restart(raw, f"hotplug {match!r}"),
+        ))
+    return tuple(rules)
+
+
 def parse(data: dict[str, Any]) -> KernelConfig:
     """Validate a decoded TOML document; StatusError(DEVICE_CONFIGURATION_ERROR) if wrong."""
-    unknown = set(data) - {"kernel", "device"}
+    unknown = set(data) - {"kernel", "device", "hotplug"}
     if unknown:
         raise _config_error(f"unknown top-level keys: {sorted(unknown)}")
     kernel = _table(data, "kernel")
@@ -122,11 +193,6 @@ def parse(data: dict[str, Any]) -> KernelConfig:
         extra = set(raw) - {"name", "miniport", "options", "resources", "properties", "restart"}
         if extra:
             raise _config_error(f"device {name!r}: unknown keys {sorted(extra)}")
-        # `restart = "never"` is short for a limit of 0.
-        restart = {"limit": 0} if raw.get("restart") == "never" else _table(raw, "restart")
-        limit = restart.get("limit", 5)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise _config_error(f"device {name!r}: restart.limit must be an int >= 0")
         devices.append(
             DeviceConfig(
                 name=name,
@@ -134,14 +200,10 @@ def parse(data: dict[str, Any]) -> KernelConfig:
                 options=_table(raw, "options"),
                 resources=_table(raw, "resources"),
                 properties=_table(raw, "properties"),
-                restart=RestartPolicy(
-                    limit=limit,
-                    window=_number(restart, "window", 60.0, 0.0),
-                    backoff=_number(restart, "backoff", 0.2, 0.0),
-                    max_backoff=_number(restart, "max_backoff", 5.0, 0.0),
-                ),
+                restart=_restart(raw, f"device {name!r}"),
             )
         )
+    hotplug = _hotplug_rules(data.get("hotplug", []))
     capacity = kernel.get("ring_capacity", 1 << 16)
     if (
         isinstance(capacity, bool)
@@ -157,6 +219,7 @@ def parse(data: dict[str, Any]) -> KernelConfig:
         raise _config_error("malformed_limit must be an int >= 0 (0: never a fault)")
     return KernelConfig(
         devices=tuple(devices),
+        hotplug=hotplug,
         heartbeat_interval=_number(kernel, "heartbeat_interval", 1.0, 0.01),
         heartbeat_timeout=_number(kernel, "heartbeat_timeout", 5.0, 0.05),
         call_timeout=_number(kernel, "call_timeout", 5.0, 0.05),

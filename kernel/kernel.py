@@ -46,6 +46,7 @@ from ipc.runtime import (
 from ipc.status import Status, StatusError
 from kernel.config import DeviceConfig, KernelConfig
 from kernel.dpc import Dpc, Scheduler, Timer
+from kernel.hotplug import HotplugManager
 from kernel.pins import Filter, KernelStream
 from kernel.port import (
     CLSID_PortMidi,
@@ -130,6 +131,7 @@ class Kernel:
         self.on_ready: Callable[[Kernel], None] | None = None
         self._ready_reported = False
         self.ctx: zmq.Context[Any] | None = None
+        self.hotplug: HotplugManager | None = None
 
     def clock_seconds(self) -> float:
         return time.monotonic()
@@ -199,10 +201,39 @@ class Kernel:
         """Start the configured devices and serve until a stop signal."""
         for device in self.devices.values():
             self._start_device(device)
+        if self.config.hotplug:
+            self.hotplug = HotplugManager(self, self.config.hotplug)
+            self.hotplug.start()
         self._check_ready()
         while not self.stopping:
             self.turn()
         self.shutdown()
+
+    def add_device(self, config: DeviceConfig) -> None:
+        """Start a device at run time (hot plug); a removed device of that name comes back."""
+        device = self.devices.get(config.name)
+        if device is not None and (
+            device.process is not None or device.state not in ("failed", "stopped", "unplugged")
+        ):
+            raise StatusError(Status.OBJECT_NAME_COLLISION, f"device {config.name} is present")
+        if device is None:
+            device = Device(config, DeviceStore(config.name, config.miniport, config.properties))
+            self.devices[config.name] = device
+        else:
+            device.config = config
+            device.restarts.clear()
+            device.last_exit = ""
+        self._start_device(device)
+
+    def unplug_device(self, name: str, reason: str) -> None:
+        """The hardware went away: surprise removal with `reason`, and no restart."""
+        device = self.devices.get(name)
+        if device is None or device.state == "unplugged":
+            return
+        if device.restart_timer is not None:
+            self.scheduler.cancel_timer(device.restart_timer)
+        self._fail_device(device, reason, restart=False)
+        device.state = "unplugged"
 
     def turn(self, max_timeout_ms: int = SAFETY_POLL_MS) -> None:
         """One loop turn: wait, then IRQ work, DPCs, doorbells, passive requests."""
@@ -490,7 +521,7 @@ class Kernel:
         device.process = None
         if device.kill_timer is not None:
             self.scheduler.cancel_timer(device.kill_timer)
-        expected = device.state in ("stopping", "failed") or self.stopping
+        expected = device.state in ("stopping", "failed", "unplugged") or self.stopping
         device.last_exit = device.last_exit or reason
         self._remove_device(device, reason)
         if expected:
@@ -877,6 +908,8 @@ class Kernel:
     def shutdown(self, grace: float = 3.0) -> None:
         """Unload every miniport (explicit ack), stop the processes, remove the directory."""
         self.stopping = True
+        if self.hotplug is not None:
+            self.hotplug.stop()
         self.broadcast(p.KernelShutdown())
         for device in self.devices.values():
             if device.restart_timer is not None:

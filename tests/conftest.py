@@ -102,14 +102,16 @@ def start_kernel(
     """Start a real kernel process with a TOML configuration; stopped after the test."""
     started: list[KernelProcess] = []
 
-    def start(config: str | None = None, timeout: float = 20.0) -> KernelProcess:
+    def start(
+        config: str | None = None, timeout: float = 20.0, env: dict[str, str] | None = None
+    ) -> KernelProcess:
         runtime = runtime_dir if not started else Path(f"{runtime_dir}-{len(started)}")
         argv = [sys.executable, "-m", "kernel", "--quiet", "--runtime", str(runtime)]
         if config is not None:
             path = tmp_path / f"kernel{len(started)}.toml"
             path.write_text(config)
             argv.append(str(path))
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ if env is None else env, PYTHONPATH=str(ROOT))
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env,
             cwd=ROOT,

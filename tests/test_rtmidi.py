@@ -266,3 +266,58 @@ def test_jack_peers_see_the_device_ports(jack_server: JackServer,
     ports = jack_server.ports()
     assert "pcls-in:in" in ports and "pcls-out:out" in ports
     assert os.environ.get("JACK_DEFAULT_SERVER") != jack_server.name
+
+
+def next_event_of(client: ksclient.Client, kind: str, filter_id: str,
+                  timeout: float = 15.0) -> ksclient.KernelEvent:
+    deadline = time.monotonic() + timeout
+    while True:
+        event = client.next_event(timeout=max(0.0, deadline - time.monotonic()))
+        if event.kind == kind and event.filter == filter_id:
+            return event
+
+
+def test_a_jack_port_that_comes_and_goes_is_a_device_that_arrives_and_is_removed(
+    jack_server: JackServer, start_kernel: Callable[..., KernelProcess],
+    spawn: Callable[..., subprocess.Popen[str]],
+) -> None:
+    config = toml_config([]) + (
+        f'\n[[hotplug]]\napi = "jack"\nmatch = "seq:*"\nprefix = "hp"\ninterval = 0.05\n'
+        f'options = {{ jack_server = "{jack_server.name}" }}\n'
+    )
+    kernel = start_kernel(config, env=jack_server.env())
+    sequence = ("jack_midiseq", "seq", "4800", "0", "60", "1000")
+    with kernel.connect() as client:
+        assert client.filters() == []
+        seq = spawn(*sequence)
+        next_event_of(client, "arrival", "hp-seq-out")
+        with client.open_capture("hp-seq-out") as inp:
+            inp.run()
+            assert inp.receive(timeout=10).data in (b"\x90\x3c\x40", b"\x80\x3c\x40")
+            seq.send_signal(signal.SIGINT)
+            seq.wait(10)
+            removal = next_event_of(client, "removal", "hp-seq-out")
+            assert "port seq:out disappeared" in removal.reason
+            with pytest.raises(ksclient.DeviceRemovedError):
+                while True:
+                    inp.receive(timeout=10)
+        assert client.stats()["devices"]["hp-seq-out"]["state"] == "unplugged"
+        spawn(*sequence)
+        next_event_of(client, "arrival", "hp-seq-out")
+        assert [f.id for f in client.filters()] == ["hp-seq-out"]
+
+
+def test_hotplug_rules_are_validated() -> None:
+    from ipc.status import Status
+    from kernel.config import parse
+
+    for rule, message in (
+        ({"match": "x"}, "needs an api"),
+        ({"api": "jack"}, "needs a match"),
+        ({"api": "jack", "match": "x", "direction": "sideways"}, "direction"),
+        ({"api": "jack", "match": "x", "prefix": "bad name"}, "prefix"),
+        ({"api": "jack", "match": "x", "colour": "red"}, "unknown keys"),
+    ):
+        with pytest.raises(StatusError, match=message) as info:
+            parse({"hotplug": [rule]})
+        assert info.value.status == Status.DEVICE_CONFIGURATION_ERROR
