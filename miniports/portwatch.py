@@ -21,7 +21,7 @@ import time
 import rtmidi
 
 from ipc.status import StatusError
-from miniports.rtmidiport import api_id
+from miniports.rtmidiport import api_id, no_autostart
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, default=os.getppid(),
                         help="exit when this process is gone (default: the parent)")
     args = parser.parse_args(argv)
+    no_autostart()
     try:
         api = api_id(args.api)
         midi_in = rtmidi.MidiIn(rtapi=api, name="portcls-watch")

@@ -85,7 +85,10 @@ APIS: Final[dict[str, int]] = {
     "winmm": rtmidi.API_WINDOWS_MM,
 }
 
-__all__ = ["APIS", "RtMidiMiniport", "api_id", "compiled_apis", "list_ports", "match_port"]
+__all__ = [
+    "APIS", "RtMidiMiniport", "api_id", "compiled_apis", "list_ports", "match_port",
+    "no_autostart",
+]
 
 
 def api_id(name: str) -> int:
@@ -114,6 +117,7 @@ def list_ports(api: str, client_name: str = "portcls-ls") -> dict[str, list[str]
     API with no server running, say).
     """
     api_const = api_id(api)
+    no_autostart()
     try:
         midi_in = rtmidi.MidiIn(rtapi=api_const, name=client_name)
         try:
@@ -128,6 +132,11 @@ def list_ports(api: str, client_name: str = "portcls-ls") -> dict[str, list[str]
     except rtmidi.RtMidiError as exc:
         raise StatusError(Status.IO_DEVICE_ERROR, f"rtmidi {api}: {exc}") from exc
     return {"inputs": inputs, "outputs": outputs}
+
+
+def no_autostart() -> None:
+    """Asking JACK for ports must not start a server of its own (libjack would, by default)."""
+    os.environ.setdefault("JACK_NO_START_SERVER", "1")
 
 
 def match_port(names: list[str], pattern: str) -> int | None:
@@ -456,6 +465,7 @@ class RtMidiMiniport(MiniportMidi):
     def init(self, resources: ResourceList, port: Port) -> PortServiceGroup | None:
         if self.jack_server is not None:
             os.environ["JACK_DEFAULT_SERVER"] = self.jack_server
+        no_autostart()
         self._port = port
         self._group = port.new_service_group()
         port.register_service_group(self._group)
