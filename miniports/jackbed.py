@@ -41,8 +41,15 @@ def jack_missing_reason() -> str | None:
 class JackServer:
     """`jackd -n NAME -d dummy -r RATE -p PERIOD`, started and stopped by its owner."""
 
-    def __init__(self, name: str | None = None, period: int = 64, rate: int = 48000) -> None:
+    def __init__(
+        self, name: str | None = None, period: int = 64, rate: int = 48000,
+        realtime: bool | None = None,
+    ) -> None:
         self.name = name or f"portcls-{uuid.uuid4().hex[:10]}"
+        # Realtime scheduling (where allowed: root, or rtprio limits) keeps JACK's
+        # process threads from being descheduled mid-cycle on a loaded machine,
+        # which loses events; without it the server still runs, less reliably.
+        self.realtime = os.geteuid() == 0 if realtime is None else realtime
         self.period = period
         self.rate = rate
         self.process: subprocess.Popen[bytes] | None = None
@@ -65,7 +72,7 @@ class JackServer:
         if reason is not None:
             raise JackUnavailable(reason)
         argv = [
-            "jackd", "--no-realtime", "-n", self.name,
+            "jackd", *([] if self.realtime else ["--no-realtime"]), "-n", self.name,
             "-d", "dummy", "-r", str(self.rate), "-p", str(self.period),
             "-C", "0", "-P", "0",
         ]

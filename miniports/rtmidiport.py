@@ -382,6 +382,7 @@ class RtMidiMiniport(MiniportMidi):
         self.captures: list[RtMidiCaptureStream] = []
         self.render_open = False
         self.sent_messages = 0
+        self.received_messages = 0
         self._midi_in: Any = None
         self._midi_out: Any = None
         self._port: Port | None = None
@@ -508,6 +509,7 @@ class RtMidiMiniport(MiniportMidi):
                 with self._latch_lock:
                     self._latched.append(bytes(event[0]))
                 got = True
+                self.received_messages += 1
             if got:
                 self.sync.interrupt()
             time.sleep(self.poll_interval)
