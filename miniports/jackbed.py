@@ -87,6 +87,10 @@ class JackServer:
             if self.process.poll() is not None:
                 err = self.log()
                 self._close_log()
+                if self.realtime:
+                    # No realtime scheduling here (a container without CAP_SYS_NICE, say).
+                    self.realtime = False
+                    return self.start(timeout)
                 raise JackUnavailable(f"jackd exited with {self.process.returncode}: {err[-800:]}")
             probe = subprocess.run(
                 ["jack_lsp", "-s", self.name], env=self.env(), capture_output=True, timeout=timeout
