@@ -109,6 +109,8 @@ class Device:
     restart_timer: Timer | None = None
     kill_timer: Timer | None = None
     last_exit: str = ""
+    restart_due: bool = False
+    """The back-off has elapsed but the failed process is still dying: start on its exit."""
 
 
 class Kernel:
@@ -521,12 +523,19 @@ class Kernel:
         device.process = None
         if device.kill_timer is not None:
             self.scheduler.cancel_timer(device.kill_timer)
-        expected = device.state in ("stopping", "failed", "unplugged") or self.stopping
+        # "restarting": a fault already removed the device and scheduled its restart.
+        expected = (
+            device.state in ("stopping", "failed", "unplugged", "restarting") or self.stopping
+        )
         device.last_exit = device.last_exit or reason
         self._remove_device(device, reason)
         if expected:
             if device.state == "stopping":
                 device.state = "stopped"
+            elif device.state == "restarting" and device.restart_due and not self.stopping:
+                device.restart_due = False
+                device.last_exit = ""
+                self._start_device(device)
             self._check_ready()
             return
         log.warning("device %s: surprise removal: %s", device.config.name, reason)
@@ -604,6 +613,10 @@ class Kernel:
 
         def restart() -> None:
             if device.state == "restarting" and not self.stopping:
+                if device.process is not None:
+                    # Never two processes for one device: wait for the old one to go.
+                    device.restart_due = True
+                    return
                 device.last_exit = ""
                 self._start_device(device)
 

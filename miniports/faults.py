@@ -14,7 +14,7 @@ prove that a broken miniport takes down nothing but its own device.
 Faults (`FAULTS`):
   kill        the process sends itself SIGKILL
   exit        the process exits at once with status 1 (no clean-up)
-  segv        a real segmentation fault (a read of address 0 through ctypes)
+  segv        a real segmentation fault (a read of address 1 through ctypes)
   exception   the next callback (read, write or service) raises: an exception
               out of the ISR path, so the host exits with status 70
   hang        the next read or write never returns, with SIGTERM ignored, so
@@ -120,7 +120,8 @@ def trigger_fault(pid: int, runtime_dir: str | os.PathLike[str], fault: str) -> 
 
 def _segfault() -> None:
     # A genuine SIGSEGV, as a bug in a C extension would give, not a Python exception.
-    ctypes.string_at(0, 1)
+    # Address 1, not 0: string_at(0, n) is taken as "make n uninitialised bytes".
+    ctypes.string_at(1, 1)
 
 
 class _FaultyStream(MiniportMidiStream):
