@@ -1,8 +1,11 @@
-"""The `portcls` command: up, ls, demo. The CLI is just another client of the kernel."""
+"""The `portcls` command: up, ls, demo, crashtest. The CLI is just another client of the
+kernel."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +19,8 @@ from ipc.runtime import ENV_RUNTIME_DIR, runtime_base
 
 
 def _up(args: argparse.Namespace) -> int:
-    # `up` becomes the kernel process, so Ctrl-C and SIGTERM reach the kernel itself.
+    # The kernel runs as a child so that its death (a crash, SIGKILL) is reported here;
+    # the stop signals are passed on, so Ctrl-C and SIGTERM still stop it cleanly.
     argv = [sys.executable, "-m", "kernel"]
     if args.runtime:
         argv += ["--runtime", str(args.runtime)]
@@ -24,7 +28,25 @@ def _up(args: argparse.Namespace) -> int:
         argv.append("--quiet")
     if args.config:
         argv.append(str(args.config))
-    os.execv(sys.executable, argv)
+    kernel = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            kernel.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    code = kernel.wait()
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown"
+        print(f"portcls: the kernel died of signal {-code} ({name})", file=sys.stderr)
+        return 128 - code
+    if code != 0:
+        print(f"portcls: the kernel exited with status {code}", file=sys.stderr)
+    return code
 
 
 def _ls(args: argparse.Namespace) -> int:
@@ -120,16 +142,39 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="start a kernel, loop a phrase through it, print the times")
     demo.add_argument("config", nargs="?", type=Path)
     demo.add_argument("--filter", default="loopback")
+    crash = sub.add_parser(
+        "crashtest",
+        help="inject faults into a miniport beside a streaming loopback device; report",
+    )
+    crash.add_argument("--miniport", default="loopback", help="name or module:Class")
+    crash.add_argument("--options", default="", help="the miniport's options as JSON")
+    crash.add_argument("--iterations", type=int, default=12, help="faults to inject")
+    crash.add_argument(
+        "--faults", default="kill,segv,exception,hang,corrupt,flood",
+        help="comma-separated fault kinds (default: all)",
+    )
+    crash.add_argument("--seed", type=int, default=None)
+    crash.add_argument("--json", type=Path, help="write the full report here")
+    crash.add_argument("--hang-timeout", type=float, default=1.5,
+                       help="heartbeat timeout of the test kernel (s)")
+    crash.add_argument("-v", "--verbose", action="store_true", help="a line per fault")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
             return _up(args)
         if args.command == "ls":
             return _ls(args)
+        if args.command == "crashtest":
+            from ksclient import crashtest
+
+            return crashtest.main(args)
         return _demo(args)
     except ksclient.KsError as exc:
         print(f"portcls: {exc}", file=sys.stderr)
         return 1
+    except (ValueError, json.JSONDecodeError) as exc:
+        print(f"portcls: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -515,6 +515,8 @@ class Pin:
         self._removed_at: float | None = None
         self._target_state = KsState.STOP
         self._lost_now = 0
+        self._detached = False
+        """The old handle is closed and the device not back yet: no channel to use."""
 
     def __enter__(self) -> Self:
         return self
@@ -566,6 +568,7 @@ class Pin:
             break
         self.handle = handle
         self._attach(channel)
+        self._detached = False
         client._pins[handle] = self
         self._error = None
         self._removed_at = None
@@ -584,8 +587,9 @@ class Pin:
 
     def _release_old_handle(self) -> None:
         """Count what the removal lost on the old handle, then close it (once)."""
-        if self.handle not in self.client._pins:
+        if self._detached:
             return
+        self._detached = True
         kernel_stats: dict[str, Any] = {}
         with contextlib.suppress(errors.KsError):
             kernel_stats = self.statistics().get("stats", {})
@@ -637,6 +641,8 @@ class Pin:
         if self._closed:
             return
         self._closed = True
+        if self._detached:
+            return  # the old handle is closed already, and so is its channel
         self.client._pins.pop(self.handle, None)
         with contextlib.suppress(errors.KernelGoneError, errors.ClosedError):
             if not self.client._closed:
@@ -709,7 +715,10 @@ class RenderPin(Pin):
 
     def send_nowait(self, message: Any, at: int | None = None) -> None:
         """Like send, but raise WouldBlock (sending nothing) if the ring has no room."""
-        self._ready(time.monotonic())
+        try:
+            self._ready(time.monotonic())
+        except errors.KsTimeoutError:
+            raise errors.WouldBlock("the device is away; the pin will reopen") from None
         records = self._records(message, at)
         sent = self._channel.send_many(records)
         self._written += sent
@@ -717,7 +726,8 @@ class RenderPin(Pin):
             return
         if sent == 0:
             self.client.pump_events()
-            self._check(time.monotonic())
+            with contextlib.suppress(errors.KsTimeoutError):
+                self._check(time.monotonic())
             raise errors.WouldBlock("the render ring is full")
         # A message longer than one record is partly queued: finish it rather than cut it.
         self.send_many([b"".join(r[2] for r in records[sent:])], at)
@@ -769,7 +779,8 @@ class CapturePin(Pin):
         self._sysex = bytearray()
         self._sysex_time = 0
         self._poller = zmq.Poller()
-        self._poller.register(channel.data_fileno(), zmq.POLLIN)
+        self._data_fd = channel.data_fileno()
+        self._poller.register(self._data_fd, zmq.POLLIN)
         self._poller.register(client._rpc.socket, zmq.POLLIN)
         if client._kernel_fd is not None:
             self._poller.register(client._kernel_fd, zmq.POLLIN)
@@ -783,9 +794,10 @@ class CapturePin(Pin):
 
     def _attach(self, channel: ChannelReader | ChannelWriter) -> None:
         assert isinstance(channel, ChannelReader)
-        self._poller.unregister(self._channel.data_fileno())
+        self._poller.unregister(self._data_fd)
         self._channel = channel
-        self._poller.register(channel.data_fileno(), zmq.POLLIN)
+        self._data_fd = channel.data_fileno()
+        self._poller.register(self._data_fd, zmq.POLLIN)
 
     def _release_old_handle(self) -> None:
         # What reached the old ring was delivered, not lost: keep it for receive().
@@ -801,6 +813,8 @@ class CapturePin(Pin):
     def _fill(self) -> bool:
         if self._closed:
             raise errors.ClosedError("the pin is closed")
+        if self._detached:
+            return bool(self._ready)
         try:
             records = self._channel.receive_many(1024)
         except RingError as exc:
@@ -821,7 +835,8 @@ class CapturePin(Pin):
         """The next message, or WouldBlock if none is waiting."""
         if self._ready or self._fill():
             return self._ready.popleft()
-        self._check(time.monotonic())
+        with contextlib.suppress(errors.KsTimeoutError):  # a reopen waiting for the device
+            self._check(time.monotonic())
         if self._fill():
             return self._ready.popleft()
         raise errors.WouldBlock("no message waiting")
@@ -833,7 +848,7 @@ class CapturePin(Pin):
         deadline = None if timeout is None else time.monotonic() + timeout
         self._check_or_timeout(deadline)
         while True:
-            if self._channel.prepare_to_sleep():
+            if not self._detached and self._channel.prepare_to_sleep():
                 remaining = 1.0 if deadline is None else deadline - time.monotonic()
                 if remaining > 0:
                     self._poller.poll(max(1, int(min(remaining, 1.0) * 1000)))
