@@ -49,7 +49,32 @@ def _up(args: argparse.Namespace) -> int:
     return code
 
 
+def _ls_hardware(api: str | None) -> int:
+    """The MIDI ports python-rtmidi sees, per API: what an rtmidi device can name."""
+    from ipc.status import StatusError
+    from miniports.rtmidiport import compiled_apis, list_ports
+
+    apis = [api] if api else [a for a in compiled_apis() if a != "auto"]
+    failed = 0
+    for name in apis:
+        try:
+            ports = list_ports(name)
+        except StatusError as exc:
+            print(f"{name}: unavailable ({exc.message})")
+            failed += 1
+            continue
+        print(f"{name}:")
+        for key, label in (("inputs", "input "), ("outputs", "output")):
+            for port in ports[key]:
+                print(f"  {label}  {port}")
+        if not ports["inputs"] and not ports["outputs"]:
+            print("  (no ports)")
+    return 1 if failed == len(apis) else 0
+
+
 def _ls(args: argparse.Namespace) -> int:
+    if args.hardware:
+        return _ls_hardware(args.api)
     with ksclient.connect(args.runtime, timeout=args.timeout) as client:
         filters = client.filters()
         if not filters:
@@ -139,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     ls = sub.add_parser("ls", help="list the filters and pins of a running kernel")
     ls.add_argument("--runtime", type=Path)
     ls.add_argument("--timeout", type=float, default=2.0)
+    ls.add_argument("--hardware", action="store_true",
+                    help="list the MIDI ports rtmidi sees, per API, instead (no kernel needed)")
+    ls.add_argument("--api", help="with --hardware: only this rtmidi API (alsa, jack, ...)")
     demo = sub.add_parser("demo", help="start a kernel, loop a phrase through it, print the times")
     demo.add_argument("config", nargs="?", type=Path)
     demo.add_argument("--filter", default="loopback")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -321,3 +322,17 @@ def test_hotplug_rules_are_validated() -> None:
         with pytest.raises(StatusError, match=message) as info:
             parse({"hotplug": [rule]})
         assert info.value.status == Status.DEVICE_CONFIGURATION_ERROR
+
+
+def test_ls_hardware_lists_the_ports_rtmidi_sees(
+    jack_server: JackServer, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    spawn("jack_midi_dump")
+    spawn("jack_midiseq", "seq", "4800", "0", "60", "1000")
+    jack_server.wait_for_port("midi-monitor:input")
+    jack_server.wait_for_port("seq:out")
+    out = subprocess.run(
+        [sys.executable, "-m", "ksclient.cli", "ls", "--hardware", "--api", "jack"],
+        env=jack_server.env(), capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    assert out.splitlines() == ["jack:", "  input   seq:out", "  output  midi-monitor:input"]
