@@ -275,6 +275,12 @@ class Client:
                 event = KernelEvent("arrival", body.filter)
             elif isinstance(body, p.DeviceRemoval):
                 event = KernelEvent("removal", body.filter, body.reason)
+                # Every pin on the filter is dead now, whichever pin error comes first.
+                for on_filter in self._pins.values():
+                    if on_filter.filter_id == body.filter:
+                        on_filter._on_error(errors.DeviceRemovedError(
+                            Status.DEVICE_REMOVED, f"device {body.filter}: {body.reason}"
+                        ))
             elif isinstance(body, p.PinError):
                 event = KernelEvent("pin_error", "", body.message, body.handle, body.status)
                 pin = self._pins.get(body.handle)
@@ -530,7 +536,8 @@ class Pin:
         if self._error is None or isinstance(error, errors.BrokenError):
             if isinstance(error, errors.DeviceRemovedError) and self._removed_at is None:
                 self._removed_at = time.monotonic()
-                self._target_state = self.state
+                if not self._detached:  # mid-reopen, the state to go back to is known
+                    self._target_state = self.state
             self._error = error
 
     def _check(self, deadline: float | None = None) -> None:

@@ -520,7 +520,7 @@ def _one_fault(
             stream.step()
         sent0, received0 = stream.sent, stream.received
         lost0 = stream.out.lost + stream.inp.lost
-        reopens0 = stream.out.reopens + stream.inp.reopens
+        out_reopens0, inp_reopens0 = stream.out.reopens, stream.inp.reopens
         stream.removal_at = stream.arrival_at = None
         pid = _faulty_pid(client)
         injected = time.monotonic()
@@ -528,7 +528,7 @@ def _one_fault(
         deadline = injected + 30.0
         # Stream on through the fault until both pins are reopened on the new device.
         while time.monotonic() < deadline and (
-            stream.out.reopens + stream.inp.reopens < reopens0 + 2
+            stream.out.reopens <= out_reopens0 or stream.inp.reopens <= inp_reopens0
         ):
             stream.step()
             if not kernel.alive():
