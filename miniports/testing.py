@@ -155,6 +155,10 @@ class KernelUnderTest:
     _output: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
 
+    @property
+    def proc(self) -> subprocess.Popen[str]:
+        return self.process
+
     def connect(self, **kwargs: Any) -> ksclient.Client:
         return ksclient.connect(self.runtime, **kwargs)
 

@@ -4,58 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
 
-import ksclient
 from ipc.runtime import runtime_base
 from miniports.jackbed import JackServer, jack_missing_reason
+from miniports.testing import KernelUnderTest
+from miniports.testing import start_kernel as start_kernel_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@dataclass
-class KernelProcess:
-    runtime: Path
-    proc: subprocess.Popen[str]
-    banner: str
-    reader: threading.Thread | None = None
-
-    def drain_output(self) -> None:
-        assert self.proc.stdout is not None
-        for _ in self.proc.stdout:
-            pass
-
-    def connect(self, **kwargs: object) -> ksclient.Client:
-        return ksclient.connect(self.runtime, **kwargs)  # type: ignore[arg-type]
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError("the kernel did not stop on SIGTERM") from None
-        if self.reader is not None:
-            self.reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
-
-    def miniport_pids(self) -> list[int]:
-        return [c.pid for c in psutil.Process(self.proc.pid).children()]
+KernelProcess = KernelUnderTest
+"""A kernel started for a test: `.runtime`, `.proc`, `.banner`, `.connect()`, `.stop()`."""
 
 
 def _children() -> set[int]:
@@ -106,33 +72,7 @@ def start_kernel(
         config: str | None = None, timeout: float = 20.0, env: dict[str, str] | None = None
     ) -> KernelProcess:
         runtime = runtime_dir if not started else Path(f"{runtime_dir}-{len(started)}")
-        argv = [sys.executable, "-m", "kernel", "--quiet", "--runtime", str(runtime)]
-        if config is not None:
-            path = tmp_path / f"kernel{len(started)}.toml"
-            path.write_text(config)
-            argv.append(str(path))
-        env = dict(os.environ if env is None else env, PYTHONPATH=str(ROOT))
-        proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env,
-            cwd=ROOT,
-        )
-        assert proc.stdout is not None
-        lines = []
-        deadline = time.monotonic() + timeout
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("kernel") and "ready" in line:
-                break
-            if time.monotonic() > deadline:
-                break
-        else:
-            proc.wait()
-            proc.stdout.close()
-            raise AssertionError(f"kernel exited {proc.returncode}: {''.join(lines)}")
-        kp = KernelProcess(runtime, proc, "".join(lines))
-        # Keep draining stdout so the kernel never blocks on a full pipe.
-        kp.reader = threading.Thread(target=kp.drain_output, daemon=True)
-        kp.reader.start()
+        kp = start_kernel_process(config, runtime=runtime, env=env, timeout=timeout)
         started.append(kp)
         return kp
 
