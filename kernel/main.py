@@ -34,7 +34,8 @@ def describe(kernel: Kernel) -> str:
 def main(argv: list[str] | None = None, prog: str = "python -m kernel") -> int:
     parser = argparse.ArgumentParser(prog=prog, description="Run the PortCls emulator's kernel.")
     parser.add_argument(
-        "config", nargs="?", type=Path, help="TOML configuration (default: one loopback device)"
+        "config", nargs="?", type=Path,
+        help="TOML configuration (default: a loopback and an emulated MPU-401)",
     )
     parser.add_argument(
         "--runtime",
