@@ -29,6 +29,9 @@ import msgpack
 from ipc.status import Status, StatusError
 
 PROTOCOL_VERSION: Final = 1
+EXIT_MINIPORT_FAULT: Final = 70
+"""A miniport host's exit status when its miniport raised out of a callback: the
+kernel reports it as that, not as a crash."""
 MAX_FRAME: Final = 4 << 20
 MAX_STR: Final = 4096
 MAX_ITEMS: Final = 4096

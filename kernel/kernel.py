@@ -66,14 +66,12 @@ MIN_PIN_CAPACITY: Final = 1 << 14
 MAX_PIN_CAPACITY: Final = 1 << 26
 SUBDEVICE: Final = "midi"
 PENDING: Final = object()
-EXIT_MINIPORT_FAULT: Final = 70
-"""The host's exit status when its miniport raised out of a callback (miniports.host)."""
 """A client handler's result meaning "the reply will be sent later"."""
 
 
 def exit_reason(code: int) -> str:
     """Why a miniport process ended, in words, from its Popen return code."""
-    if code == EXIT_MINIPORT_FAULT:
+    if code == p.EXIT_MINIPORT_FAULT:
         return f"the miniport raised out of a callback (exit {code})"
     if code < 0:
         try:
@@ -146,6 +144,11 @@ class Kernel:
     def unwatch_fd(self, fd: int) -> None:
         if self._fd_handlers.pop(fd, None) is not None:
             self.poller.unregister(fd)
+
+    def _stop_watching(self, watch: ProcessWatch | None) -> None:
+        if watch is not None:
+            self.unwatch_fd(watch.fileno())
+            watch.close()
 
     def send_bus(self, identity: bytes, frame: bytes) -> None:
         with contextlib.suppress(zmq.ZMQError):
@@ -516,10 +519,8 @@ class Kernel:
         if process is None or process.poll() is None:
             return
         reason = exit_reason(process.returncode)
-        if device.watch is not None:
-            self.unwatch_fd(device.watch.fileno())
-            device.watch.close()
-            device.watch = None
+        self._stop_watching(device.watch)
+        device.watch = None
         device.process = None
         if device.kill_timer is not None:
             self.scheduler.cancel_timer(device.kill_timer)
@@ -684,10 +685,8 @@ class Kernel:
         if self.sessions.get(session.identity) is not session:
             return
         del self.sessions[session.identity]
-        if session.watch is not None:
-            self.unwatch_fd(session.watch.fileno())
-            session.watch.close()
-            session.watch = None
+        self._stop_watching(session.watch)
+        session.watch = None
         for stream in tuple(session.streams.values()):
             self._close_stream(stream, lambda: None)
         log.debug("session %s ended: %s", session.name, why)

@@ -51,7 +51,7 @@ from miniports.base import (
 RETRY_SECONDS = 0.001
 READ_CHUNK = 4096
 RENDER_BATCH_BYTES = 1 << 16
-EXIT_MINIPORT_FAULT = 70
+EXIT_MINIPORT_FAULT = p.EXIT_MINIPORT_FAULT
 
 
 class MiniportFault(Exception):

@@ -34,6 +34,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any, Final, Protocol
 
+from miniports.midibytes import MessageAssembler
+
 __all__ = [
     "ACK",
     "CMD_RESET",
@@ -165,57 +167,22 @@ class MidiFramer:
     """Cut a raw MIDI byte stream into whole messages (for backends that send messages).
 
     Running status is expanded, real-time bytes come out on their own at once,
-    SysEx comes out whole (F0 ... F7); stray data bytes are dropped.
+    SysEx comes out whole (F0 ... F7); stray data bytes are dropped. The rules
+    are `miniports.midibytes.MessageAssembler`'s, which never refuses here.
     """
 
     def __init__(self) -> None:
-        self._message = bytearray()
-        self._needed = 0
-        self._running = 0
-        self._sysex = False
-
-    @staticmethod
-    def data_bytes(status: int) -> int:
-        """Data bytes a message with this status byte carries (SysEx: 0, open-ended)."""
-        if status < 0xF0:
-            return 1 if status & 0xE0 == 0xC0 else 2
-        return {0xF1: 1, 0xF2: 2, 0xF3: 1}.get(status, 0)
+        self._assembler = MessageAssembler()
 
     def feed(self, data: bytes) -> Iterator[bytes]:
-        for byte in data:
-            if byte >= 0xF8:
-                yield bytes([byte])
-            elif byte == 0xF0:
-                self._sysex, self._running, self._needed = True, 0, 0
-                self._message = bytearray([byte])
-            elif byte == 0xF7:
-                if self._sysex:
-                    self._message.append(byte)
-                    yield bytes(self._message)
-                self._sysex = False
-                self._message.clear()
-            elif byte >= 0x80:
-                self._sysex = False
-                self._running = byte if byte < 0xF0 else 0
-                self._needed = self.data_bytes(byte)
-                self._message = bytearray([byte])
-                if not self._needed:
-                    yield bytes(self._message)
-                    self._message.clear()
-            elif self._sysex:
-                self._message.append(byte)
-            elif self._needed:
-                self._message.append(byte)
-                self._needed -= 1
-                if not self._needed:
-                    yield bytes(self._message)
-                    self._message.clear()
-            elif self._running:
-                self._message = bytearray([self._running, byte])
-                self._needed = self.data_bytes(self._running) - 1
-                if not self._needed:
-                    yield bytes(self._message)
-                    self._message.clear()
+        messages: list[bytes] = []
+
+        def take(message: bytes) -> bool:
+            messages.append(message)
+            return True
+
+        self._assembler.feed(data, take)
+        return iter(messages)
 
 
 class RtMidiCable(Cable):

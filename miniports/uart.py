@@ -83,6 +83,7 @@ from miniports.base import (
     Status,
     StatusError,
 )
+from miniports.midibytes import data_bytes
 
 CLSID_MiniportDriverUart: Final = "b4c90ae1-5791-11d0-86f9-00a0c911b544"
 CLSID_MiniportDriverDMusUART: Final = "d3f0ce1c-fffc-11d1-81b0-0060083316c1"
@@ -136,13 +137,6 @@ DESCRIPTION: Final = FilterDescriptor(
 )
 
 
-def _data_bytes(status: int) -> int:
-    """Data bytes that follow this status byte (0 for SysEx, which is open-ended)."""
-    if status < 0xF0:
-        return 1 if status & 0xE0 == 0xC0 else 2
-    return {0xF1: 1, 0xF2: 2, 0xF3: 1}.get(status, 0)
-
-
 class MessageTracker:
     """Where a render stream is in the MIDI byte stream it sends: inside a message or not.
 
@@ -160,11 +154,11 @@ class MessageTracker:
             return
         if byte >= 0x80:
             self._running = byte if byte < 0xF0 else 0
-            self.needed = _data_bytes(byte)
+            self.needed = data_bytes(byte)
         elif self.needed:
             self.needed -= 1
         elif self._running:
-            self.needed = _data_bytes(self._running) - 1
+            self.needed = data_bytes(self._running) - 1
 
     @property
     def inside_message(self) -> bool:

@@ -17,7 +17,8 @@ import rtmidi
 import ksclient
 from ipc.status import StatusError
 from miniports.jackbed import JackServer
-from miniports.rtmidiport import MessageAssembler, RtMidiMiniport
+from miniports.midibytes import MessageAssembler
+from miniports.rtmidiport import RtMidiMiniport
 from miniports.testing import assert_conformant, toml_config
 from tests.conftest import KernelProcess
 
