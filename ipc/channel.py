@@ -34,6 +34,7 @@ from ipc.doorbell import Doorbell
 from ipc.ring import DEFAULT_CAPACITY, Buffer, InvalidRecord, Record, Ring
 
 __all__ = [
+    "CHANNEL_SUFFIXES",
     "SAFETY_TIMEOUT",
     "ChannelReader",
     "ChannelWriter",
@@ -46,14 +47,15 @@ SAFETY_TIMEOUT: Final = 1.0
 """Default longest single block (seconds) in the waiting helpers."""
 
 
+CHANNEL_SUFFIXES: Final = (".ring", ".data", ".space")
+"""What :func:`channel_paths` appends to the base name: ring, data and space doorbells."""
+
+
 def channel_paths(base: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
     """The ring, data-doorbell and space-doorbell paths of the channel at ``base``."""
     b = Path(base)
-    return (
-        b.with_name(b.name + ".ring"),
-        b.with_name(b.name + ".data"),
-        b.with_name(b.name + ".space"),
-    )
+    ring, data, space = (b.with_name(b.name + suffix) for suffix in CHANNEL_SUFFIXES)
+    return ring, data, space
 
 
 def create_channel_files(base: str | os.PathLike[str], capacity: int = DEFAULT_CAPACITY) -> None:

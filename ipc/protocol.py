@@ -17,6 +17,7 @@ MIDI data never travels here: it goes through the shared-memory rings.
 from __future__ import annotations
 
 import dataclasses
+import struct
 import types
 import typing
 from collections.abc import Callable
@@ -337,10 +338,36 @@ class Heartbeat:
 @message("interrupt")
 @dataclass(frozen=True, slots=True)
 class Interrupt:
-    """The miniport's ISR called notify: service these groups (-1 = Notify(NULL))."""
+    """The miniport's ISR called notify: service these groups (-1 = Notify(NULL)).
+
+    Usually raised through the interrupt channel instead (see `encode_interrupt`);
+    the bus message keeps an interrupt in order behind events posted before it.
+    """
 
     groups: list[int]
     OP: ClassVar[str]
+
+
+MAX_INTERRUPT_GROUPS: Final = 4096
+_GROUP_ID: Final = struct.Struct("<q")
+
+
+def encode_interrupt(groups: list[int]) -> bytes:
+    """One interrupt-channel record: the groups to notify as little-endian i64s.
+
+    The record's timestamp carries the ISR time; no msgpack on this path."""
+    return struct.pack(f"<{len(groups)}q", *groups)
+
+
+def decode_interrupt(payload: bytes) -> list[int]:
+    """The groups of one interrupt-channel record; ProtocolError if malformed."""
+    n, rest = divmod(len(payload), _GROUP_ID.size)
+    if rest or not 0 < n <= MAX_INTERRUPT_GROUPS:
+        raise ProtocolError(f"an interrupt record of {len(payload)} bytes")
+    groups = list(struct.unpack(f"<{n}q", payload))
+    if min(groups) < -1:
+        raise ProtocolError(f"interrupt for group {min(groups)}")
+    return groups
 
 
 @message("group_new")

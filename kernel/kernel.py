@@ -127,6 +127,7 @@ class Kernel:
         self.stats = collections.Counter[str]()
         self._handles = itertools.count(1)
         self._fd_handlers: dict[int, Callable[[], None]] = {}
+        self._interrupt_fds: set[int] = set()
         self.stopping = False
         self.on_ready: Callable[[Kernel], None] | None = None
         self._ready_reported = False
@@ -141,7 +142,13 @@ class Kernel:
             self.poller.register(fd, zmq.POLLIN)
         self._fd_handlers[fd] = handler
 
+    def watch_interrupt_fd(self, fd: int, handler: Callable[[], None]) -> None:
+        """Like `watch_fd`, but handled at interrupt level: with the bus, before DPCs."""
+        self.watch_fd(fd, handler)
+        self._interrupt_fds.add(fd)
+
     def unwatch_fd(self, fd: int) -> None:
+        self._interrupt_fds.discard(fd)
         if self._fd_handlers.pop(fd, None) is not None:
             self.poller.unregister(fd)
 
@@ -254,29 +261,40 @@ class Kernel:
         if not ready and timeout == max_timeout_ms:
             self._safety_sweep()
         busy_user = False
+        passive: list[int] = []
         for sock, _ in ready:
             if sock is self.bus:
                 self._drain_bus()
             elif sock is self.user:
                 busy_user = True
+            elif sock in self._interrupt_fds:
+                self._run_fd_handler(sock)
+            else:
+                passive.append(sock)
         sched.fire_due_timers()
         sched.run_dpcs()
-        for sock, _ in ready:
-            if isinstance(sock, int):
-                handler = self._fd_handlers.get(sock)
-                if handler is not None:
-                    try:
-                        handler()
-                    except Exception:  # a bug must not take the kernel down; counted
-                        self.stats["handler_errors"] += 1
-                        log.exception("handler for fd %d raised", sock)
+        for fd in passive:
+            self._run_fd_handler(fd)
         sched.run_dpcs()
         if busy_user:
             self._drain_user()
             sched.run_dpcs()
 
+    def _run_fd_handler(self, fd: int) -> None:
+        handler = self._fd_handlers.get(fd)
+        if handler is not None:
+            try:
+                handler()
+            except Exception:  # a bug must not take the kernel down; counted
+                self.stats["handler_errors"] += 1
+                log.exception("handler for fd %d raised", fd)
+
     def _safety_sweep(self) -> None:
         # A wake-up lost to store reordering (Python cannot fence) is rescued here.
+        for device in tuple(self.devices.values()):
+            if device.conn is not None:
+                device.conn.take_interrupts()
+        self.scheduler.run_dpcs()
         for stream in tuple(self.streams.values()):
             stream.request_service()
 
@@ -317,7 +335,7 @@ class Kernel:
         except p.ProtocolError as exc:
             self.stats["bus_malformed"] += 1
             if conn is not None:
-                self._count_malformed(conn)
+                self.count_malformed(conn)
             if exc.rid:
                 self.send_bus(identity, p.encode_exception(exc.rid, exc))
             return
@@ -340,7 +358,7 @@ class Kernel:
             result = self._bus_message(conn, msg.body)
         except StatusError as exc:
             self.stats["bus_rejected"] += 1
-            self._count_malformed(conn)
+            self.count_malformed(conn)
             if isinstance(msg, p.Request):
                 self.send_bus(identity, p.encode_exception(msg.rid, exc))
             return
@@ -358,9 +376,18 @@ class Kernel:
                 self._bus_message(conn, msg.body)
             except StatusError:
                 self.stats["bus_rejected"] += 1
-                self._count_malformed(conn)
+                self.count_malformed(conn)
 
-    def _count_malformed(self, conn: MiniportConnection) -> None:
+    def interrupt(self, conn: MiniportConnection, groups: list[int]) -> None:
+        """The miniport's ISR ran: `port.notify` each group (-1: every group)."""
+        self.stats["interrupts"] += 1
+        port = conn.port
+        if port is None:
+            raise StatusError(Status.INVALID_DEVICE_STATE, "interrupt before init")
+        for gid in groups:
+            port.notify(None if gid == -1 else conn.group(gid))
+
+    def count_malformed(self, conn: MiniportConnection) -> None:
         """Count a malformed or refused message; too many in the window is a fault."""
         conn.malformed += 1
         limit, window = self.config.malformed_limit, self.config.malformed_window
@@ -379,11 +406,7 @@ class Kernel:
         if isinstance(body, p.Batch):
             self._bus_batch(conn, body)
         elif isinstance(body, p.Interrupt):
-            self.stats["interrupts"] += 1
-            if port is None:
-                raise StatusError(Status.INVALID_DEVICE_STATE, "interrupt before init")
-            for gid in body.groups:
-                port.notify(None if gid == -1 else conn.group(gid))
+            self.interrupt(conn, body.groups)
         elif isinstance(body, p.Heartbeat):
             pass
         elif isinstance(body, p.GroupNew):
@@ -448,12 +471,18 @@ class Kernel:
             return
         conn = MiniportConnection(self, reg.device, identity, reg.pid, reg)
         device.conn = conn
-        self.send_bus(
-            identity,
-            p.encode_ok(
-                rid, {"heartbeat": self.config.heartbeat_interval, "kernel_pid": os.getpid()}
-            ),
-        )
+        interrupt_base = self.runtime_dir / f"irq-{reg.pid}"
+        try:
+            conn.open_interrupt_channel(interrupt_base)
+        except (OSError, ValueError) as exc:
+            # Interrupts still work as bus messages; only slower.
+            log.warning("device %s: no interrupt channel: %s", reg.device, exc)
+        reply: dict[str, Any] = {
+            "heartbeat": self.config.heartbeat_interval, "kernel_pid": os.getpid()
+        }
+        if conn.interrupts is not None:
+            reply["interrupt_channel"] = str(interrupt_base)
+        self.send_bus(identity, p.encode_ok(rid, reply))
         # PnP start: PcNewPort, port.init (miniport.init + get_description), PcRegisterSubdevice.
         port = pc_new_port(self, CLSID_PortMidi)
         device.port = port

@@ -190,40 +190,50 @@ class KernelStream:
         ):
             return
         queue = self.queue
+        while True:
+            room = SEQUENCER_LIMIT - len(queue)
+            if room > 0:
+                queue.extend(reader.receive_many(max_records=room))
+            if queue and not self._release(queue, writer):
+                return  # the miniport's ring is full: on_miniport_space pumps again
+            if len(queue) >= SEQUENCER_LIMIT:
+                return  # the timer set by _release pumps again; the client's ring waits
+            # Sleep only once the ring is seen empty after arming (else a record that
+            # came meanwhile would wait for the safety sweep).
+            if reader.prepare_to_sleep():
+                return
+
+    def _release(self, queue: collections.deque[Record], writer: ChannelWriter) -> bool:
+        """Hand the due events to the miniport in order and set the timer for the next
+        one. False if the miniport's ring filled up (the rest waits for room)."""
         clock = self.kernel.scheduler.clock
         while True:
-            pulled = 0
-            while len(queue) < SEQUENCER_LIMIT:
-                records = reader.receive_many(max_records=SEQUENCER_LIMIT - len(queue))
-                if not records:
-                    if reader.prepare_to_sleep():
-                        break
-                    continue
-                queue.extend(records)
-                pulled += len(records)
-            if not queue:
-                return
             now = clock()
-            if queue[0].timestamp > now:
+            if queue[-1].timestamp <= now:
+                batch = list(queue)  # the usual case: everything is due
+            else:
+                batch = []
+                for record in queue:
+                    if record.timestamp > now:
+                        break
+                    batch.append(record)
+            if batch:
+                sent = writer.send_many(batch)
+                if sent == len(queue):
+                    queue.clear()
+                else:
+                    for _ in range(sent):
+                        queue.popleft()
+                self.stats["released"] += sent
+                if sent < len(batch):
+                    if writer.prepare_to_wait_for_space(len(batch[sent].data)):
+                        self.waiting_miniport = True
+                        self.kernel.watch_fd(writer.space_fileno(), self.on_miniport_space)
+                        return False
+                    continue  # room appeared meanwhile
+            if queue and self.timer.due != queue[0].timestamp:
                 self.kernel.scheduler.set_timer(self.timer, queue[0].timestamp)
-                return
-            batch = []
-            for record in queue:
-                if record.timestamp > now:
-                    break
-                batch.append(record)
-            sent = writer.send_many(batch)
-            for _ in range(sent):
-                queue.popleft()
-            self.stats["released"] += sent
-            if sent < len(batch):
-                if writer.prepare_to_wait_for_space(len(batch[sent].data)):
-                    self.waiting_miniport = True
-                    self.kernel.watch_fd(writer.space_fileno(), self.on_miniport_space)
-                    return
-                continue
-            if not pulled and not sent:
-                return
+            return True
 
     def on_miniport_space(self) -> None:
         assert self.mp_writer is not None
@@ -254,9 +264,13 @@ class KernelStream:
                 messages += parser.feed(record.data, record.timestamp)
             if self.state != KsState.RUN:
                 self.stats["dropped"] += len(messages)
-                continue
-            self.backlog = messages
-            if not self._flush_backlog():
+            else:
+                self.backlog = messages
+                if not self._flush_backlog():
+                    return
+            if len(records) < CAPTURE_BATCH:
+                # The ring was empty after these; what the miniport reads next comes
+                # with its own interrupt.
                 return
 
     def _flush_backlog(self) -> bool:

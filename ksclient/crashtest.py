@@ -41,6 +41,7 @@ from typing import Any, Final
 import psutil
 
 import ksclient
+from ipc.channel import CHANNEL_SUFFIXES
 from ipc.runtime import runtime_base
 from miniports.faults import trigger_fault
 
@@ -431,9 +432,15 @@ def _settled_leaks(kernel: _Kernel, baseline_fds: int, pins: int) -> tuple[int, 
     expected_files = {"kernel.pid", "user.sock", "bus.sock"}
     deadline = time.monotonic() + SETTLE_SECONDS
     while True:
-        extra_procs = max(0, len(kernel.miniports()) - 2)
+        miniports = kernel.miniports()
+        extra_procs = max(0, len(miniports) - 2)
+        # Each live miniport has an interrupt channel: irq-<pid>.{ring,data,space}.
+        interrupts = {f"irq-{p.pid}{ext}" for p in miniports for ext in CHANNEL_SUFFIXES}
         files = kernel.files()
-        stray = [f for f in files if f not in expected_files and not f.startswith("pin")]
+        stray = [
+            f for f in files
+            if f not in expected_files and f not in interrupts and not f.startswith("pin")
+        ]
         extra_pin_files = max(0, sum(f.startswith("pin") for f in files) - 6 * pins)
         extra_fds = max(0, kernel.fds() - baseline_fds)
         clean = not (extra_procs or stray or extra_pin_files or extra_fds)

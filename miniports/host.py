@@ -34,6 +34,7 @@ from ipc import protocol as p
 from ipc.channel import ChannelReader, ChannelWriter
 from ipc.ks import DataFormat, DataRange, KsState
 from ipc.procwatch import ProcessWatch
+from ipc.ring import RingError
 from ipc.rpc import RpcEndpoint
 from ipc.runtime import BUS_SOCKET, endpoint, now_100ns
 from ipc.status import BufferTooSmall, Status, StatusError
@@ -174,6 +175,7 @@ class MiniportHost(Port):
         self.running = True
         self._kernel_watch: ProcessWatch | None = None
         self._kernel_fd: int | None = None
+        self._interrupts: ChannelWriter | None = None
 
     def post(self, body: Any) -> None:
         """Queue an event for the kernel from any thread; sent in call order, in one batch
@@ -259,6 +261,11 @@ class MiniportHost(Port):
             timeout=10.0,
         )
         self.heartbeat = float(reply.get("heartbeat", self.heartbeat))
+        channel = reply.get("interrupt_channel")
+        if isinstance(channel, str) and Path(channel).parent == self.runtime_dir:
+            # Without it (an older kernel) interrupts go as bus messages.
+            with contextlib.suppress(OSError, RingError):
+                self._interrupts = ChannelWriter.open(channel)
         # The kernel's death ends this process at once (a readable watch), not at a timeout.
         with contextlib.suppress(OSError, KeyError, TypeError, ValueError):
             self._kernel_watch = ProcessWatch(int(reply["kernel_pid"]))
@@ -474,10 +481,13 @@ class MiniportHost(Port):
                 raise MiniportFault("write raised") from exc
             if type(taken) is not int or not 0 <= taken <= len(data):
                 raise MiniportFault(f"write returned {taken!r} for {len(data)} bytes")
-            # Only a short write copies: the rest waits for the retry.
-            hs.pending = data[taken:]
-            if hs.pending:
+            if taken < len(data):
+                # Only a short write copies: the rest waits for the retry.
+                hs.pending = data[taken:]
                 hs.retry_at = time.monotonic() + RETRY_SECONDS
+                return
+            hs.pending = b""
+            if reader.prepare_to_sleep():
                 return
 
     def _drain_capture(self, hs: HostStream) -> bool:
@@ -528,9 +538,19 @@ class MiniportHost(Port):
             elif not hs.capture and hs.pending:
                 hs.retry_at = None
                 self._pump_render(hs)
-        self._send_interrupt(groups)
+        self._send_interrupt(groups, isr_time)
 
-    def _send_interrupt(self, groups: list[int]) -> None:
+    def _send_interrupt(self, groups: list[int], isr_time: int = 0) -> None:
+        # Events the miniport posted first (a new group, a stream error) travel on the
+        # bus; the interrupt follows them there so that the kernel sees them in order.
+        channel = self._interrupts
+        if (
+            channel is not None
+            and not self._events
+            and not self._outbox
+            and channel.send(p.encode_interrupt(groups), isr_time)
+        ):
+            return
         self.post(p.Interrupt(groups))
 
     def _shutdown(self) -> None:
@@ -548,6 +568,8 @@ class MiniportHost(Port):
                 os.close(fd)
         if self._kernel_watch is not None:
             self._kernel_watch.close()
+        if self._interrupts is not None:
+            self._interrupts.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,7 +134,8 @@ def _echo(client: ksclient.Client, name: str) -> None:
 
 
 def _assert_clean(kernel: KernelProcess, open_pins: int) -> None:
-    """Two miniport processes, and no files but the sockets, the pid and open pins' rings."""
+    """Two miniport processes, and no files but the sockets, the pid, the live miniports'
+    interrupt channels and open pins' rings."""
     deadline = time.monotonic() + 10
     while True:
         hosts = [
@@ -142,8 +143,13 @@ def _assert_clean(kernel: KernelProcess, open_pins: int) -> None:
             if c.status() != psutil.STATUS_ZOMBIE
         ]
         files = sorted(p.name for p in kernel.runtime.iterdir())
-        extra = [f for f in files if f not in ("kernel.pid", "user.sock", "bus.sock")]
-        if len(hosts) == 2 and len(extra) == 6 * open_pins:
+        interrupts = {f.split(".")[0] for f in files if f.startswith("irq-")}
+        extra = [
+            f for f in files
+            if f not in ("kernel.pid", "user.sock", "bus.sock") and not f.startswith("irq-")
+        ]
+        live = {f"irq-{h.pid}" for h in hosts}
+        if len(hosts) == 2 and len(extra) == 6 * open_pins and interrupts == live:
             return
         assert time.monotonic() < deadline, (hosts, extra)
         time.sleep(0.05)
