@@ -1,5 +1,5 @@
-"""The `portcls` command: up, ls, demo, crashtest. The CLI is just another client of the
-kernel."""
+"""The `portcls` command: up, ls, demo, crashtest, bench. The CLI is just another client of
+the kernel."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import ksclient
 from ipc.ks import Communication, DataFlow
 from ipc.runtime import ENV_RUNTIME_DIR, runtime_base
+from ksclient import bench
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -186,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     crash.add_argument("--hang-timeout", type=float, default=1.5,
                        help="heartbeat timeout of the test kernel (s)")
     crash.add_argument("-v", "--verbose", action="store_true", help="a line per fault")
+    bench.add_arguments(sub.add_parser(
+        "bench", help=bench.DESCRIPTION, description=bench.DESCRIPTION
+    ))
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -196,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             from ksclient import crashtest
 
             return crashtest.main(args)
+        if args.command == "bench":
+            return bench.run(args)
         return _demo(args)
     except ksclient.KsError as exc:
         print(f"portcls: {exc}", file=sys.stderr)

@@ -1,9 +1,9 @@
 """Latency summaries shared by the benchmarks: percentiles of nanosecond samples, in µs.
 
-Every benchmark of the project (``portcls bench``, ``scripts/bench_mpu401.py``,
-``scripts/bench_rtmidi_jack.py``) summarises its sample sets here, so a "p99" means
-the same thing everywhere: linear interpolation between the closest ranks (numpy's
-default), over every sample, nothing trimmed.
+The latency benchmarks (``portcls bench``, ``scripts/bench_rtmidi_jack.py``) summarise
+their sample sets here, so a "p99" means the same thing everywhere: linear
+interpolation between the closest ranks (numpy's default), over every sample,
+nothing trimmed.
 """
 
 from __future__ import annotations
