@@ -316,6 +316,11 @@ class ChannelReader:
         self._armed = self.ring.arm_consumer()
         return self._armed
 
+    def asleep(self) -> bool:
+        """True while armed (after :meth:`prepare_to_sleep` returned True) and nothing
+        has been published since: a poll of the ring that costs no system call."""
+        return self._armed and not self.ring.readable()
+
     def data_fileno(self) -> int:
         """Descriptor that becomes readable when the producer published records after
         :meth:`prepare_to_sleep` returned True."""

@@ -36,23 +36,31 @@ class RpcEndpoint:
         self.malformed = 0
         self._ids = itertools.count(1)
         self._replies: dict[int, protocol.Reply] = {}
+        self.activity = 0
+        """Counts uses of the socket: an owner waiting on its ZMQ_FD (ipc.waiter) that sees
+        it change re-reads the socket's state before sleeping."""
 
     def send_request(self, body: Any) -> int:
         rid = next(self._ids)
+        self.activity += 1
         self.socket.send(protocol.encode_request(rid, body), copy=False)
         return rid
 
     def send_event(self, body: Any) -> None:
+        self.activity += 1
         self.socket.send(protocol.encode_event(body), copy=False)
 
     def reply(self, rid: int, result: Any = None) -> None:
+        self.activity += 1
         self.socket.send(protocol.encode_ok(rid, result), copy=False)
 
     def reply_exception(self, rid: int, exc: BaseException) -> None:
+        self.activity += 1
         self.socket.send(protocol.encode_exception(rid, exc), copy=False)
 
     def receive_pending(self) -> None:
         """Move every frame waiting on the socket into `backlog` (replies into their slot)."""
+        self.activity += 1
         while True:
             try:
                 frame = self.socket.recv(zmq.NOBLOCK, copy=True)
@@ -73,6 +81,7 @@ class RpcEndpoint:
 
     def wait_reply(self, rid: int, timeout: float, op: str = "request") -> protocol.Reply:
         deadline = time.monotonic() + timeout
+        self.activity += 1
         while rid not in self._replies:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self.socket.poll(max(1, int(remaining * 1000))):

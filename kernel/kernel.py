@@ -44,6 +44,7 @@ from ipc.runtime import (
     remove_stale_dirs,
 )
 from ipc.status import Status, StatusError
+from ipc.waiter import Waiter
 from kernel.config import DeviceConfig, KernelConfig
 from kernel.dpc import Dpc, Scheduler, Timer
 from kernel.hotplug import HotplugManager
@@ -132,6 +133,7 @@ class Kernel:
         self.on_ready: Callable[[Kernel], None] | None = None
         self._ready_reported = False
         self.ctx: zmq.Context[Any] | None = None
+        self.waiter = Waiter()
         self.hotplug: HotplugManager | None = None
 
     def clock_seconds(self) -> float:
@@ -139,7 +141,7 @@ class Kernel:
 
     def watch_fd(self, fd: int, handler: Callable[[], None]) -> None:
         if fd not in self._fd_handlers:
-            self.poller.register(fd, zmq.POLLIN)
+            self.waiter.watch(fd)
         self._fd_handlers[fd] = handler
 
     def watch_interrupt_fd(self, fd: int, handler: Callable[[], None]) -> None:
@@ -150,7 +152,7 @@ class Kernel:
     def unwatch_fd(self, fd: int) -> None:
         self._interrupt_fds.discard(fd)
         if self._fd_handlers.pop(fd, None) is not None:
-            self.poller.unregister(fd)
+            self.waiter.unwatch(fd)
 
     def _stop_watching(self, watch: ProcessWatch | None) -> None:
         if watch is not None:
@@ -160,10 +162,12 @@ class Kernel:
     def send_bus(self, identity: bytes, frame: bytes) -> None:
         with contextlib.suppress(zmq.ZMQError):
             self.bus.send_multipart([identity, frame], flags=zmq.NOBLOCK, copy=False)
+        self.waiter.touched(self.bus)
 
     def send_user(self, identity: bytes, frame: bytes) -> None:
         with contextlib.suppress(zmq.ZMQError):
             self.user.send_multipart([identity, frame], flags=zmq.NOBLOCK, copy=False)
+        self.waiter.touched(self.user)
 
     def broadcast(self, body: Any) -> None:
         frame = p.encode_event(body)
@@ -186,9 +190,8 @@ class Kernel:
             sock.setsockopt(zmq.SNDHWM, 100_000)
             sock.bind(endpoint(self.runtime_dir, name))
             os.chmod(self.runtime_dir / name, 0o600)
-        self.poller = zmq.Poller()
-        self.poller.register(self.bus, zmq.POLLIN)
-        self.poller.register(self.user, zmq.POLLIN)
+        self.waiter.add_socket(self.bus)
+        self.waiter.add_socket(self.user)
         self._signal_r, signal_w = os.pipe()
         os.set_blocking(self._signal_r, False)
         os.set_blocking(signal_w, False)
@@ -257,20 +260,18 @@ class Kernel:
             deadline = sched.next_deadline()
             if deadline is not None:
                 timeout = min(timeout, max(0, -(-(deadline - sched.clock()) // 10_000)))
-        ready = self.poller.poll(timeout)
-        if not ready and timeout == max_timeout_ms:
+        sockets, fds = self.waiter.wait(timeout)
+        if not sockets and not fds and timeout == max_timeout_ms:
             self._safety_sweep()
-        busy_user = False
+        busy_user = self.user in sockets
+        if self.bus in sockets:
+            self._drain_bus()
         passive: list[int] = []
-        for sock, _ in ready:
-            if sock is self.bus:
-                self._drain_bus()
-            elif sock is self.user:
-                busy_user = True
-            elif sock in self._interrupt_fds:
-                self._run_fd_handler(sock)
+        for fd in fds:
+            if fd in self._interrupt_fds:
+                self._run_fd_handler(fd)
             else:
-                passive.append(sock)
+                passive.append(fd)
         sched.fire_due_timers()
         sched.run_dpcs()
         for fd in passive:
@@ -308,6 +309,7 @@ class Kernel:
                 self.stats["bus_malformed"] += 1
                 continue
             self._on_bus(identity, frame)
+        self.waiter.touched(self.bus)  # the budget ran out: more may wait
 
     def _drain_user(self) -> None:
         for _ in range(USER_BUDGET):
@@ -319,6 +321,7 @@ class Kernel:
                 self.stats["user_malformed"] += 1
                 continue
             self._on_user(parts[0], parts[1])
+        self.waiter.touched(self.user)  # the budget ran out: more may wait
 
     # The bus: miniport hosts.
 
@@ -985,6 +988,7 @@ class Kernel:
         if self.ctx is not None:
             self.ctx.term()
             self.ctx = None
+        self.waiter.close()
         with contextlib.suppress(Exception):
             signal.set_wakeup_fd(-1)
         for fd in (getattr(self, "_signal_r", None), getattr(self, "_signal_w", None)):

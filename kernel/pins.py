@@ -190,6 +190,8 @@ class KernelStream:
         ):
             return
         queue = self.queue
+        if not queue and reader.asleep():
+            return  # serviced for another reason (an interrupt): nothing to play
         while True:
             room = SEQUENCER_LIMIT - len(queue)
             if room > 0:

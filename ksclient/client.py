@@ -51,6 +51,7 @@ from ipc.ring import RingError
 from ipc.rpc import RpcEndpoint, RpcTimeout
 from ipc.runtime import USER_SOCKET, default_runtime_dir, endpoint, kernel_alive, now_100ns
 from ipc.status import Status, StatusError
+from ipc.waiter import Waiter
 from ksclient import errors
 
 FLAG_SYSEX: Final = 0x0001
@@ -785,12 +786,15 @@ class CapturePin(Pin):
         self._ready: collections.deque[MidiMessage] = collections.deque()
         self._sysex = bytearray()
         self._sysex_time = 0
-        self._poller = zmq.Poller()
+        # Waking for data costs one epoll_wait; the kernel's messages and death are
+        # looked at only when their descriptors say so.
+        self._waiter = Waiter()
         self._data_fd = channel.data_fileno()
-        self._poller.register(self._data_fd, zmq.POLLIN)
-        self._poller.register(client._rpc.socket, zmq.POLLIN)
+        self._waiter.watch(self._data_fd)
+        self._waiter.add_socket(client._rpc.socket)
         if client._kernel_fd is not None:
-            self._poller.register(client._kernel_fd, zmq.POLLIN)
+            self._waiter.watch(client._kernel_fd)
+        self._rpc_seen = -1
         self._callback_thread: threading.Thread | None = None
         self._callback_stop = threading.Event()
 
@@ -801,10 +805,10 @@ class CapturePin(Pin):
 
     def _attach(self, channel: ChannelReader | ChannelWriter) -> None:
         assert isinstance(channel, ChannelReader)
-        self._poller.unregister(self._data_fd)
+        self._waiter.unwatch(self._data_fd)
         self._channel = channel
         self._data_fd = channel.data_fileno()
-        self._poller.register(self._data_fd, zmq.POLLIN)
+        self._waiter.watch(self._data_fd)
 
     def _release_old_handle(self) -> None:
         # What reached the old ring was delivered, not lost: keep it for receive().
@@ -857,10 +861,18 @@ class CapturePin(Pin):
         while True:
             if not self._detached and self._channel.prepare_to_sleep():
                 remaining = 1.0 if deadline is None else deadline - time.monotonic()
+                fds = None
                 if remaining > 0:
-                    self._poller.poll(max(1, int(min(remaining, 1.0) * 1000)))
-                self.client.check_kernel()
-                self.client.pump_events()
+                    rpc = self.client._rpc
+                    if rpc.activity != self._rpc_seen:
+                        self._waiter.touched(rpc.socket)
+                    sockets, fds = self._waiter.wait(max(1, int(min(remaining, 1.0) * 1000)))
+                    self._rpc_seen = rpc.activity
+                    if sockets:
+                        fds = None
+                if fds != [self._data_fd]:
+                    self.client.check_kernel()
+                    self.client.pump_events()
             if self._fill():
                 return True
             if not self._check_or_timeout(deadline):
@@ -921,6 +933,7 @@ class CapturePin(Pin):
     def close(self) -> None:
         self.set_callback(None)
         super().close()
+        self._waiter.close()
 
     def _close_channel(self) -> None:
         self._channel.close()

@@ -38,6 +38,7 @@ from ipc.ring import RingError
 from ipc.rpc import RpcEndpoint
 from ipc.runtime import BUS_SOCKET, endpoint, now_100ns
 from ipc.status import BufferTooSmall, Status, StatusError
+from ipc.waiter import Waiter
 from miniports import registry
 from miniports.base import (
     MiniportMidi,
@@ -154,12 +155,12 @@ class MiniportHost(Port):
         self.heartbeat = heartbeat
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.rpc = RpcEndpoint(self.ctx, endpoint(runtime_dir, BUS_SOCKET), device.encode())
-        self.poller = zmq.Poller()
-        self.poller.register(self.rpc.socket, zmq.POLLIN)
+        self.waiter = Waiter()
+        self.waiter.add_socket(self.rpc.socket)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self.poller.register(self._wake_r, zmq.POLLIN)
+        self.waiter.watch(self._wake_r)
         self._thread = threading.get_ident()
         self._lock = threading.Lock()
         self._outbox: collections.deque[Any] = collections.deque()
@@ -270,8 +271,9 @@ class MiniportHost(Port):
         with contextlib.suppress(OSError, KeyError, TypeError, ValueError):
             self._kernel_watch = ProcessWatch(int(reply["kernel_pid"]))
             self._kernel_fd = self._kernel_watch.fileno()
-            self.poller.register(self._kernel_fd, zmq.POLLIN)
+            self.waiter.watch(self._kernel_fd)
         next_beat = time.monotonic() + self.heartbeat
+        rpc_seen = -1
         try:
             while self.running:
                 now = time.monotonic()
@@ -282,8 +284,14 @@ class MiniportHost(Port):
                 timeout = max(0, int((deadline - now) * 1000 + 0.999))
                 if self._outbox or self._events or self._irq_groups or self.rpc.backlog:
                     timeout = 0
-                for sock, _ in self.poller.poll(timeout):
-                    self._on_ready(sock)
+                if self.rpc.activity != rpc_seen:
+                    rpc_seen = self.rpc.activity
+                    self.waiter.touched(self.rpc.socket)
+                sockets, fds = self.waiter.wait(timeout)
+                if sockets:
+                    self.rpc.receive_pending()
+                for fd in fds:
+                    self._on_ready(fd)
                 self.flush_events()
                 self._handle_backlog()
                 now = time.monotonic()
@@ -306,10 +314,8 @@ class MiniportHost(Port):
             self._shutdown()
         return 0
 
-    def _on_ready(self, sock: Any) -> None:
-        if sock is self.rpc.socket:
-            self.rpc.receive_pending()
-        elif sock == self._wake_r:
+    def _on_ready(self, sock: int) -> None:
+        if sock == self._wake_r:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 4096)
         elif sock == self._kernel_fd:
@@ -321,7 +327,7 @@ class MiniportHost(Port):
             if hs.capture:
                 assert hs.writer is not None
                 hs.waiting_space = False
-                self.poller.unregister(sock)
+                self.waiter.unwatch(sock)
                 del self._fd_streams[sock]
                 hs.writer.end_wait_for_space()
                 if self._drain_capture(hs):
@@ -429,7 +435,7 @@ class MiniportHost(Port):
             else:
                 hs.reader = ChannelReader.open(channel)
                 self._fd_streams[hs.reader.data_fileno()] = hs
-                self.poller.register(hs.reader.data_fileno(), zmq.POLLIN)
+                self.waiter.watch(hs.reader.data_fileno())
         except Exception:
             with contextlib.suppress(Exception):
                 stream.close()
@@ -443,7 +449,7 @@ class MiniportHost(Port):
             (hs.writer, hs.writer.space_fileno() if hs.writer else None),
         ):
             if fd is not None and fd in self._fd_streams:
-                self.poller.unregister(fd)
+                self.waiter.unwatch(fd)
                 del self._fd_streams[fd]
             if channel is not None:
                 channel.close()
@@ -517,7 +523,7 @@ class MiniportHost(Port):
                 if writer.prepare_to_wait_for_space(len(data)):
                     hs.waiting_space = True
                     self._fd_streams[writer.space_fileno()] = hs
-                    self.poller.register(writer.space_fileno(), zmq.POLLIN)
+                    self.waiter.watch(writer.space_fileno())
                     return moved
                 continue
             moved = True
@@ -563,6 +569,7 @@ class MiniportHost(Port):
         # The Unload reply must reach the kernel before the socket goes (libzmq#4660).
         self.rpc.socket.close(linger=1000)
         self.ctx.term()
+        self.waiter.close()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -1,0 +1,91 @@
+"""The one place a process blocks: ZeroMQ sockets and plain descriptors in one epoll.
+
+`zmq.Poller` rebuilds its item array and asks every socket for its state on
+each call, and libzmq's `zmq_poll` makes a zero-timeout pass first: on this
+machine a kernel turn cost about five `poll` system calls (and a `getpid` per
+socket). Here the sockets take part through their `ZMQ_FD`, which becomes
+readable when a socket's state may have changed, so a turn that only moves
+data through rings costs a single `epoll_wait`.
+
+The price is ZeroMQ's edge rule: sending or receiving on a socket can consume
+the signal for a message that is already waiting. The owner therefore calls
+:meth:`Waiter.touched` for a socket after using it (or receives until
+`zmq.Again`), and the socket's real state is read once before the next sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+from typing import Any
+
+import zmq
+
+__all__ = ["Waiter"]
+
+
+def _has_message(sock: zmq.Socket[Any]) -> bool:
+    return bool(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+
+
+class Waiter:
+    """An epoll set of ZeroMQ sockets and descriptors; not thread-safe."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._sockets: dict[int, zmq.Socket[Any]] = {}
+        self._touched: set[zmq.Socket[Any]] = set()
+
+    def add_socket(self, sock: zmq.Socket[Any]) -> None:
+        """Wait for messages on `sock` too."""
+        fd = int(sock.getsockopt(zmq.FD))
+        self._epoll.register(fd, select.EPOLLIN)
+        self._sockets[fd] = sock
+        self._touched.add(sock)
+
+    def remove_socket(self, sock: zmq.Socket[Any]) -> None:
+        for fd, known in list(self._sockets.items()):
+            if known is sock:
+                self._epoll.unregister(fd)
+                del self._sockets[fd]
+        self._touched.discard(sock)
+
+    def watch(self, fd: int) -> None:
+        """Wait for `fd` to become readable too."""
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def unwatch(self, fd: int) -> None:
+        """Stop waiting for `fd` (it may be closed already: then nothing happens)."""
+        with contextlib.suppress(OSError, ValueError):
+            self._epoll.unregister(fd)
+
+    def touched(self, sock: zmq.Socket[Any]) -> None:
+        """`sock` was used (sent on, or received from without reaching zmq.Again):
+        read its real state before the next sleep."""
+        self._touched.add(sock)
+
+    def wait(self, timeout_ms: int) -> tuple[list[zmq.Socket[Any]], list[int]]:
+        """Block up to `timeout_ms` (negative: no limit) until a socket has a message or
+        a descriptor is readable; returns (sockets with a message, readable fds)."""
+        readable: list[zmq.Socket[Any]] = []
+        if self._touched:
+            for sock in self._touched:
+                if _has_message(sock):
+                    readable.append(sock)
+            self._touched.clear()
+            if readable:
+                timeout_ms = 0
+        events = self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
+        fds: list[int] = []
+        for fd, _ in events:
+            ready = self._sockets.get(fd)
+            if ready is None:
+                fds.append(fd)
+            elif ready not in readable and _has_message(ready):
+                readable.append(ready)
+        return readable, fds
+
+    def close(self) -> None:
+        self._epoll.close()
+        self._sockets.clear()
+        self._touched.clear()
