@@ -46,7 +46,11 @@ from ipc.ring import Buffer, Record
 from ipc.runtime import runtime_base
 from ksclient.bench.traffic import BATCH, SequenceCheck, ThroughputResult, numbered_messages
 
-__all__ = ["RawRingChain", "RawZmqChain", "RtmidiJackLoop"]
+__all__ = ["ENV_RUN", "RawRingChain", "RawZmqChain", "RtmidiJackLoop", "scratch_prefix"]
+
+ENV_RUN: Final = "PORTCLS_BENCH_RUN"
+"""Names the run in everything it puts in the runtime base (set by the benchmark's
+main process, inherited by its pinned child), so leftovers can be told apart."""
 
 STOP: Final = b""
 """The pyzmq chain's end-of-run message, echoed back to A."""
@@ -83,9 +87,14 @@ def _stop_processes(procs: Sequence[BaseProcess], what: str) -> list[str]:
     return problems
 
 
+def scratch_prefix() -> str:
+    """``portcls-bench-<run>-``: the start of every name a run makes in the runtime base."""
+    return f"portcls-bench-{os.environ.get(ENV_RUN) or os.getpid()}-"
+
+
 def _scratch_dir(kind: str) -> Path:
     # tmpfs where there is one: the rings are mmap'd files, the sockets live beside them.
-    return Path(tempfile.mkdtemp(prefix=f"portcls-bench-{kind}-", dir=runtime_base()))
+    return Path(tempfile.mkdtemp(prefix=f"{scratch_prefix()}{kind}-", dir=runtime_base()))
 
 
 def _zmq_middle(up_ep: str, down_ep: str) -> None:

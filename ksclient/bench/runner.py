@@ -47,7 +47,13 @@ import zmq
 
 from ipc.runtime import runtime_base
 from ksclient.bench import report
-from ksclient.bench.baselines import RawRingChain, RawZmqChain, RtmidiJackLoop
+from ksclient.bench.baselines import (
+    ENV_RUN,
+    RawRingChain,
+    RawZmqChain,
+    RtmidiJackLoop,
+    scratch_prefix,
+)
 from ksclient.bench.project import LADDER, CpuMeter, LoopbackPins, RateStep, measuring
 from ksclient.bench.stats import no_nan, summarize
 from ksclient.bench.traffic import NOTE, SYSEX_1K, ThroughputResult
@@ -211,7 +217,7 @@ def _kernel_devices() -> list[dict[str, Any]]:
 
 
 def _runtime() -> Path:
-    return runtime_base() / f"portcls-bench-{uuid.uuid4().hex[:10]}"
+    return runtime_base() / f"{scratch_prefix()}kernel-{uuid.uuid4().hex[:10]}"
 
 
 def _stop_kernel(kernel: KernelUnderTest, problems: list[str], what: str) -> None:
@@ -224,6 +230,28 @@ def _stop_kernel(kernel: KernelUnderTest, problems: list[str], what: str) -> Non
     for stale in kernel.runtime.parent.glob(kernel.runtime.name + "*"):
         problems.append(f"{what} left {stale} behind (removed)")
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _on_exit(
+    stack: contextlib.ExitStack, problems: list[str], what: str, undo: Callable[[], object]
+) -> None:
+    """Call ``undo`` when ``stack`` closes. Its failure is recorded in ``problems`` (and
+    a list it returns is added to them), never raised, so everything else is still
+    stopped; a slow stop is told on stderr."""
+
+    def call() -> None:
+        t0 = time.monotonic()
+        try:
+            result = undo()
+            if isinstance(result, list):
+                problems.extend(str(p) for p in result)
+        except Exception as exc:
+            problems.append(f"stopping {what}: {type(exc).__name__}: {exc}")
+        took = time.monotonic() - t0
+        if took > 2.0:
+            print(f"bench: stopping {what} took {took:.1f} s", file=sys.stderr)
+
+    stack.callback(call)
 
 
 class IdleWindow:
@@ -344,7 +372,9 @@ class MainRun:
 
         def start_kernel_a() -> None:
             self.kernel = start_kernel(toml_config(_kernel_devices()), runtime=_runtime())
-            stack.callback(_stop_kernel, self.kernel, self.problems, "the kernel")
+            kernel = self.kernel
+            _on_exit(stack, self.problems, "the kernel",
+                     lambda: _stop_kernel(kernel, self.problems, "the kernel"))
             children = len(self.kernel.miniport_pids())
             if children != 3:
                 raise RuntimeError(f"the kernel runs {children} miniport processes, not 3")
@@ -371,7 +401,7 @@ class MainRun:
 
         def open_pins() -> None:
             self.pins = LoopbackPins(_need(self.kernel, "the kernel"))
-            stack.callback(self._close_pins)
+            _on_exit(stack, self.problems, "the loopback pins", self._close_pins)
             with measuring():
                 self.pins.roundtrip(50, array("q"), NOTE)
 
@@ -401,18 +431,15 @@ class MainRun:
 
     def _close_pins(self) -> None:
         if self.pins is not None:
-            try:
-                self.pins.close()
-            except Exception as exc:
-                self.problems.append(f"closing the loopback pins: {exc!r}")
+            self.pins.close()
 
     def _start_zmq(self, stack: contextlib.ExitStack) -> None:
         chain = self.zmq_chain = RawZmqChain()
-        stack.callback(lambda: self.problems.extend(chain.close()))
+        _on_exit(stack, self.problems, "the raw pyzmq chain", chain.close)
 
     def _start_ring(self, stack: contextlib.ExitStack) -> None:
         chain = self.ring_chain = RawRingChain()
-        stack.callback(lambda: self.problems.extend(chain.close()))
+        _on_exit(stack, self.problems, "the raw ring chain", chain.close)
 
     def _start_jack(self, stack: contextlib.ExitStack) -> None:
         from miniports.jackbed import JackServer, jack_missing_reason
@@ -422,15 +449,15 @@ class MainRun:
             self.doc["skipped"]["rtmidi_jack"] = reason
             return
         server = JackServer(period=JACK_PERIOD, rate=JACK_RATE)
-        stack.callback(server.stop)
+        _on_exit(stack, self.problems, "the JACK server", server.stop)
         server.start()
         self.jack = server
         # libjack finds its server through the environment of this process.
         saved = {k: os.environ.get(k) for k in server.env({})}
-        stack.callback(_restore_env, saved)
+        _on_exit(stack, self.problems, "the environment", lambda: _restore_env(saved))
         os.environ.update(server.env({}))
         self.rtmidi = RtmidiJackLoop(server)
-        stack.callback(self.rtmidi.close)
+        _on_exit(stack, self.problems, "python-rtmidi", self.rtmidi.close)
         self.doc["jack"] = {"period": JACK_PERIOD, "rate": JACK_RATE,
                             "realtime": server.realtime, "backend": "dummy"}
 
@@ -445,11 +472,13 @@ class MainRun:
             for i in range(devices)
         ])
         self.scaling_kernel = start_kernel(config, runtime=_runtime())
-        stack.callback(_stop_kernel, self.scaling_kernel, self.problems, "the scaling kernel")
+        kernel = self.scaling_kernel
+        _on_exit(stack, self.problems, "the scaling kernel",
+                 lambda: _stop_kernel(kernel, self.problems, "the scaling kernel"))
         pool = scaling.ClientPool(str(self.scaling_kernel.runtime),
                                   max(c for c, _ in self.s.cells))
         self.pool = pool
-        stack.callback(lambda: self.problems.extend(pool.close()))
+        _on_exit(stack, self.problems, "the scaling clients", pool.close)
 
     def _roundtrips(self) -> None:
         s = self.s
@@ -552,7 +581,7 @@ def _restore_env(saved: dict[str, str | None]) -> None:
 def _pinned_variant(s: Settings, doc: dict[str, Any], phases: Phases) -> None:
     """Run the child that measures with every process pinned to one CPU; merge its JSON."""
     cpu = max(os.sched_getaffinity(0))
-    out_dir = Path(tempfile.mkdtemp(prefix="portcls-bench-pinned-"))
+    out_dir = Path(tempfile.mkdtemp(prefix=f"{scratch_prefix()}pinned-", dir=runtime_base()))
     out = out_dir / "pinned.json"
     throughput = not s.quick
     proc = subprocess.Popen(s.child_argv(cpu, out, throughput), stdin=subprocess.DEVNULL,
@@ -622,20 +651,21 @@ def _pinned_phases(
         env = dict(os.environ, PORTCLS_CPUS=str(cpu))
         kernel = start_kernel(toml_config([{"name": "loopback", "miniport": "loopback"}]),
                               runtime=_runtime(), env=env)
-        stack.callback(_stop_kernel, kernel, problems, "the pinned kernel")
+        _on_exit(stack, problems, "the pinned kernel",
+                 lambda: _stop_kernel(kernel, problems, "the pinned kernel"))
         holder["kernel"] = kernel
         pins = LoopbackPins(kernel)
-        stack.callback(pins.close)
+        _on_exit(stack, problems, "the loopback pins", pins.close)
         holder["pins"] = pins
 
     def start_zmq() -> None:
         chain = RawZmqChain()
-        stack.callback(lambda: problems.extend(chain.close()))
+        _on_exit(stack, problems, "the raw pyzmq chain", chain.close)
         holder["zmq"] = chain
 
     def start_ring() -> None:
         chain = RawRingChain()
-        stack.callback(lambda: problems.extend(chain.close()))
+        _on_exit(stack, problems, "the raw ring chain", chain.close)
         holder["ring"] = chain
 
     phases.run("start kernel and loopback pins", start)
@@ -668,6 +698,7 @@ def run(args: Any) -> int:
     the exit status: 0, 1 if any phase failed, 130 if interrupted."""
     if args.pinned_child is not None:
         return _pinned_child(args)
+    os.environ.setdefault(ENV_RUN, str(os.getpid()))
     started = time.monotonic()
     try:
         s = Settings.from_args(args)

@@ -114,8 +114,9 @@ def _burst(
 
 
 def client_worker(conn: Connection, runtime: str, index: int) -> None:
-    """One scaling client: obey ``(op, arguments)`` requests from the pipe, answer each
-    with ``("ok", result)`` or ``("error", text)``, until ``quit`` or the pipe closes."""
+    """One scaling client: obey ``(number, op, arguments)`` requests from the pipe, answer
+    each with ``(number, "ok", result)`` or ``(number, "error", text)``, until ``quit``
+    or the pipe closes. Its first answer, number 0, says it is connected."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
     client: ksclient.Client | None = None
     pins: tuple[ksclient.RenderPin, ksclient.CapturePin] | None = None
@@ -125,14 +126,17 @@ def client_worker(conn: Connection, runtime: str, index: int) -> None:
         if pins is not None:
             out, inp = pins
             pins = None
+            if client is not None:  # a dead kernel would make closing wait for a timeout
+                with contextlib.suppress(ksclient.KsError):
+                    client.check_kernel()
             out.close()
             inp.close()
 
     try:
         client = ksclient.connect(runtime, timeout=20.0, name=f"bench-client-{index}")
-        conn.send(("ok", None))
+        conn.send((0, "ok", None))
         while True:
-            op, kwargs = conn.recv()
+            number, op, kwargs = conn.recv()
             try:
                 result: Any = None
                 if op == "open":
@@ -160,13 +164,13 @@ def client_worker(conn: Connection, runtime: str, index: int) -> None:
                     close_pins()
                 elif op == "quit":
                     close_pins()
-                    conn.send(("ok", None))
+                    conn.send((number, "ok", None))
                     return
                 else:
                     raise ValueError(f"unknown request {op!r}")
-                conn.send(("ok", result))
+                conn.send((number, "ok", result))
             except Exception as exc:
-                conn.send(("error", f"client {index}: {type(exc).__name__}: {exc}"))
+                conn.send((number, "error", f"client {index}: {type(exc).__name__}: {exc}"))
     except (EOFError, OSError):
         return  # the parent is gone
     finally:
@@ -186,6 +190,7 @@ class ClientPool:
         ctx.set_forkserver_preload(["ksclient"])
         self.conns: list[Connection] = []
         self.procs: list[BaseProcess] = []
+        self._number = 0
         try:
             for i in range(count):
                 parent_end, child_end = ctx.Pipe()
@@ -197,37 +202,44 @@ class ClientPool:
                 child_end.close()
                 self.conns.append(parent_end)
                 self.procs.append(proc)
-            self.call(range(count), "hello", None, 60.0, send=False)
+            self._collect(range(count), "start-up", 60.0)
         except BaseException:
             self.close()
             raise
 
     def call(
-        self, indices: Sequence[int] | range, op: str, kwargs: Any, timeout: float,
-        send: bool = True,
+        self, indices: Sequence[int] | range, op: str, kwargs: Any, timeout: float
     ) -> list[Any]:
-        """Send ``op`` to the clients ``indices`` at once, then collect every answer;
-        RuntimeError naming the clients that failed or did not answer in time."""
-        if send:
-            for i in indices:
-                self.conns[i].send((op, kwargs[i] if isinstance(kwargs, list) else kwargs))
+        """Send ``op`` (with ``kwargs``, or ``kwargs[i]`` for client ``i`` if it is a list)
+        to the clients ``indices`` at once, then collect every answer; RuntimeError
+        naming the clients that failed or did not answer in time."""
+        self._number += 1
+        for i in indices:
+            self.conns[i].send(
+                (self._number, op, kwargs[i] if isinstance(kwargs, list) else kwargs)
+            )
+        return self._collect(indices, op, timeout)
+
+    def _collect(self, indices: Sequence[int] | range, op: str, timeout: float) -> list[Any]:
         deadline = time.monotonic() + timeout
         results: list[Any] = []
         errors: list[str] = []
         for i in indices:
             conn = self.conns[i]
+            status: str = "late"
+            value: Any = f"client {i}: no answer to {op} in {timeout:g} s"
             try:
-                if not conn.poll(max(0.0, deadline - time.monotonic())):
-                    errors.append(f"client {i}: no answer to {op} in {timeout:g} s")
-                    results.append(None)
-                    continue
-                status, value = conn.recv()
+                while conn.poll(max(0.0, deadline - time.monotonic())):
+                    number, status, value = conn.recv()
+                    if number == self._number:
+                        break
+                    # An answer to an earlier request that timed out or was interrupted.
+                    status, value = "late", f"client {i}: no answer to {op} in {timeout:g} s"
             except (EOFError, OSError) as exc:
-                errors.append(f"client {i}: gone ({exc!r})")
-                results.append(None)
-                continue
+                status, value = "gone", f"client {i}: gone ({exc!r})"
             if status != "ok":
                 errors.append(str(value))
+                value = None
             results.append(value)
         if errors:
             raise RuntimeError("; ".join(errors[:4]) + (" ..." if len(errors) > 4 else ""))
@@ -236,10 +248,12 @@ class ClientPool:
     def close(self) -> list[str]:
         """Ask every client to quit (closing its pins), then make sure it has."""
         problems: list[str] = []
+        self._number += 1
         for conn in self.conns:
             with contextlib.suppress(OSError, ValueError):
-                conn.send(("quit", None))
-        deadline = time.monotonic() + 10.0
+                conn.send((self._number, "quit", None))
+        # Quick: a client whose kernel died may wait out an RPC timeout in closing.
+        deadline = time.monotonic() + 3.0
         for proc in self.procs:
             proc.join(max(0.1, deadline - time.monotonic()))
             if proc.is_alive():
@@ -258,8 +272,8 @@ def run_cell(
     indices = range(clients)
     opens = [{"device": device_name(i % miniports), "cable": i // miniports, "warmup": warmup}
              for i in indices]
-    pool.call(indices, "open", opens, 60.0)
     try:
+        pool.call(indices, "open", opens, 60.0)
         start_at = time.monotonic() + 0.2
         period = 1.0 / PACED_RATE
         latency_args = [
@@ -281,8 +295,12 @@ def run_cell(
              "max_messages": cap, "window": CLIENT_WINDOW},
             burst_seconds + 60.0,
         )
-    finally:
-        pool.call(indices, "close", None, 30.0)
+    except BaseException:
+        # Close what can be closed, but let the first error (or Ctrl-C) through.
+        with contextlib.suppress(Exception):
+            pool.call(indices, "close", None, 10.0)
+        raise
+    pool.call(indices, "close", None, 30.0)
     span = max(b["ended"] for b in bursts) - min(b["started"] for b in bursts)
     received = sum(b["received"] for b in bursts)
     return {
@@ -296,7 +314,7 @@ def run_cell(
             "lost": sum(b["lost"] for b in bursts),
             "seconds": span,
             "per_client_msgs_per_s_min": min(
-                b["received"] / (b["ended"] - b["started"]) for b in bursts
+                b["received"] / max(1e-9, b["ended"] - b["started"]) for b in bursts
             ),
         },
     }
