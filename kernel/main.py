@@ -31,6 +31,21 @@ def describe(kernel: Kernel) -> str:
     return "\n".join(lines)
 
 
+ENV_CPUS = "PORTCLS_CPUS"
+
+
+def parse_cpus(text: str) -> set[int]:
+    """CPU numbers from "0", "0,1" or "0-3"; ValueError for anything else."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        first, last = int(low), int(high or low)
+        if first < 0 or last < first:
+            raise ValueError(f"{part.strip()!r} is not a CPU or a range of CPUs")
+        cpus.update(range(first, last + 1))
+    return cpus
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m kernel") -> int:
     parser = argparse.ArgumentParser(prog=prog, description="Run the PortCls emulator's kernel.")
     parser.add_argument(
@@ -44,7 +59,22 @@ def main(argv: list[str] | None = None, prog: str = "python -m kernel") -> int:
         help="runtime directory (default: $PORTCLS_RUNTIME_DIR or /dev/shm/portcls-<uid>)",
     )
     parser.add_argument("--quiet", action="store_true", help="print only warnings and errors")
+    parser.add_argument(
+        "--cpus",
+        default=os.environ.get(ENV_CPUS),
+        help="pin the kernel and its miniports to these CPUs, e.g. 0 or 0,1 "
+        f"(default: ${ENV_CPUS}, else the scheduler places them)",
+    )
     args = parser.parse_args(argv)
+    if args.cpus:
+        try:
+            cpus = parse_cpus(args.cpus)
+            # Before any ZeroMQ context: libzmq's I/O thread inherits the affinity of the
+            # thread that creates it, and miniport processes inherit it from here.
+            os.sched_setaffinity(0, cpus)
+        except (ValueError, OSError) as exc:
+            print(f"portcls: bad --cpus {args.cpus!r}: {exc}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s kernel %(levelname)s %(message)s",
