@@ -22,7 +22,7 @@ ROUNDTRIP_LABELS: Final = {
 }
 THROUGHPUT_LABELS: Final = {
     "loopback": "loopback (send_many + receive_nowait)",
-    "raw_ring": "raw rings, A>B>C>B>A (send_many)",
+    "raw_ring": "raw rings, A>B>C>B>A (64 per record)",
     "raw_zmq": "raw pyzmq, A>B>C>B>A (64 per message)",
 }
 BASELINES: Final = (("raw_zmq", "raw pyzmq"), ("raw_ring", "raw rings"),
@@ -169,6 +169,8 @@ def _roundtrip_table(section: dict[str, Any], skipped: dict[str, Any]) -> list[s
                 _num(r[q], 9) for q in ("p50_us", "p90_us", "p99_us", "p999_us", "max_us")))
         elif key in skipped:
             lines.append(f"{label:<42}  not measured: {skipped[key]}")
+        elif failed := _get(section, "phases", f"round trip {key}", "error"):
+            lines.append(f"{label:<42}  FAILED: {failed}")
     return lines
 
 
