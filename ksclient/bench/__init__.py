@@ -17,7 +17,8 @@ shares the machine's state with what it is compared to):
 then prints the ratios and a table of the project's targets (met or not: targets
 are reported, not asserted). ``--json FILE`` writes every figure.
 
-The modules: :mod:`~ksclient.bench.stats` (percentiles), :mod:`~ksclient.bench.baselines`
+The modules: :mod:`~ksclient.bench.stats` (percentiles), :mod:`~ksclient.bench.traffic`
+(numbered messages and the in-order check), :mod:`~ksclient.bench.baselines`
 (raw pyzmq, raw rings, python-rtmidi/JACK), :mod:`~ksclient.bench.project` (the paths
 through the kernel, CPU), :mod:`~ksclient.bench.scaling` (many clients),
 :mod:`~ksclient.bench.cables` (the scaling grid's device), :mod:`~ksclient.bench.report`

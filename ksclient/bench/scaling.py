@@ -4,9 +4,10 @@ One kernel runs ``devices`` cable-bank devices (:mod:`ksclient.bench.cables`: th
 loopback allows one render pin per device, and each client needs a private round
 trip). Client ``i`` of a cell with ``M`` miniports opens cable ``i // M`` of device
 ``i mod M``, so the clients spread evenly over the first ``M`` devices, each a
-miniport process of its own. Each client is a separate process, started from a
-forkserver that has imported ``ksclient`` (never forked from this process, which
-holds ZeroMQ contexts), and is driven over a pipe:
+miniport process of its own (with fewer clients than miniports, the rest idle).
+Each client is a separate process, started from a forkserver that has imported
+``ksclient`` (never forked from this process, which holds ZeroMQ contexts), and is
+driven over a pipe:
 
 * latency: every client does paced round trips (``rate`` a second, one in flight,
   the clients' phases spread evenly over the period) for some seconds; the samples
