@@ -217,17 +217,25 @@ def start_kernel(
     lines: list[str] = []
     deadline = time.monotonic() + timeout
     kut = KernelUnderTest(runtime, process, "", full_env, config_dir, lines)
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("kernel") and "ready" in line:
-            break
-        if time.monotonic() > deadline:
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("kernel") and "ready" in line:
+                break
+            if time.monotonic() > deadline:
+                kut.stop()
+                raise AssertionError(
+                    f"the kernel was not ready in {timeout} s: {''.join(lines)}"
+                )
+        else:
+            process.wait()
             kut.stop()
-            raise AssertionError(f"the kernel was not ready in {timeout} s: {''.join(lines)}")
-    else:
-        process.wait()
-        kut.stop()
-        raise AssertionError(f"the kernel exited with {process.returncode}: {''.join(lines)}")
+            raise AssertionError(f"the kernel exited with {process.returncode}: {''.join(lines)}")
+    except (KeyboardInterrupt, SystemExit):
+        # Interrupted while it starts: nobody else holds the kernel to stop it.
+        with contextlib.suppress(AssertionError):
+            kut.stop()
+        raise
     kut.banner = "".join(lines)
 
     def drain() -> None:
