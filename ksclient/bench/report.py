@@ -19,6 +19,7 @@ ROUNDTRIP_LABELS: Final = {
     "raw_zmq": "raw pyzmq PAIR ipc://, A>B>C>B>A",
     "raw_ring": "raw rings + FIFO doorbells, A>B>C>B>A",
     "rtmidi_jack": "python-rtmidi > JACK > python-rtmidi",
+    "loopback_beside_jack": "loopback, 3-byte, beside JACK's run",
 }
 THROUGHPUT_LABELS: Final = {
     "loopback": "loopback (send_many + receive_nowait)",
@@ -42,9 +43,11 @@ def _ratios_of(section: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     rt = section.get("roundtrip") or {}
     for key, _ in BASELINES:
+        # python-rtmidi/JACK is compared with the loopback measured beside it.
+        mine = "loopback_beside_jack" if key == "rtmidi_jack" and key in rt else "loopback"
         for q in ("p50_us", "p99_us"):
             out[f"roundtrip_{q[:3]}_loopback_over_{key}"] = ratio(
-                _get(rt, "loopback", q), _get(rt, key, q))
+                _get(rt, mine, q), _get(rt, key, q))
     tp = section.get("throughput") or {}
     for key in ("raw_ring", "raw_zmq"):
         out[f"throughput_loopback_over_{key}"] = ratio(
@@ -102,9 +105,11 @@ def _latency_targets(variant: str, section: dict[str, Any]) -> list[dict[str, An
     ]
     if variant == "unpinned":
         jack50 = _get(rt, "rtmidi_jack", "p50_us")
+        beside = _get(rt, "loopback_beside_jack", "p50_us")
         skipped = _get(section, "skipped", "rtmidi_jack")
         rows.append(_target(variant, "loopback round trip p50 <= 0.3 x python-rtmidi/JACK p50",
-                            p50, jack50, _scaled(jack50, 0.3), "us", _at_most,
+                            beside if beside is not None else p50, jack50,
+                            _scaled(jack50, 0.3), "us", _at_most,
                             f"not measured: {skipped}" if skipped and jack50 is None else ""))
     return rows
 

@@ -426,8 +426,11 @@ class MainRun:
             lambda: cpu.__setitem__("idle_pins_run", _need(idle2, "the loopback pins").finish()),
         )
 
+        if self.rtmidi is not None:
+            phases.run("round trips beside python-rtmidi/JACK", self._roundtrips_jack)
+        # JACK's realtime cycle (every 1.3 ms) would disturb everything that follows.
+        jack_stack.close()
         phases.run("round trips", self._roundtrips)
-        jack_stack.close()  # JACK's cycle would disturb what follows
         phases.run("throughput loopback", self._throughput_loopback)
         phases.run("throughput raw ring", lambda: self._throughput(
             "raw_ring", _need(self.ring_chain, "the raw ring chain").throughput))
@@ -499,11 +502,21 @@ class MainRun:
             paths.append(RoundTripPath("raw_zmq", self.zmq_chain.roundtrip, NOTE, s.samples))
         if self.ring_chain is not None:
             paths.append(RoundTripPath("raw_ring", self.ring_chain.roundtrip, NOTE, s.samples))
-        if self.rtmidi is not None:
-            paths.append(RoundTripPath("rtmidi_jack", self.rtmidi.roundtrip, NOTE,
-                                       s.jack_samples))
         if not paths:
             raise RuntimeError("no path to measure (every start-up failed)")
+        self.doc["roundtrip"].update(
+            interleaved_roundtrips(paths, s.warmup, s.blocks, self.phases)
+        )
+
+    def _roundtrips_jack(self) -> None:
+        """python-rtmidi through JACK, interleaved with the loopback while the JACK server
+        runs (its own loopback figure: `loopback_beside_jack`)."""
+        s = self.s
+        rtmidi = _need(self.rtmidi, "python-rtmidi")
+        paths = [RoundTripPath("rtmidi_jack", rtmidi.roundtrip, NOTE, s.jack_samples)]
+        if self.pins is not None:
+            paths.append(RoundTripPath("loopback_beside_jack", self.pins.roundtrip, NOTE,
+                                       s.jack_samples))
         self.doc["roundtrip"].update(
             interleaved_roundtrips(paths, s.warmup, s.blocks, self.phases)
         )
