@@ -27,6 +27,7 @@ from ipc.status import Status, StatusError
 __all__ = [
     "DataFormat",
     "DataRange",
+    "FifoCaptureStream",
     "FilterDescriptor",
     "InterruptSync",
     "InterruptSyncMode",
@@ -278,6 +279,50 @@ class MiniportMidiStream:
 
     def close(self) -> None:
         """The stream's pin was closed; release what it holds."""
+
+
+class FifoCaptureStream(MiniportMidiStream):
+    """A capture stream whose hardware (an ISR, a device callback) appends bytes to a FIFO.
+
+    Input is kept only in RUN, as a UART keeps it. `read` and the STOP flush take
+    `sync`'s lock, so they never interleave with the service routine.
+    """
+
+    def __init__(self, sync: InterruptSync, fifo_size: int) -> None:
+        self.sync = sync
+        self.fifo_size = fifo_size
+        self.overflowed = 0
+        """Bytes of input dropped because the FIFO was full."""
+        self._fifo = bytearray()
+
+    def room(self) -> int:
+        """Bytes `hardware_input` takes now (a stream not running takes and drops all)."""
+        return self.fifo_size - len(self._fifo) if self.state == KsState.RUN else 1 << 62
+
+    def hardware_input(self, data: bytes) -> bool:
+        """The hardware delivered `data`: keep it if running and it fits; True if kept."""
+        if self.state != KsState.RUN:
+            return False
+        if len(data) > self.fifo_size - len(self._fifo):
+            self.overflowed += len(data)
+            return False
+        self._fifo += data
+        return True
+
+    def has_input(self) -> bool:
+        return bool(self._fifo)
+
+    def set_state(self, state: KsState) -> None:
+        with self.sync.lock:
+            self.state = state
+            if state == KsState.STOP:
+                self._fifo.clear()
+
+    def read(self, max_bytes: int) -> bytes:
+        with self.sync.lock:
+            data = bytes(self._fifo[:max_bytes])
+            del self._fifo[: len(data)]
+            return data
 
 
 class MiniportMidi(ABC):

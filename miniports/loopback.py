@@ -27,6 +27,7 @@ from ipc.ks import (
 )
 from miniports.base import (
     DataFormat,
+    FifoCaptureStream,
     InterruptSync,
     KsState,
     MiniportMidi,
@@ -44,34 +45,10 @@ BRIDGE_IN_PIN = 2
 CAPTURE_PIN = 3
 
 
-class LoopbackCaptureStream(MiniportMidiStream):
+class LoopbackCaptureStream(FifoCaptureStream):
     def __init__(self, owner: LoopbackMiniport, fifo_size: int) -> None:
+        super().__init__(owner.sync, fifo_size)
         self._owner = owner
-        self._fifo = bytearray()
-        self._fifo_size = fifo_size
-
-    def room(self) -> int:
-        return self._fifo_size - len(self._fifo) if self.state == KsState.RUN else 1 << 62
-
-    def hardware_input(self, data: bytes) -> None:
-        # Like a UART, input is kept only while the stream runs.
-        if self.state == KsState.RUN:
-            self._fifo += data
-
-    def set_state(self, state: KsState) -> None:
-        with self._owner.sync.lock:
-            self.state = state
-            if state == KsState.STOP:
-                self._fifo.clear()
-
-    def read(self, max_bytes: int) -> bytes:
-        with self._owner.sync.lock:
-            data = bytes(self._fifo[:max_bytes])
-            del self._fifo[: len(data)]
-            return data
-
-    def has_input(self) -> bool:
-        return bool(self._fifo)
 
     def close(self) -> None:
         self._owner.captures.remove(self)

@@ -66,6 +66,7 @@ from ipc.ks import (
 )
 from miniports.base import (
     DataFormat,
+    FifoCaptureStream,
     InterruptSync,
     KsState,
     MiniportMidi,
@@ -170,35 +171,15 @@ class _TokenBucket:
         self.tokens -= cost
 
 
-class RtMidiCaptureStream(MiniportMidiStream):
+class RtMidiCaptureStream(FifoCaptureStream):
     def __init__(self, owner: RtMidiMiniport) -> None:
+        super().__init__(owner.sync, owner.fifo_size)
         self._owner = owner
-        self._fifo = bytearray()
-        self.overflowed = 0
-
-    def hardware_input(self, data: bytes) -> bool:
-        """Keep input only while running, like a UART; True if kept."""
-        if self.state != KsState.RUN:
-            return False
-        room = self._owner.fifo_size - len(self._fifo)
-        if len(data) > room:
-            self.overflowed += len(data)
-            return False
-        self._fifo += data
-        return True
 
     def set_state(self, state: KsState) -> None:
-        with self._owner.sync.lock:
-            self.state = state
-            if state == KsState.STOP:
-                self._fifo.clear()
+        with self.sync.lock:
+            super().set_state(state)
             self._owner.capture_state_changed()
-
-    def read(self, max_bytes: int) -> bytes:
-        with self._owner.sync.lock:
-            data = bytes(self._fifo[:max_bytes])
-            del self._fifo[: len(data)]
-            return data
 
     def close(self) -> None:
         with self._owner.sync.lock:

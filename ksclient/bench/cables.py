@@ -20,8 +20,8 @@ from __future__ import annotations
 from ipc.ks import KSFILTER_NODE, Connection, DataFlow, FilterDescriptor, PinDescriptor
 from miniports.base import (
     DataFormat,
+    FifoCaptureStream,
     InterruptSync,
-    KsState,
     MiniportMidi,
     MiniportMidiStream,
     Port,
@@ -47,35 +47,11 @@ def capture_pin(cable: int) -> int:
     return 2 * cable + 1
 
 
-class _CableCapture(MiniportMidiStream):
+class _CableCapture(FifoCaptureStream):
     def __init__(self, owner: CableBankMiniport, cable: int, fifo_size: int) -> None:
+        super().__init__(owner.sync, fifo_size)
         self._owner = owner
         self.cable = cable
-        self._fifo = bytearray()
-        self._fifo_size = fifo_size
-
-    def room(self) -> int:
-        # A stopped capture stream discards input, so it never holds a writer back.
-        return self._fifo_size - len(self._fifo) if self.state == KsState.RUN else 1 << 62
-
-    def hardware_input(self, data: bytes) -> None:
-        if self.state == KsState.RUN:
-            self._fifo += data
-
-    def has_input(self) -> bool:
-        return bool(self._fifo)
-
-    def set_state(self, state: KsState) -> None:
-        with self._owner.sync.lock:
-            self.state = state
-            if state == KsState.STOP:
-                self._fifo.clear()
-
-    def read(self, max_bytes: int) -> bytes:
-        with self._owner.sync.lock:
-            data = bytes(self._fifo[:max_bytes])
-            del self._fifo[: len(data)]
-            return data
 
     def close(self) -> None:
         with self._owner.sync.lock:
