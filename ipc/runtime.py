@@ -23,6 +23,12 @@ PREFIX: Final = "portcls-"
 PID_FILE: Final = "kernel.pid"
 USER_SOCKET: Final = "user.sock"
 BUS_SOCKET: Final = "bus.sock"
+
+
+def interrupt_channel_name(pid: int) -> str:
+    """Base name (in the runtime directory) of the interrupt channel the kernel makes for
+    the miniport process `pid` (see ipc.channel for the files it stands for)."""
+    return f"irq-{pid}"
 _YOUNG_SECONDS: Final = 30.0
 
 

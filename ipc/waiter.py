@@ -10,13 +10,15 @@ data through rings costs a single `epoll_wait`.
 The price is ZeroMQ's edge rule: sending or receiving on a socket can consume
 the signal for a message that is already waiting. The owner therefore calls
 :meth:`Waiter.touched` for a socket after using it (or receives until
-`zmq.Again`), and the socket's real state is read once before the next sleep.
+`zmq.Again`, or hands `add_socket` a count of its uses), and the socket's real
+state is read once before the next sleep.
 """
 
 from __future__ import annotations
 
 import contextlib
 import select
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -35,20 +37,20 @@ class Waiter:
         self._epoll = select.epoll()
         self._sockets: dict[int, zmq.Socket[Any]] = {}
         self._touched: set[zmq.Socket[Any]] = set()
+        self._activity: dict[zmq.Socket[Any], tuple[Callable[[], int], int]] = {}
 
-    def add_socket(self, sock: zmq.Socket[Any]) -> None:
-        """Wait for messages on `sock` too."""
+    def add_socket(
+        self, sock: zmq.Socket[Any], activity: Callable[[], int] | None = None
+    ) -> None:
+        """Wait for messages on `sock` too. `activity`, if given, returns a count that
+        changes whenever `sock` is used (`RpcEndpoint.activity`): a change counts as
+        :meth:`touched`, so the owner need not call it."""
         fd = int(sock.getsockopt(zmq.FD))
         self._epoll.register(fd, select.EPOLLIN)
         self._sockets[fd] = sock
         self._touched.add(sock)
-
-    def remove_socket(self, sock: zmq.Socket[Any]) -> None:
-        for fd, known in list(self._sockets.items()):
-            if known is sock:
-                self._epoll.unregister(fd)
-                del self._sockets[fd]
-        self._touched.discard(sock)
+        if activity is not None:
+            self._activity[sock] = (activity, activity())
 
     def watch(self, fd: int) -> None:
         """Wait for `fd` to become readable too."""
@@ -68,6 +70,11 @@ class Waiter:
         """Block up to `timeout_ms` (negative: no limit) until a socket has a message or
         a descriptor is readable; returns (sockets with a message, readable fds)."""
         readable: list[zmq.Socket[Any]] = []
+        for sock, (activity, seen) in self._activity.items():
+            now = activity()
+            if now != seen:
+                self._activity[sock] = (activity, now)
+                self._touched.add(sock)
         if self._touched:
             for sock in self._touched:
                 if _has_message(sock):
@@ -89,3 +96,4 @@ class Waiter:
         self._epoll.close()
         self._sockets.clear()
         self._touched.clear()
+        self._activity.clear()

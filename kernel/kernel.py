@@ -39,6 +39,7 @@ from ipc.runtime import (
     USER_SOCKET,
     create_runtime_dir,
     endpoint,
+    interrupt_channel_name,
     now_100ns,
     remove_runtime_dir,
     remove_stale_dirs,
@@ -474,7 +475,7 @@ class Kernel:
             return
         conn = MiniportConnection(self, reg.device, identity, reg.pid, reg)
         device.conn = conn
-        interrupt_base = self.runtime_dir / f"irq-{reg.pid}"
+        interrupt_base = self.runtime_dir / interrupt_channel_name(reg.pid)
         try:
             conn.open_interrupt_channel(interrupt_base)
         except (OSError, ValueError) as exc:

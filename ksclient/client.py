@@ -791,10 +791,10 @@ class CapturePin(Pin):
         self._waiter = Waiter()
         self._data_fd = channel.data_fileno()
         self._waiter.watch(self._data_fd)
-        self._waiter.add_socket(client._rpc.socket)
+        rpc = client._rpc
+        self._waiter.add_socket(rpc.socket, lambda: rpc.activity)
         if client._kernel_fd is not None:
             self._waiter.watch(client._kernel_fd)
-        self._rpc_seen = -1
         self._callback_thread: threading.Thread | None = None
         self._callback_stop = threading.Event()
 
@@ -863,11 +863,7 @@ class CapturePin(Pin):
                 remaining = 1.0 if deadline is None else deadline - time.monotonic()
                 fds = None
                 if remaining > 0:
-                    rpc = self.client._rpc
-                    if rpc.activity != self._rpc_seen:
-                        self._waiter.touched(rpc.socket)
                     sockets, fds = self._waiter.wait(max(1, int(min(remaining, 1.0) * 1000)))
-                    self._rpc_seen = rpc.activity
                     if sockets:
                         fds = None
                 if fds != [self._data_fd]:

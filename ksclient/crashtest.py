@@ -42,7 +42,7 @@ import psutil
 
 import ksclient
 from ipc.channel import CHANNEL_SUFFIXES
-from ipc.runtime import runtime_base
+from ipc.runtime import interrupt_channel_name, runtime_base
 from miniports.faults import trigger_fault
 
 FAULT_KINDS: Final = ("kill", "segv", "exception", "hang", "corrupt", "flood")
@@ -434,8 +434,10 @@ def _settled_leaks(kernel: _Kernel, baseline_fds: int, pins: int) -> tuple[int, 
     while True:
         miniports = kernel.miniports()
         extra_procs = max(0, len(miniports) - 2)
-        # Each live miniport has an interrupt channel: irq-<pid>.{ring,data,space}.
-        interrupts = {f"irq-{p.pid}{ext}" for p in miniports for ext in CHANNEL_SUFFIXES}
+        # Each live miniport has an interrupt channel.
+        interrupts = {
+            interrupt_channel_name(p.pid) + ext for p in miniports for ext in CHANNEL_SUFFIXES
+        }
         files = kernel.files()
         stray = [
             f for f in files

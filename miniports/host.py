@@ -156,7 +156,7 @@ class MiniportHost(Port):
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.rpc = RpcEndpoint(self.ctx, endpoint(runtime_dir, BUS_SOCKET), device.encode())
         self.waiter = Waiter()
-        self.waiter.add_socket(self.rpc.socket)
+        self.waiter.add_socket(self.rpc.socket, lambda: self.rpc.activity)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -273,7 +273,6 @@ class MiniportHost(Port):
             self._kernel_fd = self._kernel_watch.fileno()
             self.waiter.watch(self._kernel_fd)
         next_beat = time.monotonic() + self.heartbeat
-        rpc_seen = -1
         try:
             while self.running:
                 now = time.monotonic()
@@ -284,9 +283,6 @@ class MiniportHost(Port):
                 timeout = max(0, int((deadline - now) * 1000 + 0.999))
                 if self._outbox or self._events or self._irq_groups or self.rpc.backlog:
                     timeout = 0
-                if self.rpc.activity != rpc_seen:
-                    rpc_seen = self.rpc.activity
-                    self.waiter.touched(self.rpc.socket)
                 sockets, fds = self.waiter.wait(timeout)
                 if sockets:
                     self.rpc.receive_pending()
