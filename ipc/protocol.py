@@ -33,6 +33,8 @@ PROTOCOL_VERSION: Final = 1
 EXIT_MINIPORT_FAULT: Final = 70
 """A miniport host's exit status when its miniport raised out of a callback: the
 kernel reports it as that, not as a crash."""
+NOTIFY_ALL: Final = -1
+"""The group id of `Notify(NULL)`: the miniport's group and every stream's group."""
 MAX_FRAME: Final = 4 << 20
 MAX_STR: Final = 4096
 MAX_ITEMS: Final = 4096
@@ -338,7 +340,7 @@ class Heartbeat:
 @message("interrupt")
 @dataclass(frozen=True, slots=True)
 class Interrupt:
-    """The miniport's ISR called notify: service these groups (-1 = Notify(NULL)).
+    """The miniport's ISR called notify: service these groups (NOTIFY_ALL = Notify(NULL)).
 
     Usually raised through the interrupt channel instead (see `encode_interrupt`);
     the bus message keeps an interrupt in order behind events posted before it.
@@ -365,7 +367,7 @@ def decode_interrupt(payload: bytes) -> list[int]:
     if rest or not 0 < n <= MAX_INTERRUPT_GROUPS:
         raise ProtocolError(f"an interrupt record of {len(payload)} bytes")
     groups = list(struct.unpack(f"<{n}q", payload))
-    if min(groups) < -1:
+    if min(groups) < NOTIFY_ALL:
         raise ProtocolError(f"interrupt for group {min(groups)}")
     return groups
 
@@ -464,7 +466,7 @@ class DeviceProperty:
 @message("registry")
 @dataclass(frozen=True, slots=True)
 class Registry:
-    """One registry operation on a key of the device's store (see kernel.registry)."""
+    """One registry operation on a key of the device's store (see kernel.devicestore)."""
 
     key_type: int
     path: str

@@ -23,13 +23,12 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kernel.config import DeviceConfig, HotplugRule
 from kernel.dpc import Dpc, Timer
-
-if TYPE_CHECKING:
-    from kernel.kernel import Kernel
+from kernel.loop import KernelLoop
+from kernel.pnp import PnpManager
 
 log = logging.getLogger("portcls.kernel.hotplug")
 
@@ -57,8 +56,11 @@ class _Watcher:
 class HotplugManager:
     """Keeps one device per matching port, for as long as the port exists."""
 
-    def __init__(self, kernel: Kernel, rules: tuple[HotplugRule, ...]) -> None:
-        self.kernel = kernel
+    def __init__(
+        self, loop: KernelLoop, pnp: PnpManager, rules: tuple[HotplugRule, ...]
+    ) -> None:
+        self.loop = loop
+        self.pnp = pnp
         self.rules = rules
         self.watchers: dict[str, _Watcher] = {}
         for rule in rules:
@@ -84,7 +86,7 @@ class HotplugManager:
         fd = watcher.process.stdout.fileno()
         os.set_blocking(fd, False)
         watcher.buffer = b""
-        self.kernel.watch_fd(fd, lambda: self._on_output(watcher))
+        self.loop.watch_fd(fd, lambda: self._on_output(watcher))
         log.info("hotplug: watching %s ports (pid %d)", watcher.api, watcher.process.pid)
 
     def _on_output(self, watcher: _Watcher) -> None:
@@ -120,7 +122,7 @@ class HotplugManager:
             and all(isinstance(data.get(k), list) for k in ("inputs", "outputs"))
             and all(isinstance(n, str) for k in ("inputs", "outputs") for n in data[k])
         ):
-            self.kernel.stats["hotplug_malformed"] += 1
+            self.loop.stats["hotplug_malformed"] += 1
             log.warning("hotplug %s: malformed port list dropped", watcher.api)
             return None
         return {"inputs": data["inputs"], "outputs": data["outputs"]}
@@ -140,7 +142,7 @@ class HotplugManager:
                         continue
                     name = device_name(rule.prefix, port)
                     if name in found or (
-                        name in self.kernel.devices and name not in self.owned
+                        name in self.pnp.devices and name not in self.owned
                     ):
                         continue  # a configured device or an earlier rule owns the name
                     options = {"api": rule.api, option: port, **rule.options,
@@ -158,21 +160,21 @@ class HotplugManager:
             if name not in wanted:
                 del self.present[name]
                 log.info("hotplug: port %s is gone: removing %s", port, name)
-                self.kernel.unplug_device(name, f"port {port} disappeared")
+                self.pnp.unplug_device(name, f"port {port} disappeared")
         for name, (port, config) in wanted.items():
             if name in self.present:
                 continue
             self.present[name] = port
             self.owned.add(name)
             log.info("hotplug: port %s appeared: starting %s", port, name)
-            self.kernel.add_device(config)
+            self.pnp.add_device(config)
 
     def _watcher_gone(self, watcher: _Watcher) -> None:
         process = watcher.process
         if process is None:
             return
         assert process.stdout is not None
-        self.kernel.unwatch_fd(process.stdout.fileno())
+        self.loop.unwatch_fd(process.stdout.fileno())
         process.stdout.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(1.0)
@@ -187,9 +189,9 @@ class HotplugManager:
                 self._spawn(watcher)
 
         watcher.restart_timer = Timer(Dpc(again))
-        self.kernel.scheduler.set_timer(
+        self.loop.scheduler.set_timer(
             watcher.restart_timer,
-            self.kernel.scheduler.clock() + int(WATCHER_RESTART_SECONDS * 1e7),
+            self.loop.scheduler.clock() + int(WATCHER_RESTART_SECONDS * 1e7),
         )
 
     def stop(self) -> None:
@@ -197,12 +199,12 @@ class HotplugManager:
         self.stopped = True
         for watcher in self.watchers.values():
             if watcher.restart_timer is not None:
-                self.kernel.scheduler.cancel_timer(watcher.restart_timer)
+                self.loop.scheduler.cancel_timer(watcher.restart_timer)
             process = watcher.process
             if process is None:
                 continue
             assert process.stdout is not None
-            self.kernel.unwatch_fd(process.stdout.fileno())
+            self.loop.unwatch_fd(process.stdout.fileno())
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
             try:

@@ -1,197 +1,53 @@
-"""The MIDI port driver (IPortMidi / IPortDMus) and its link to a miniport process.
+"""The MIDI port driver (IPortMidi / IPortDMus): binding, service, and its streams.
 
-`MiniportConnection` is the kernel's end of one miniport host: it sends the
-port's calls over the bus and matches replies, never blocking the loop.
-`PortMidi` binds to a miniport (`init`), keeps the service groups the miniport
-made, services them (it is itself a service sink), and owns the streams.
+`pc_new_port` makes a port; `PortMidi.init` binds it to a miniport (the
+miniport's Init, then its filter description). The port is a service sink:
+it joins the group the miniport registers and, when serviced, calls the
+miniport's `Service()` and moves the captured data of streams that have no
+group of their own. It owns its streams, as in PortCls: the data-range
+intersection, NewStream, the KSSTATE walk one step at a time, and close, which
+walks the stream back down to STOP first.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import itertools
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from ipc import protocol as p
-from ipc.channel import ChannelReader, create_channel_files, remove_channel_files
-from ipc.ks import FilterDescriptor
-from ipc.ring import MIN_CAPACITY, RingError
+from ipc.channel import create_channel_files
+from ipc.ks import DataFlow, DataFormat, FilterDescriptor, KsState, PinDescriptor
 from ipc.status import Status, StatusError
-from kernel.dpc import Dpc, Timer
+from kernel.connection import MiniportConnection
+from kernel.loop import KernelLoop
+from kernel.pins import CapturePin, Pin, RenderPin
 from kernel.servicegroup import ServiceGroup
-
-if TYPE_CHECKING:
-    from kernel.kernel import Kernel
-    from kernel.pins import KernelStream
 
 CLSID_PortMidi: Final = "b4c90a43-5791-11d0-86f9-00a0c911b544"
 CLSID_PortDMus: Final = "b7902fe9-fb0a-11d1-81b0-0060083316c1"
-NOTIFY_ALL: Final = -1
-INTERRUPT_BATCH: Final = 256
+NOTIFY_ALL: Final = p.NOTIFY_ALL
 
-Continuation = Callable[[p.Reply], None]
-
-
-class RemoteSink:
-    """A sink object that lives in the miniport process; servicing it sends a message."""
-
-    def __init__(self, conn: MiniportConnection, sink: int) -> None:
-        self.conn = conn
-        self.sink = sink
-
-    def request_service(self) -> None:
-        self.conn.send_event(p.SinkService(self.sink))
-
-
-class MiniportConnection:
-    """The kernel's end of one registered miniport host."""
-
-    def __init__(self, kernel: Kernel, device: str, identity: bytes, pid: int, reg: p.Register):
-        self.kernel = kernel
-        self.device = device
-        self.identity = identity
-        self.pid = pid
-        self.miniport = reg.miniport
-        self.wants_service = reg.wants_service
-        self.custom_intersection = reg.custom_intersection
-        self.groups: dict[int, ServiceGroup] = {}
-        self.sinks: dict[int, RemoteSink] = {}
-        self.port: PortMidi | None = None
-        self.last_seen = kernel.clock_seconds()
-        self.malformed = 0
-        self.recent_malformed: collections.deque[float] = collections.deque()
-        self.closed = False
-        self._ids = itertools.count(1)
-        self._calls: dict[int, tuple[Continuation, Timer]] = {}
-        self.interrupts: ChannelReader | None = None
-        self._interrupt_base: Path | None = None
-
-    def open_interrupt_channel(self, base: Path) -> None:
-        """Make the ring the host raises interrupts through (a fifo doorbell, not a
-        ZeroMQ message: a wake-up through a descriptor costs a fraction of one)."""
-        create_channel_files(base, MIN_CAPACITY)
-        self._interrupt_base = base
-        try:
-            self.interrupts = ChannelReader.open(base)
-        except BaseException:
-            remove_channel_files(base)
-            raise
-        self.interrupts.prepare_to_sleep()
-        self.kernel.watch_interrupt_fd(self.interrupts.data_fileno(), self.take_interrupts)
-
-    def take_interrupts(self) -> None:
-        """Interrupt level: notify the port for every record in the interrupt ring."""
-        reader = self.interrupts
-        while reader is not None and not self.closed:
-            try:
-                records = reader.receive_many(INTERRUPT_BATCH)
-            except RingError as exc:
-                self.kernel.miniport_fault(self, f"corrupt interrupt ring: {exc}")
-                return
-            for record in records:
-                try:
-                    groups = p.decode_interrupt(record.data)
-                    self.kernel.interrupt(self, groups)
-                except (p.ProtocolError, StatusError):
-                    self.kernel.stats["bus_rejected"] += 1
-                    self.kernel.count_malformed(self)
-                if self.closed:
-                    return
-            if len(records) < INTERRUPT_BATCH and reader.prepare_to_sleep():
-                return
-
-    def send_event(self, body: Any) -> None:
-        if not self.closed:
-            self.kernel.send_bus(self.identity, p.encode_event(body))
-
-    def call(self, body: Any, then: Continuation, timeout: float | None = None) -> None:
-        """Send a request; `then(reply)` runs exactly once: with the reply, or an error
-        reply on timeout (IO_TIMEOUT) or removal (DEVICE_REMOVED)."""
-        if self.closed:
-            then(p.Reply(0, False, status=Status.DEVICE_REMOVED, message="device removed"))
-            return
-        rid = next(self._ids)
-        timer = Timer(Dpc(lambda: self._expire(rid, body.OP)))
-        self._calls[rid] = (then, timer)
-        seconds = self.kernel.config.call_timeout if timeout is None else timeout
-        self.kernel.scheduler.set_timer(timer, self.kernel.scheduler.clock() + int(seconds * 1e7))
-        self.kernel.send_bus(self.identity, p.encode_request(rid, body))
-
-    def _expire(self, rid: int, op: str) -> None:
-        entry = self._calls.pop(rid, None)
-        if entry is not None:
-            entry[0](p.Reply(rid, False, status=Status.IO_TIMEOUT, message=f"{op} timed out"))
-            self.kernel.miniport_fault(self, f"no reply to {op}")
-
-    def on_reply(self, reply: p.Reply) -> None:
-        entry = self._calls.pop(reply.rid, None)
-        if entry is None:
-            self.malformed += 1
-            return
-        then, timer = entry
-        self.kernel.scheduler.cancel_timer(timer)
-        then(reply)
-
-    def close(self) -> None:
-        """Fail every outstanding call with DEVICE_REMOVED and release the groups."""
-        self.closed = True
-        calls, self._calls = self._calls, {}
-        for rid, (then, timer) in calls.items():
-            self.kernel.scheduler.cancel_timer(timer)
-            then(p.Reply(rid, False, status=Status.DEVICE_REMOVED, message="device removed"))
-        for group in self.groups.values():
-            group.release()
-        self.groups.clear()
-        self.sinks.clear()
-        if self.interrupts is not None:
-            self.kernel.unwatch_fd(self.interrupts.data_fileno())
-            self.interrupts.close()
-            self.interrupts = None
-        if self._interrupt_base is not None:
-            with contextlib.suppress(OSError):
-                remove_channel_files(self._interrupt_base)
-
-    def group(self, gid: int) -> ServiceGroup:
-        group = self.groups.get(gid)
-        if group is None:
-            raise StatusError(Status.INVALID_PARAMETER, f"no service group {gid}")
-        return group
-
-    def member(self, member_group: int | None, sink: int | None) -> ServiceGroup | RemoteSink:
-        if (member_group is None) == (sink is None):
-            raise StatusError(Status.INVALID_PARAMETER, "name exactly one of group or sink")
-        if member_group is not None:
-            return self.group(member_group)
-        assert sink is not None
-        if sink not in self.sinks:
-            self.sinks[sink] = RemoteSink(self, sink)
-        return self.sinks[sink]
+Done = Callable[[StatusError | None], None]
 
 
 class PortMidi:
     """One MIDI port driver instance (PcNewPort), bound to one miniport by `init`."""
 
-    def __init__(self, kernel: Kernel, clsid: str) -> None:
-        self.kernel = kernel
+    def __init__(self, loop: KernelLoop, clsid: str, runtime_dir: Path) -> None:
+        self.loop = loop
         self.clsid = clsid
+        self.runtime_dir = runtime_dir
         self.conn: MiniportConnection | None = None
         self.group: ServiceGroup | None = None
         self.registered_group = False
         self.description: FilterDescriptor | None = None
-        self.streams: dict[int, KernelStream] = {}
+        self.streams: dict[int, Pin] = {}
         self.initialised = False
         self.init_started = False
         self.services = 0
 
-    def init(
-        self,
-        conn: MiniportConnection,
-        resources: dict[str, Any],
-        done: Callable[[StatusError | None], None],
-    ) -> None:
+    def init(self, conn: MiniportConnection, resources: dict[str, Any], done: Done) -> None:
         """IPort::Init: miniport.init, then get_description; `done(error or None)`.
 
         A second Init is a successful no-op, as in PortCls.
@@ -201,7 +57,7 @@ class PortMidi:
             return
         self.init_started = True
         self.conn = conn
-        conn.port = self
+        conn.on_interrupt = self.notify_groups
 
         def after_description(reply: p.Reply) -> None:
             try:
@@ -239,6 +95,14 @@ class PortMidi:
         self.registered_group = True
         group.add_member(self)
 
+    def notify_groups(self, groups: list[int]) -> None:
+        """An interrupt record: `notify` each group id (NOTIFY_ALL: Notify(NULL))."""
+        conn = self.conn
+        if conn is None:
+            raise StatusError(Status.INVALID_DEVICE_STATE, "interrupt before init")
+        for gid in groups:
+            self.notify(None if gid == NOTIFY_ALL else conn.group(gid))
+
     def notify(self, group: ServiceGroup | None) -> None:
         """IPortMidi::Notify: service `group`, or (None) the port's group and every stream's."""
         if group is not None:
@@ -253,23 +117,172 @@ class PortMidi:
             self.request_service()
 
     def request_service(self) -> None:
-        """The port as a service sink: tell the miniport, then move data both ways."""
+        """The port as a service sink: tell the miniport, then move the captured data of
+        streams that have no group of their own (the others are members of theirs)."""
         self.services += 1
         conn = self.conn
         if conn is not None and conn.wants_service:
             conn.send_event(p.Service())
         for stream in tuple(self.streams.values()):
-            stream.request_service()
+            if stream.capture and stream.group is None:
+                stream.request_service()
+
+    # The streams.
+
+    def open_stream(
+        self,
+        handle: int,
+        filter_id: str,
+        pin_id: int,
+        desc: PinDescriptor,
+        fmt: DataFormat,
+        capacity: int,
+        on_error: Callable[[Pin, StatusError], None],
+        done: Callable[[Pin | StatusError], None],
+    ) -> Pin:
+        """Intersect `fmt` with the pin's data ranges (the miniport's own intersection
+        first, if it has one), NewStream, attach the rings; `done(pin or error)`.
+
+        Returns the pin at once (in KSSTATE_STOP, not yet usable) so the caller can
+        account for it; on failure it is released before `done` is called.
+        """
+        conn = self.conn
+        if conn is None or conn.closed:
+            raise StatusError(Status.DEVICE_REMOVED, "the device is going away")
+        ranges = [r for r in desc.data_ranges if r.matches(fmt)]
+        if not ranges and not conn.custom_intersection:
+            raise StatusError(Status.NO_MATCH, "the format matches none of the pin's data ranges")
+        client_base = self.runtime_dir / f"pin{handle}-client"
+        miniport_base = self.runtime_dir / f"pin{handle}-miniport"
+        create_channel_files(client_base, capacity)
+        create_channel_files(miniport_base, capacity)
+        kind = CapturePin if desc.dataflow == DataFlow.OUT else RenderPin
+        pin = kind(
+            self.loop, handle, filter_id, pin_id, fmt, client_base, miniport_base,
+            on_error, lambda reason: conn.on_fault(conn, reason),
+        )
+        self.streams[handle] = pin
+        pin.on_release.append(self._forget)
+
+        def fail(exc: StatusError) -> None:
+            pin.release()
+            done(exc)
+
+        def created(reply: p.Reply) -> None:
+            try:
+                result = reply.unwrap()
+                pin.open_channels()
+                gid = result.get("group") if isinstance(result, dict) else None
+                if gid is not None:
+                    pin.set_group(conn.group(gid))
+            except (StatusError, OSError) as exc:
+                fail(exc if isinstance(exc, StatusError)
+                     else StatusError(Status.INSUFFICIENT_RESOURCES, str(exc)))
+                if reply.ok:
+                    conn.call(p.CloseStream(handle), lambda _: None)
+                return
+            if pin.removed is not None:
+                fail(pin.removed)
+                return
+            done(pin)
+
+        def intersected(reply: p.Reply) -> None:
+            chosen = fmt
+            if not reply.ok and reply.status != Status.NOT_IMPLEMENTED:
+                fail(StatusError(reply.status, reply.message))
+                return
+            if reply.ok:
+                try:
+                    chosen = DataFormat.from_wire(reply.result)
+                except StatusError as exc:
+                    fail(exc)
+                    return
+            elif not ranges:
+                fail(StatusError(Status.NO_MATCH, "no data range matches"))
+                return
+            pin.format = chosen
+            conn.call(
+                p.NewStream(handle, pin_id, pin.capture, chosen.to_wire(), str(miniport_base)),
+                created,
+            )
+
+        if conn.custom_intersection:
+            target = ranges[0] if ranges else desc.data_ranges[0]
+            conn.call(p.DataRangeIntersection(pin_id, fmt.to_wire(), target.to_wire()),
+                      intersected)
+        else:
+            intersected(p.Reply(0, False, status=Status.NOT_IMPLEMENTED))
+        return pin
+
+    def _forget(self, pin: Pin) -> None:
+        self.streams.pop(pin.handle, None)
+
+    def set_stream_state(self, pin: Pin, target: KsState, done: Done) -> None:
+        """IMiniportMidiStream::SetState, one step of STOP-ACQUIRE-PAUSE-RUN at a time."""
+        if pin.removed is not None:
+            raise pin.removed
+        if pin.changing:
+            raise StatusError(Status.INVALID_DEVICE_STATE, "a state change is in progress")
+        if target == pin.state:
+            done(None)
+            return
+        if abs(target - pin.state) != 1:
+            raise StatusError(
+                Status.INVALID_DEVICE_STATE,
+                f"{pin.state.name} -> {target.name} skips a step; go one state at a time",
+            )
+        conn = self.conn
+        if conn is None or conn.closed:
+            raise StatusError(Status.DEVICE_REMOVED, "the device is gone")
+        pin.changing = True
+
+        def stepped(reply: p.Reply) -> None:
+            pin.changing = False
+            if not reply.ok:
+                done(StatusError(reply.status, reply.message))
+                return
+            pin.state_changed(target)
+            done(None)
+
+        conn.call(p.StreamSetState(pin.handle, int(target)), stepped)
+
+    def close_stream(self, pin: Pin, done: Callable[[], None]) -> None:
+        """Walk the miniport stream down to STOP, close it, release everything, then `done`."""
+        conn = self.conn
+
+        def finish(_: p.Reply | None = None) -> None:
+            pin.release()
+            done()
+
+        if conn is None or conn.closed:
+            finish()
+            return
+        steps = [KsState(s) for s in range(int(pin.state) - 1, -1, -1)]
+
+        def step(_: p.Reply | None = None) -> None:
+            if steps:
+                state = steps.pop(0)
+                pin.state = state
+                conn.call(p.StreamSetState(pin.handle, int(state)), step)
+            else:
+                conn.call(p.CloseStream(pin.handle), finish)
+
+        step()
+
+    def remove_streams(self, error: StatusError) -> None:
+        """Surprise removal: every stream fails further I/O with `error`."""
+        for pin in tuple(self.streams.values()):
+            pin.remove(error)
 
     def release(self) -> None:
-        for stream in tuple(self.streams.values()):
-            stream.release()
+        for pin in tuple(self.streams.values()):
+            pin.release()
         self.streams.clear()
         self.group = None
 
 
-def pc_new_port(kernel: Kernel, clsid: str) -> PortMidi:
+def pc_new_port(loop: KernelLoop, clsid: str, runtime_dir: Path) -> PortMidi:
     """PcNewPort: CLSID_PortMidi and CLSID_PortDMus both give the MIDI port."""
     if clsid not in (CLSID_PortMidi, CLSID_PortDMus):
         raise StatusError(Status.NOT_SUPPORTED, f"no port class {clsid}")
-    return PortMidi(kernel, clsid)
+    return PortMidi(loop, clsid, runtime_dir)

@@ -1,0 +1,218 @@
+"""The kernel's end of one registered miniport host.
+
+A `MiniportConnection` sends the port's calls over the bus and matches
+replies without blocking the loop, keeps the service groups the miniport made
+and the proxies of its sinks, reads its interrupt ring, and counts what it
+sent wrong. It knows nothing of ports: interrupts go to `on_interrupt`, faults
+to `on_fault`, both set by whoever binds it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from ipc import protocol as p
+from ipc.channel import ChannelReader, create_channel_files, remove_channel_files
+from ipc.ring import MIN_CAPACITY, RingError
+from ipc.status import Status, StatusError
+from kernel.dpc import Dpc, Timer
+from kernel.loop import KernelLoop
+from kernel.servicegroup import ServiceGroup
+
+INTERRUPT_BATCH: Final = 256
+MAX_GROUPS: Final = 4096
+
+Continuation = Callable[[p.Reply], None]
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    call_timeout: float
+    malformed_limit: int
+    malformed_window: float
+
+
+class RemoteSink:
+    """A sink object that lives in the miniport process; servicing it sends a message."""
+
+    def __init__(self, conn: MiniportConnection, sink: int) -> None:
+        self.conn = conn
+        self.sink = sink
+
+    def request_service(self) -> None:
+        self.conn.send_event(p.SinkService(self.sink))
+
+
+class MiniportConnection:
+    """The kernel's end of one registered miniport host."""
+
+    def __init__(
+        self,
+        loop: KernelLoop,
+        send: Callable[[bytes, bytes], None],
+        limits: ConnectionLimits,
+        reg: p.Register,
+        identity: bytes,
+    ) -> None:
+        self.loop = loop
+        self._send = send
+        self.limits = limits
+        self.device = reg.device
+        self.identity = identity
+        self.pid = reg.pid
+        self.miniport = reg.miniport
+        self.wants_service = reg.wants_service
+        self.custom_intersection = reg.custom_intersection
+        self.groups: dict[int, ServiceGroup] = {}
+        self.sinks: dict[int, RemoteSink] = {}
+        self.last_seen = loop.clock_seconds()
+        self.malformed = 0
+        self.recent_malformed: collections.deque[float] = collections.deque()
+        self.closed = False
+        self.on_interrupt: Callable[[list[int]], None] = lambda groups: None
+        """Set by the port that binds this miniport: notify these groups (-1: all)."""
+        self.on_fault: Callable[[MiniportConnection, str], None] = lambda conn, why: None
+        self._ids = itertools.count(1)
+        self._calls: dict[int, tuple[Continuation, Timer]] = {}
+        self.interrupts: ChannelReader | None = None
+        self._interrupt_base: Path | None = None
+
+    def open_interrupt_channel(self, base: Path) -> None:
+        """Make the ring the host raises interrupts through (a fifo doorbell, not a
+        ZeroMQ message: a wake-up through a descriptor costs a fraction of one)."""
+        create_channel_files(base, MIN_CAPACITY)
+        self._interrupt_base = base
+        try:
+            self.interrupts = ChannelReader.open(base)
+        except BaseException:
+            remove_channel_files(base)
+            raise
+        self.interrupts.prepare_to_sleep()
+        self.loop.watch_interrupt_fd(self.interrupts.data_fileno(), self.take_interrupts)
+
+    def take_interrupts(self) -> None:
+        """Interrupt level: notify the port for every record in the interrupt ring."""
+        reader = self.interrupts
+        while reader is not None and not self.closed:
+            try:
+                records = reader.receive_many(INTERRUPT_BATCH)
+            except RingError as exc:
+                self.on_fault(self, f"corrupt interrupt ring: {exc}")
+                return
+            for record in records:
+                try:
+                    self.interrupt(p.decode_interrupt(record.data))
+                except (p.ProtocolError, StatusError):
+                    self.loop.stats["bus_rejected"] += 1
+                    self.count_malformed()
+                if self.closed:
+                    return
+            if len(records) < INTERRUPT_BATCH and reader.prepare_to_sleep():
+                return
+
+    def interrupt(self, groups: list[int]) -> None:
+        """The miniport's ISR ran: notify each group (NOTIFY_ALL: every group)."""
+        self.loop.stats["interrupts"] += 1
+        for gid in groups:
+            if gid != p.NOTIFY_ALL:
+                self.group(gid)  # unknown groups are the miniport's error
+        self.on_interrupt(groups)
+
+    def count_malformed(self) -> None:
+        """Count a malformed or refused message; too many in the window is a fault."""
+        self.malformed += 1
+        limit, window = self.limits.malformed_limit, self.limits.malformed_window
+        if not limit or self.closed:
+            return
+        now = self.loop.clock_seconds()
+        recent = self.recent_malformed
+        recent.append(now)
+        while recent and now - recent[0] > window:
+            recent.popleft()
+        if len(recent) >= limit:
+            self.on_fault(self, f"{len(recent)} malformed messages in {window:g} s")
+
+    def send_event(self, body: Any) -> None:
+        if not self.closed:
+            self._send(self.identity, p.encode_event(body))
+
+    def call(self, body: Any, then: Continuation, timeout: float | None = None) -> None:
+        """Send a request; `then(reply)` runs exactly once: with the reply, or an error
+        reply on timeout (IO_TIMEOUT) or removal (DEVICE_REMOVED)."""
+        if self.closed:
+            then(p.Reply(0, False, status=Status.DEVICE_REMOVED, message="device removed"))
+            return
+        rid = next(self._ids)
+        timer = Timer(Dpc(lambda: self._expire(rid, body.OP)))
+        self._calls[rid] = (then, timer)
+        seconds = self.limits.call_timeout if timeout is None else timeout
+        scheduler = self.loop.scheduler
+        scheduler.set_timer(timer, scheduler.clock() + int(seconds * 1e7))
+        self._send(self.identity, p.encode_request(rid, body))
+
+    def _expire(self, rid: int, op: str) -> None:
+        entry = self._calls.pop(rid, None)
+        if entry is not None:
+            entry[0](p.Reply(rid, False, status=Status.IO_TIMEOUT, message=f"{op} timed out"))
+            self.on_fault(self, f"no reply to {op}")
+
+    def on_reply(self, reply: p.Reply) -> None:
+        entry = self._calls.pop(reply.rid, None)
+        if entry is None:
+            self.malformed += 1
+            return
+        then, timer = entry
+        self.loop.scheduler.cancel_timer(timer)
+        then(reply)
+
+    def close(self) -> None:
+        """Fail every outstanding call with DEVICE_REMOVED and release the groups."""
+        self.closed = True
+        calls, self._calls = self._calls, {}
+        for rid, (then, timer) in calls.items():
+            self.loop.scheduler.cancel_timer(timer)
+            then(p.Reply(rid, False, status=Status.DEVICE_REMOVED, message="device removed"))
+        for group in self.groups.values():
+            group.release()
+        self.groups.clear()
+        self.sinks.clear()
+        if self.interrupts is not None:
+            self.loop.unwatch_fd(self.interrupts.data_fileno())
+            self.interrupts.close()
+            self.interrupts = None
+        if self._interrupt_base is not None:
+            with contextlib.suppress(OSError):
+                remove_channel_files(self._interrupt_base)
+
+    def new_group(self, gid: int) -> None:
+        if gid in self.groups:
+            raise StatusError(Status.OBJECT_NAME_COLLISION, f"group {gid} exists")
+        if len(self.groups) >= MAX_GROUPS:
+            raise StatusError(Status.INSUFFICIENT_RESOURCES, "too many service groups")
+        self.groups[gid] = ServiceGroup(self.loop.scheduler, f"{self.device}:{gid}")
+
+    def release_group(self, gid: int) -> None:
+        self.group(gid).release()
+        del self.groups[gid]
+
+    def group(self, gid: int) -> ServiceGroup:
+        group = self.groups.get(gid)
+        if group is None:
+            raise StatusError(Status.INVALID_PARAMETER, f"no service group {gid}")
+        return group
+
+    def member(self, member_group: int | None, sink: int | None) -> ServiceGroup | RemoteSink:
+        if (member_group is None) == (sink is None):
+            raise StatusError(Status.INVALID_PARAMETER, "name exactly one of group or sink")
+        if member_group is not None:
+            return self.group(member_group)
+        assert sink is not None
+        if sink not in self.sinks:
+            self.sinks[sink] = RemoteSink(self, sink)
+        return self.sinks[sink]

@@ -1,0 +1,170 @@
+"""The kernel's one loop: the waiter, the DPC and timer scheduler, and what it watches.
+
+Components hold the loop, never the kernel (as asyncio's transports hold
+their loop): they watch descriptors and sockets through it and queue DPCs and
+timers on its scheduler. Each turn waits in one epoll (timeout: the next
+timer), then runs, in this order, the interrupt-level sockets and descriptors,
+due timers and the DPC queue, the passive-level descriptors, and last the
+passive-level sockets, the way IRQL lets interrupts and DPCs pre-empt
+passive-level work.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import zmq
+
+from ipc.procwatch import ProcessWatch
+from ipc.waiter import Waiter
+from kernel.dpc import Dpc, Scheduler
+
+log = logging.getLogger("portcls.kernel")
+
+SAFETY_POLL_MS: Final = 1000
+
+Handler = Callable[[], None]
+
+
+class KernelLoop:
+    """One thread's loop: descriptors, sockets, timers and DPCs, in IRQL order."""
+
+    def __init__(self) -> None:
+        self.scheduler = Scheduler()
+        self.scheduler.on_dpc_error = self._dpc_error
+        self.waiter = Waiter()
+        self.stats = collections.Counter[str]()
+        self.stopping = False
+        self.idle_sweeps: list[Handler] = []
+        """Run when a whole safety interval passed with nothing to do."""
+        self._fd_handlers: dict[int, Handler] = {}
+        self._interrupt_fds: set[int] = set()
+        self._interrupt_sockets: dict[zmq.Socket[Any], Handler] = {}
+        self._passive_sockets: dict[zmq.Socket[Any], Handler] = {}
+        self._signal_r: int | None = None
+        self._signal_w: int | None = None
+
+    @staticmethod
+    def clock_seconds() -> float:
+        return time.monotonic()
+
+    def _dpc_error(self, dpc: Dpc, exc: BaseException) -> None:
+        log.error("DPC raised", exc_info=exc)
+
+    def watch_fd(self, fd: int, handler: Handler) -> None:
+        """Call `handler` (at passive level) whenever `fd` is readable."""
+        if fd not in self._fd_handlers:
+            self.waiter.watch(fd)
+        self._fd_handlers[fd] = handler
+
+    def watch_interrupt_fd(self, fd: int, handler: Handler) -> None:
+        """Like `watch_fd`, but handled at interrupt level: with the bus, before DPCs."""
+        self.watch_fd(fd, handler)
+        self._interrupt_fds.add(fd)
+
+    def unwatch_fd(self, fd: int) -> None:
+        self._interrupt_fds.discard(fd)
+        if self._fd_handlers.pop(fd, None) is not None:
+            self.waiter.unwatch(fd)
+
+    def watch_process(self, watch: ProcessWatch, handler: Handler) -> None:
+        self.watch_fd(watch.fileno(), handler)
+
+    def stop_watching(self, watch: ProcessWatch | None) -> None:
+        """Forget and close a process watch (None: nothing)."""
+        if watch is not None:
+            self.unwatch_fd(watch.fileno())
+            watch.close()
+
+    def add_socket(self, sock: zmq.Socket[Any], handler: Handler, *, interrupt: bool) -> None:
+        """Call `handler` when `sock` has messages: with the interrupts, or at passive level."""
+        self.waiter.add_socket(sock)
+        (self._interrupt_sockets if interrupt else self._passive_sockets)[sock] = handler
+
+    def open_signals(self) -> None:
+        """A self-pipe the stop signals write to, so a signal ends the wait at once."""
+        self._signal_r, self._signal_w = os.pipe()
+        for fd in (self._signal_r, self._signal_w):
+            os.set_blocking(fd, False)
+        self.watch_fd(self._signal_r, self._on_signal)
+
+    def install_signal_handlers(self) -> None:
+        assert self._signal_w is not None, "open_signals first"
+        signal.set_wakeup_fd(self._signal_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
+
+    def _on_signal(self) -> None:
+        assert self._signal_r is not None
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._signal_r, 64)
+        if not self.stopping:
+            log.info("stop signal: shutting down")
+            self.stopping = True
+
+    def turn(self, max_timeout_ms: int = SAFETY_POLL_MS) -> None:
+        """One loop turn: wait, then IRQ work, DPCs, doorbells, passive requests."""
+        sched = self.scheduler
+        timeout = max_timeout_ms
+        if sched.pending:
+            timeout = 0
+        else:
+            deadline = sched.next_deadline()
+            if deadline is not None:
+                timeout = min(timeout, max(0, -(-(deadline - sched.clock()) // 10_000)))
+        sockets, fds = self.waiter.wait(timeout)
+        if not sockets and not fds and timeout == max_timeout_ms:
+            for sweep in self.idle_sweeps:
+                self._guarded(sweep)
+        for sock in sockets:
+            handler = self._interrupt_sockets.get(sock)
+            if handler is not None:
+                self._guarded(handler)
+        passive: list[int] = []
+        for fd in fds:
+            if fd in self._interrupt_fds:
+                self._run_fd_handler(fd)
+            else:
+                passive.append(fd)
+        sched.fire_due_timers()
+        sched.run_dpcs()
+        for fd in passive:
+            self._run_fd_handler(fd)
+        sched.run_dpcs()
+        ran_passive = False
+        for sock in sockets:
+            handler = self._passive_sockets.get(sock)
+            if handler is not None:
+                self._guarded(handler)
+                ran_passive = True
+        if ran_passive:
+            sched.run_dpcs()
+
+    def _run_fd_handler(self, fd: int) -> None:
+        handler = self._fd_handlers.get(fd)
+        if handler is not None:
+            self._guarded(handler)
+
+    def _guarded(self, handler: Handler) -> None:
+        try:
+            handler()
+        except Exception:  # a bug must not take the kernel down; counted
+            self.stats["handler_errors"] += 1
+            log.exception("loop handler %r raised", handler)
+
+    def close(self) -> None:
+        self.waiter.close()
+        with contextlib.suppress(Exception):
+            signal.set_wakeup_fd(-1)
+        for fd in (self._signal_r, self._signal_w):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._signal_r = self._signal_w = None

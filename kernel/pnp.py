@@ -1,0 +1,406 @@
+"""The PnP manager: devices' miniport processes started, watched, restarted, published.
+
+Supervisor → device → process, as circus keeps arbiter, watcher and process:
+`PnpManager` starts each configured device's miniport host, accepts its
+registration on the bus, binds a port to it (PcNewPort, port.init,
+PcRegisterSubdevice), watches the process through a pidfd and the connection
+through heartbeats, and on any fault removes the device (surprise removal:
+its filter goes, its pins fail with STATUS_DEVICE_REMOVED) and restarts it
+with back-off within the restart limit.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from ipc import protocol as p
+from ipc.procwatch import ProcessWatch
+from ipc.runtime import interrupt_channel_name, now_100ns
+from ipc.status import Status, StatusError
+from kernel.config import DeviceConfig, KernelConfig
+from kernel.connection import ConnectionLimits, MiniportConnection
+from kernel.devicestore import DeviceStore
+from kernel.dpc import Dpc, Timer
+from kernel.filters import Filter
+from kernel.loop import KernelLoop
+from kernel.port import CLSID_PortMidi, PortMidi, pc_new_port
+
+log = logging.getLogger("portcls.kernel")
+
+SUBDEVICE: Final = "midi"
+
+
+def exit_reason(code: int) -> str:
+    """Why a miniport process ended, in words, from its Popen return code."""
+    if code == p.EXIT_MINIPORT_FAULT:
+        return f"the miniport raised out of a callback (exit {code})"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "an unknown signal"
+        return f"miniport process killed by signal {-code} ({name})"
+    return f"miniport process exited with {code}"
+
+
+@dataclass(eq=False)
+class Device:
+    """A configured device: its miniport process, its port and its published filter."""
+
+    config: DeviceConfig
+    store: DeviceStore
+    process: subprocess.Popen[bytes] | None = None
+    watch: ProcessWatch | None = None
+    conn: MiniportConnection | None = None
+    port: PortMidi | None = None
+    filter: Filter | None = None
+    state: str = "stopped"
+    restarts: collections.deque[float] = field(default_factory=collections.deque)
+    restart_timer: Timer | None = None
+    kill_timer: Timer | None = None
+    last_exit: str = ""
+    restart_due: bool = False
+    """The back-off has elapsed but the failed process is still dying: start on its exit."""
+
+    @classmethod
+    def of(cls, config: DeviceConfig) -> Device:
+        return cls(config, DeviceStore(config.name, config.miniport, config.properties))
+
+
+class PnpManager:
+    """Every device of one kernel, from configuration to published filter and back."""
+
+    def __init__(
+        self,
+        loop: KernelLoop,
+        runtime_dir: Path,
+        config: KernelConfig,
+        send_bus: Callable[[bytes, bytes], None],
+    ) -> None:
+        self.loop = loop
+        self.runtime_dir = runtime_dir
+        self.config = config
+        self._send_bus = send_bus
+        self.devices: dict[str, Device] = {d.name: Device.of(d) for d in config.devices}
+        self.filters: dict[str, Filter] = {}
+        self.on_event: Callable[[Any], None] = lambda body: None
+        """Arrival and removal events for every client."""
+        self.on_ready: Callable[[], None] | None = None
+        self._ready_reported = False
+        self._limits = ConnectionLimits(
+            config.call_timeout, config.malformed_limit, config.malformed_window
+        )
+        self._heartbeat_timer = Timer(Dpc(self._check_heartbeats))
+        loop.idle_sweeps.append(self._safety_sweep)
+
+    def start(self) -> None:
+        for device in self.devices.values():
+            self._start_device(device)
+        self._arm_heartbeat_check()
+        self.check_ready()
+
+    def add_device(self, config: DeviceConfig) -> None:
+        """Start a device at run time (hot plug); a removed device of that name comes back."""
+        device = self.devices.get(config.name)
+        if device is not None and (
+            device.process is not None or device.state not in ("failed", "stopped", "unplugged")
+        ):
+            raise StatusError(Status.OBJECT_NAME_COLLISION, f"device {config.name} is present")
+        if device is None:
+            device = Device.of(config)
+            self.devices[config.name] = device
+        else:
+            device.config = config
+            device.restarts.clear()
+            device.last_exit = ""
+        self._start_device(device)
+
+    def unplug_device(self, name: str, reason: str) -> None:
+        """The hardware went away: surprise removal with `reason`, and no restart."""
+        device = self.devices.get(name)
+        if device is None or device.state == "unplugged":
+            return
+        if device.restart_timer is not None:
+            self.loop.scheduler.cancel_timer(device.restart_timer)
+        self._fail_device(device, reason, restart=False)
+        device.state = "unplugged"
+
+    # Registration and binding.
+
+    def connection(self, identity: bytes) -> MiniportConnection | None:
+        """The registered connection that `identity` speaks for, if any."""
+        device = self.devices.get(identity.decode("utf-8", "replace"))
+        if device is None or device.conn is None or device.conn.identity != identity:
+            return None
+        return device.conn
+
+    def accept(self, identity: bytes, reg: p.Register) -> tuple[MiniportConnection, Any]:
+        """The register handshake: the connection and the reply; StatusError if refused."""
+        device = self.devices.get(reg.device)
+        problem = None
+        if device is None or identity != reg.device.encode():
+            problem = f"no device {reg.device!r} is configured"
+        elif device.state != "starting" or device.conn is not None:
+            problem = f"device {reg.device!r} is not waiting for a miniport"
+        elif device.process is None or device.process.pid != reg.pid:
+            problem = "the registering process is not the one the kernel started"
+        elif reg.version != p.PROTOCOL_VERSION:
+            problem = f"protocol version {reg.version}, kernel speaks {p.PROTOCOL_VERSION}"
+        if problem is not None or device is None:
+            raise StatusError(Status.INVALID_DEVICE_REQUEST, problem or "")
+        conn = MiniportConnection(self.loop, self._send_bus, self._limits, reg, identity)
+        conn.on_fault = self.miniport_fault
+        device.conn = conn
+        interrupt_base = self.runtime_dir / interrupt_channel_name(reg.pid)
+        try:
+            conn.open_interrupt_channel(interrupt_base)
+        except (OSError, ValueError) as exc:
+            # Interrupts still work as bus messages; only slower.
+            log.warning("device %s: no interrupt channel: %s", reg.device, exc)
+        reply: dict[str, Any] = {
+            "heartbeat": self.config.heartbeat_interval, "kernel_pid": os.getpid()
+        }
+        if conn.interrupts is not None:
+            reply["interrupt_channel"] = str(interrupt_base)
+        return conn, reply
+
+    def bind(self, conn: MiniportConnection) -> None:
+        """PnP start: PcNewPort, port.init (miniport.init + description), PcRegisterSubdevice."""
+        device = self.devices[conn.device]
+        port = pc_new_port(self.loop, CLSID_PortMidi, self.runtime_dir)
+        device.port = port
+
+        def bound(error: StatusError | None) -> None:
+            if device.conn is not conn:
+                return
+            if error is not None:
+                log.error("device %s failed to start: %s", conn.device, error)
+                device.last_exit = f"init failed: {error}"
+                self._fail_device(device, f"init failed: {error}", restart=False)
+                return
+            self.pc_register_subdevice(device, SUBDEVICE, port)
+
+        port.init(conn, device.config.resources, bound)
+
+    def pc_register_subdevice(self, device: Device, name: str, port: PortMidi) -> None:
+        """Publish the port's filter; every client hears of its arrival."""
+        fid = device.config.name
+        if fid in self.filters:
+            raise StatusError(Status.OBJECT_NAME_COLLISION, f"filter {fid} exists")
+        filter_ = Filter(fid, device.config.name, name, port)
+        self.filters[fid] = filter_
+        device.filter = filter_
+        device.state = "running"
+        log.info("device %s: filter published", fid)
+        self.on_event(p.DeviceArrival(fid))
+        self.check_ready()
+
+    def check_ready(self) -> None:
+        if self._ready_reported or any(d.state == "starting" for d in self.devices.values()):
+            return
+        self._ready_reported = True
+        if self.on_ready is not None:
+            self.on_ready()
+
+    # Processes.
+
+    def _start_device(self, device: Device) -> None:
+        cfg = device.config
+        args = [
+            sys.executable, "-m", "miniports.host",
+            "--runtime", str(self.runtime_dir),
+            "--device", cfg.name,
+            "--miniport", cfg.miniport,
+            "--options", json.dumps(cfg.options),
+        ]
+        device.state = "starting"
+        device.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, close_fds=True)
+        device.watch = ProcessWatch(device.process.pid, device.process)
+        self.loop.watch_process(device.watch, lambda: self._on_process_exit(device))
+        log.info("device %s: miniport %s started, pid %d", cfg.name, cfg.miniport,
+                 device.process.pid)
+
+    def _on_process_exit(self, device: Device) -> None:
+        process = device.process
+        if process is None or process.poll() is None:
+            return
+        reason = exit_reason(process.returncode)
+        self.loop.stop_watching(device.watch)
+        device.watch = None
+        device.process = None
+        if device.kill_timer is not None:
+            self.loop.scheduler.cancel_timer(device.kill_timer)
+        # "restarting": a fault already removed the device and scheduled its restart.
+        expected = (
+            device.state in ("stopping", "failed", "unplugged", "restarting")
+            or self.loop.stopping
+        )
+        device.last_exit = device.last_exit or reason
+        self._remove_device(device, reason)
+        if expected:
+            if device.state == "stopping":
+                device.state = "stopped"
+            elif device.state == "restarting" and device.restart_due and not self.loop.stopping:
+                device.restart_due = False
+                device.last_exit = ""
+                self._start_device(device)
+            self.check_ready()
+            return
+        log.warning("device %s: surprise removal: %s", device.config.name, reason)
+        self._schedule_restart(device)
+
+    def miniport_fault(self, conn: MiniportConnection, reason: str) -> None:
+        """A miniport broke the contract (hung, garbage): remove it and kill its process."""
+        device = self.devices.get(conn.device)
+        if device is None or device.conn is not conn:
+            return
+        log.warning("device %s: fault: %s", conn.device, reason)
+        self._fail_device(device, reason, restart=True)
+
+    def _fail_device(self, device: Device, reason: str, restart: bool) -> None:
+        device.last_exit = reason
+        self._remove_device(device, reason)
+        device.state = "failed" if not restart else "restarting"
+        self._kill(device)
+        if restart:
+            self._schedule_restart(device)
+        else:
+            self.check_ready()
+
+    def _kill(self, device: Device) -> None:
+        """Stop the device's process: SIGTERM, then SIGKILL after the configured grace."""
+        process = device.process
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+
+        def hard_kill() -> None:
+            if device.process is process and process.poll() is None:
+                log.warning("device %s: pid %d ignored SIGTERM; killing it",
+                            device.config.name, process.pid)
+                self.loop.stats["hard_kills"] += 1
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+
+        device.kill_timer = Timer(Dpc(hard_kill))
+        grace = self.config.stop_grace
+        self.loop.scheduler.set_timer(device.kill_timer, now_100ns() + int(grace * 1e7))
+
+    def _remove_device(self, device: Device, reason: str) -> None:
+        """Surprise (or orderly) removal: withdraw the filter, fail its pins, drop its groups."""
+        removed = StatusError(Status.DEVICE_REMOVED, f"device {device.config.name}: {reason}")
+        filter_ = device.filter
+        if filter_ is not None:
+            del self.filters[filter_.fid]
+            device.filter = None
+            self.on_event(p.DeviceRemoval(filter_.fid, reason))
+        if device.port is not None:
+            device.port.remove_streams(removed)
+            device.port.release()
+            device.port = None
+        if device.conn is not None:
+            device.conn.close()
+            device.conn = None
+
+    def _schedule_restart(self, device: Device) -> None:
+        policy = device.config.restart
+        now = self.loop.clock_seconds()
+        while device.restarts and now - device.restarts[0] > policy.window:
+            device.restarts.popleft()
+        if self.loop.stopping or len(device.restarts) >= policy.limit:
+            device.state = "failed"
+            log.error("device %s: not restarted (%d restarts in %.0f s)", device.config.name,
+                      len(device.restarts), policy.window)
+            self.check_ready()
+            return
+        delay = min(policy.max_backoff, policy.backoff * (2 ** len(device.restarts)))
+        device.restarts.append(now)
+        device.state = "restarting"
+
+        def restart() -> None:
+            if device.state == "restarting" and not self.loop.stopping:
+                if device.process is not None:
+                    # Never two processes for one device: wait for the old one to go.
+                    device.restart_due = True
+                    return
+                device.last_exit = ""
+                self._start_device(device)
+
+        device.restart_timer = Timer(Dpc(restart))
+        self.loop.scheduler.set_timer(device.restart_timer, now_100ns() + int(delay * 1e7))
+
+    def _arm_heartbeat_check(self) -> None:
+        self.loop.scheduler.set_timer(
+            self._heartbeat_timer, now_100ns() + int(self.config.heartbeat_interval * 1e7)
+        )
+
+    def _check_heartbeats(self) -> None:
+        now = self.loop.clock_seconds()
+        for device in tuple(self.devices.values()):
+            conn = device.conn
+            if conn is not None and now - conn.last_seen > self.config.heartbeat_timeout:
+                self.miniport_fault(conn, f"no heartbeat for {now - conn.last_seen:.1f} s")
+        self._arm_heartbeat_check()
+
+    def _safety_sweep(self) -> None:
+        # A wake-up lost to store reordering (Python cannot fence) is rescued here.
+        for device in tuple(self.devices.values()):
+            if device.conn is not None:
+                device.conn.take_interrupts()
+        self.loop.scheduler.run_dpcs()
+        for device in tuple(self.devices.values()):
+            if device.port is not None:
+                for pin in tuple(device.port.streams.values()):
+                    pin.request_service()
+
+    def shutdown(self, grace: float) -> None:
+        """Unload every miniport (explicit ack), stop the processes, wait for them."""
+        for device in self.devices.values():
+            if device.restart_timer is not None:
+                self.loop.scheduler.cancel_timer(device.restart_timer)
+            if device.conn is not None:
+                device.state = "stopping"
+                device.conn.call(p.Unload(), lambda _: None, timeout=grace)
+            elif device.process is not None:
+                device.state = "stopping"
+                self._kill(device)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(
+            d.process is not None for d in self.devices.values()
+        ):
+            self.loop.turn(max_timeout_ms=50)
+        for device in self.devices.values():
+            if device.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    device.process.kill()
+                device.process.wait()
+                self._on_process_exit(device)
+        for device in self.devices.values():
+            if device.port is not None:
+                device.port.release()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            name: {
+                "state": d.state,
+                "pid": d.process.pid if d.process else None,
+                "restarts": len(d.restarts),
+                "last_exit": d.last_exit,
+                "malformed": d.conn.malformed if d.conn else 0,
+                "services": d.port.services if d.port else 0,
+            }
+            for name, d in self.devices.items()
+        }
