@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m kernel") -> int:
     kernel = Kernel(runtime, config)
     try:
         kernel.open()
-    except FileExistsError as exc:
+    except OSError as exc:  # a live kernel there, or a directory that is not ours
         print(f"portcls: {exc}", file=sys.stderr)
         return 1
     kernel.install_signal_handlers()

@@ -14,6 +14,7 @@ from ksclient.client import (
     now,
 )
 from ksclient.errors import (
+    AccessDeniedError,
     BrokenError,
     ClosedError,
     DeviceError,
@@ -29,6 +30,7 @@ from ksclient.errors import (
 )
 
 __all__ = [
+    "AccessDeniedError",
     "BrokenError",
     "CapturePin",
     "Client",

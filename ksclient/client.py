@@ -49,7 +49,15 @@ from ipc.ks import (
 from ipc.procwatch import ProcessWatch
 from ipc.ring import RingError
 from ipc.rpc import RpcEndpoint, RpcTimeout
-from ipc.runtime import USER_SOCKET, default_runtime_dir, endpoint, kernel_alive, now_100ns
+from ipc.runtime import (
+    USER_SOCKET,
+    RuntimeDirError,
+    check_runtime_dir,
+    default_runtime_dir,
+    endpoint,
+    kernel_alive,
+    now_100ns,
+)
 from ipc.status import Status, StatusError
 from ipc.waiter import Waiter
 from ksclient import errors
@@ -207,6 +215,11 @@ class Client:
                 self.close()
                 raise errors.KernelGoneError(f"no kernel is running in {runtime_dir}")
             time.sleep(0.01)
+        try:
+            check_runtime_dir(runtime_dir)
+        except RuntimeDirError as exc:
+            self.close()
+            raise errors.AccessDeniedError(str(exc)) from None
         try:
             self.kernel_pid = int(
                 self._call(p.Hello(os.getpid(), name), max(0.1, deadline - time.monotonic()))[

@@ -66,6 +66,14 @@ class WouldBlock(KsError):
         super().__init__(Status.DEVICE_NOT_READY, message)
 
 
+class AccessDeniedError(KsError, PermissionError):
+    """The runtime directory is not safe to use (another user's, open to others, a
+    symlink): whatever answers there cannot be trusted."""
+
+    def __init__(self, message: str) -> None:
+        KsError.__init__(self, Status.ACCESS_DENIED, message)
+
+
 class KsTimeoutError(KsError, TimeoutError):
     def __init__(self, message: str = "timed out") -> None:
         KsError.__init__(self, Status.IO_TIMEOUT, message)
