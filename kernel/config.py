@@ -11,7 +11,7 @@ cable looped back).
     malformed_limit = 50         # this many malformed messages from a miniport in
     malformed_window = 10.0      #   this many seconds is a fault (0 = never)
     stop_grace = 1.0             # SIGTERM to a failed miniport, SIGKILL this much later
-    ring_capacity = 65536        # default bytes per data ring
+    ring_capacity = 65536        # least bytes in a stream's kernel-miniport ring
 
     [[device]]
     name = "loopback"            # the filter's name; unique
@@ -31,6 +31,7 @@ cable looped back).
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -42,8 +43,37 @@ from ipc.status import Status, StatusError
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
-def _config_error(message: str) -> StatusError:
-    return StatusError(Status.DEVICE_CONFIGURATION_ERROR, message)
+class ConfigError(StatusError):
+    """A configuration the kernel cannot run; `key` names the offending key if one does."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(Status.DEVICE_CONFIGURATION_ERROR, message)
+        self.key = key
+
+
+def _config_error(message: str, key: str | None = None) -> ConfigError:
+    return ConfigError(message, key)
+
+
+def _check_keys(table: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    """Refuse keys that are not in `known`, naming the closest known key of each."""
+    unknown = [key for key in table if key not in known]
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    raise _config_error(
+        f"{where}: unknown keys {', '.join(hints)}; known keys: {', '.join(known)}", unknown[0]
+    )
+
+
+_KERNEL_KEYS = ("heartbeat_interval", "heartbeat_timeout", "call_timeout", "ring_capacity",
+                "malformed_limit", "malformed_window", "stop_grace")
+_RESTART_KEYS = ("limit", "window", "backoff", "max_backoff")
+_DEVICE_KEYS = ("name", "miniport", "options", "resources", "properties", "restart")
+_HOTPLUG_KEYS = ("api", "match", "direction", "prefix", "options", "interval", "restart")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,20 +142,21 @@ DEFAULT = KernelConfig(
 def _number(table: dict[str, Any], key: str, default: float, low: float) -> float:
     value = table.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
-        raise _config_error(f"{key} must be a number >= {low}")
+        raise _config_error(f"{key} must be a number >= {low}", key)
     return float(value)
 
 
 def _table(obj: dict[str, Any], key: str) -> dict[str, Any]:
     value = obj.get(key, {})
     if not isinstance(value, dict):
-        raise _config_error(f"{key} must be a table")
+        raise _config_error(f"{key} must be a table", key)
     return value
 
 
 def _restart(raw: dict[str, Any], what: str) -> RestartPolicy:
     # `restart = "never"` is short for a limit of 0.
     restart = {"limit": 0} if raw.get("restart") == "never" else _table(raw, "restart")
+    _check_keys(restart, _RESTART_KEYS, f"{what}: restart")
     limit = restart.get("limit", 5)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise _config_error(f"{what}: restart.limit must be an int >= 0")
@@ -144,10 +175,7 @@ def _hotplug_rules(raw_rules: Any) -> tuple[HotplugRule, ...]:
     for raw in raw_rules:
         if not isinstance(raw, dict):
             raise _config_error("each [[hotplug]] must be a table")
-        extra = set(raw) - {"api", "match", "direction", "prefix", "options", "interval",
-                            "restart"}
-        if extra:
-            raise _config_error(f"hotplug: unknown keys {sorted(extra)}")
+        _check_keys(raw, _HOTPLUG_KEYS, "[[hotplug]]")
         api, match = raw.get("api"), raw.get("match")
         if not isinstance(api, str) or not api:
             raise _config_error("hotplug needs an api (alsa, jack, coremidi, winmm)")
@@ -170,10 +198,9 @@ def _hotplug_rules(raw_rules: Any) -> tuple[HotplugRule, ...]:
 
 def parse(data: dict[str, Any]) -> KernelConfig:
     """Validate a decoded TOML document; StatusError(DEVICE_CONFIGURATION_ERROR) if wrong."""
-    unknown = set(data) - {"kernel", "device", "hotplug"}
-    if unknown:
-        raise _config_error(f"unknown top-level keys: {sorted(unknown)}")
+    _check_keys(data, ("kernel", "device", "hotplug"), "top level")
     kernel = _table(data, "kernel")
+    _check_keys(kernel, _KERNEL_KEYS, "[kernel]")
     devices = []
     raw_devices = data.get("device", [])
     if not isinstance(raw_devices, list):
@@ -190,9 +217,7 @@ def parse(data: dict[str, Any]) -> KernelConfig:
         seen.add(name)
         if not isinstance(miniport, str) or not miniport:
             raise _config_error(f"device {name!r} needs a miniport")
-        extra = set(raw) - {"name", "miniport", "options", "resources", "properties", "restart"}
-        if extra:
-            raise _config_error(f"device {name!r}: unknown keys {sorted(extra)}")
+        _check_keys(raw, _DEVICE_KEYS, f"device {name!r}")
         devices.append(
             DeviceConfig(
                 name=name,
@@ -211,12 +236,14 @@ def parse(data: dict[str, Any]) -> KernelConfig:
         or capacity < 4096
         or capacity & (capacity - 1)
     ):
-        raise _config_error("ring_capacity must be a power of two >= 4096")
+        raise _config_error("ring_capacity must be a power of two >= 4096", "ring_capacity")
     malformed_limit = kernel.get("malformed_limit", 50)
     if isinstance(malformed_limit, bool) or not isinstance(malformed_limit, int) or (
         malformed_limit < 0
     ):
-        raise _config_error("malformed_limit must be an int >= 0 (0: never a fault)")
+        raise _config_error(
+            "malformed_limit must be an int >= 0 (0: never a fault)", "malformed_limit"
+        )
     return KernelConfig(
         devices=tuple(devices),
         hotplug=hotplug,
@@ -235,9 +262,24 @@ def load(path: Path | None) -> KernelConfig:
     if path is None:
         return DEFAULT
     try:
-        with open(path, "rb") as f:
-            return parse(tomllib.load(f))
+        text = Path(path).read_bytes().decode("utf-8")
+        return parse(tomllib.loads(text))
     except tomllib.TOMLDecodeError as exc:
         raise _config_error(f"{path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise _config_error(f"{path}: not UTF-8 text ({exc.reason})") from exc
     except OSError as exc:
         raise _config_error(f"{path}: {exc.strerror}") from exc
+    except ConfigError as exc:
+        line = _line_of(text, exc.key) if exc.key else None
+        where = f"{path}, line {line}" if line else f"{path}"
+        raise _config_error(f"{where}: {exc.message}", exc.key) from None
+
+
+def _line_of(text: str, key: str) -> int | None:
+    """The first line that assigns `key` (TOML's semantic errors carry no position)."""
+    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=|[{{,]\s*{re.escape(key)}\s*=")
+    for number, line in enumerate(text.splitlines(), 1):
+        if pattern.search(line):
+            return number
+    return None

@@ -80,7 +80,8 @@ class HotplugManager:
         argv = [sys.executable, "-m", "miniports.portwatch", "--api", watcher.api,
                 "--interval", str(watcher.interval)]
         watcher.process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, close_fds=True
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, close_fds=True,
+            process_group=0,
         )
         assert watcher.process.stdout is not None
         fd = watcher.process.stdout.fileno()

@@ -42,6 +42,8 @@ class KernelLoop:
         self.waiter = Waiter()
         self.stats = collections.Counter[str]()
         self.stopping = False
+        self.hurry = False
+        """A second stop signal came: whatever is being waited for is killed now."""
         self.idle_sweeps: list[Handler] = []
         """Run when a whole safety interval passed with nothing to do."""
         self._fd_handlers: dict[int, Handler] = {}
@@ -106,8 +108,11 @@ class KernelLoop:
         with contextlib.suppress(BlockingIOError):
             os.read(self._signal_r, 64)
         if not self.stopping:
-            log.info("stop signal: shutting down")
+            log.info("stop signal: shutting down (again to kill at once)")
             self.stopping = True
+        elif not self.hurry:
+            log.warning("second stop signal: killing the miniports")
+            self.hurry = True
 
     def turn(self, max_timeout_ms: int = SAFETY_POLL_MS) -> None:
         """One loop turn: wait, then IRQ work, DPCs, doorbells, passive requests."""

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from ipc.platform import PlatformError, check_platform
 from ipc.runtime import default_runtime_dir
 from ipc.status import StatusError
 from kernel import config as kconfig
@@ -66,6 +67,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m kernel") -> int:
         f"(default: ${ENV_CPUS}, else the scheduler places them)",
     )
     args = parser.parse_args(argv)
+    try:
+        check_platform()
+    except PlatformError as exc:
+        print(f"portcls: {exc}", file=sys.stderr)
+        return 2
     if args.cpus:
         try:
             cpus = parse_cpus(args.cpus)

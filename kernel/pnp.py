@@ -179,7 +179,8 @@ class PnpManager:
     def bind(self, conn: MiniportConnection) -> None:
         """PnP start: PcNewPort, port.init (miniport.init + description), PcRegisterSubdevice."""
         device = self.devices[conn.device]
-        port = pc_new_port(self.loop, CLSID_PortMidi, self.runtime_dir)
+        port = pc_new_port(self.loop, CLSID_PortMidi, self.runtime_dir,
+                           self.config.ring_capacity)
         device.port = port
 
         def bound(error: StatusError | None) -> None:
@@ -226,7 +227,11 @@ class PnpManager:
             "--options", json.dumps(cfg.options),
         ]
         device.state = "starting"
-        device.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, close_fds=True)
+        # Its own process group: a Ctrl-C at the terminal reaches the kernel alone, which
+        # then stops its miniports in order (one traceback per miniport otherwise).
+        device.process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, close_fds=True, process_group=0
+        )
         device.watch = ProcessWatch(device.process.pid, device.process)
         self.loop.watch_process(device.watch, lambda: self._on_process_exit(device))
         log.info("device %s: miniport %s started, pid %d", cfg.name, cfg.miniport,
@@ -378,7 +383,7 @@ class PnpManager:
                 device.state = "stopping"
                 self._kill(device)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(
+        while time.monotonic() < deadline and not self.loop.hurry and any(
             d.process is not None for d in self.devices.values()
         ):
             self.loop.turn(max_timeout_ms=50)

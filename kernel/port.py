@@ -34,10 +34,14 @@ Done = Callable[[StatusError | None], None]
 class PortMidi:
     """One MIDI port driver instance (PcNewPort), bound to one miniport by `init`."""
 
-    def __init__(self, loop: KernelLoop, clsid: str, runtime_dir: Path) -> None:
+    def __init__(
+        self, loop: KernelLoop, clsid: str, runtime_dir: Path, ring_capacity: int
+    ) -> None:
         self.loop = loop
         self.clsid = clsid
         self.runtime_dir = runtime_dir
+        self.ring_capacity = ring_capacity
+        """The least bytes in each stream's kernel-miniport ring (the "DMA buffer")."""
         self.conn: MiniportConnection | None = None
         self.group: ServiceGroup | None = None
         self.registered_group = False
@@ -155,7 +159,8 @@ class PortMidi:
         client_base = self.runtime_dir / f"pin{handle}-client"
         miniport_base = self.runtime_dir / f"pin{handle}-miniport"
         create_channel_files(client_base, capacity)
-        create_channel_files(miniport_base, capacity)
+        # At least as big as the client's ring, so any record the client can write fits.
+        create_channel_files(miniport_base, max(self.ring_capacity, capacity))
         kind = CapturePin if desc.dataflow == DataFlow.OUT else RenderPin
         pin = kind(
             self.loop, handle, filter_id, pin_id, fmt, client_base, miniport_base,
@@ -281,8 +286,10 @@ class PortMidi:
         self.group = None
 
 
-def pc_new_port(loop: KernelLoop, clsid: str, runtime_dir: Path) -> PortMidi:
+def pc_new_port(
+    loop: KernelLoop, clsid: str, runtime_dir: Path, ring_capacity: int
+) -> PortMidi:
     """PcNewPort: CLSID_PortMidi and CLSID_PortDMus both give the MIDI port."""
     if clsid not in (CLSID_PortMidi, CLSID_PortDMus):
         raise StatusError(Status.NOT_SUPPORTED, f"no port class {clsid}")
-    return PortMidi(loop, clsid, runtime_dir)
+    return PortMidi(loop, clsid, runtime_dir, ring_capacity)

@@ -1,0 +1,103 @@
+"""What a careless (not hostile) user runs into: typos, Ctrl-C, a shadowing package."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ipc.status import Status, StatusError
+from kernel.config import load, parse
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[kernel]\nheartbeat_intervall = 2.0\n", "line 2: [kernel]: unknown keys "
+         "'heartbeat_intervall' (did you mean 'heartbeat_interval'?)"),
+        ('[[device]]\nname = "a"\nminiport = "loopback"\nrestart = { limt = 3 }\n',
+         "line 4: device 'a': restart: unknown keys 'limt' (did you mean 'limit'?)"),
+        ('[[device]]\nname = "a"\nminiport = "loopback"\noptons = {}\n',
+         "line 4: device 'a': unknown keys 'optons' (did you mean 'options'?)"),
+        ("[kernel]\n\ncall_timeout = -1\n", "line 3: call_timeout must be a number"),
+    ],
+)
+def test_configuration_mistakes_name_the_file_the_line_and_the_closest_key(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = tmp_path / "kernel.toml"
+    path.write_text(text)
+    with pytest.raises(StatusError) as info:
+        load(path)
+    assert info.value.status == Status.DEVICE_CONFIGURATION_ERROR
+    assert f"{path}, {expected}" in info.value.message
+
+
+def test_the_kernel_refuses_a_misspelled_key_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "kernel.toml"
+    path.write_text("[kernel]\nstop_grase = 1\n")
+    proc = subprocess.run([sys.executable, "-m", "kernel", "--runtime", str(tmp_path / "rt"),
+                           str(path)], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "did you mean 'stop_grace'?" in proc.stderr
+    assert not (tmp_path / "rt").exists()
+
+
+def test_every_known_key_is_accepted() -> None:
+    config = parse({
+        "kernel": {"heartbeat_interval": 1.0, "heartbeat_timeout": 5.0, "call_timeout": 5.0,
+                   "ring_capacity": 4096, "malformed_limit": 5, "malformed_window": 1.0,
+                   "stop_grace": 0.5},
+        "device": [{"name": "d", "miniport": "loopback", "options": {}, "resources": {},
+                    "properties": {}, "restart": {"limit": 1, "window": 1.0, "backoff": 0.1,
+                                                  "max_backoff": 1.0}}],
+    })
+    assert config.ring_capacity == 4096 and config.devices[0].restart.limit == 1
+
+
+def test_ctrl_c_at_the_terminal_stops_everything_quietly(runtime_dir: Path) -> None:
+    # The terminal sends SIGINT to the whole foreground process group: here, a group of
+    # the kernel's own, so this test's process is not hit.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kernel", "--runtime", str(runtime_dir)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        process_group=0,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "ready in" in line:
+                break
+        else:
+            pytest.fail(f"the kernel did not start: {proc.stderr.read() if proc.stderr else ''}")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "kernel stopped" in out
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert not runtime_dir.exists()
+
+
+def test_a_package_that_shadows_the_projects_is_named_at_start(tmp_path: Path) -> None:
+    impostor = tmp_path / "site" / "ipc"
+    impostor.mkdir(parents=True)
+    (impostor / "__init__.py").write_text("")
+    (impostor / "platform.py").write_text(
+        (ROOT / "ipc" / "platform.py").read_text()  # the check itself, found in the impostor
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from ipc.platform import check_platform; check_platform()"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode != 0
+    assert "another installed distribution of that name shadows it" in proc.stderr
