@@ -27,6 +27,7 @@ import os
 import select
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +192,39 @@ def _to_bytes(message: Any) -> bytes:
         raise TypeError(f"cannot send {type(message).__name__} as MIDI bytes") from exc
 
 
+class _Resources:
+    """What a client holds outside Python's heap. `close()` releases it in order; a client
+    dropped without `close()` has it released by a finalizer, which must not refer back
+    to the client (so the client can be collected at all)."""
+
+    def __init__(self, ctx: zmq.Context[Any], rpc: RpcEndpoint) -> None:
+        self.ctx = ctx
+        self.rpc = rpc
+        self.channels: dict[int, ChannelReader | ChannelWriter] = {}
+        self.kernel_watch: ProcessWatch | None = None
+        self.in_session = False
+
+
+def _release_dropped(res: _Resources) -> None:
+    """The client was dropped without `close()`: free its rings and say goodbye without
+    waiting (the kernel closes its pins), never blocking the garbage collector."""
+    for channel in res.channels.values():
+        with contextlib.suppress(Exception):
+            channel.close()
+    res.channels.clear()
+    with contextlib.suppress(Exception):
+        if res.in_session:
+            res.rpc.send_request(p.Goodbye())
+            res.rpc.socket.close(linger=100)
+        else:
+            res.rpc.socket.close(linger=0)
+    if res.kernel_watch is not None:
+        with contextlib.suppress(Exception):
+            res.kernel_watch.close()
+    with contextlib.suppress(Exception):
+        res.ctx.term()
+
+
 class Client:
     """A connection to one kernel. Use `connect()` to make one."""
 
@@ -204,6 +238,8 @@ class Client:
         self.reopen_timeout = reopen_timeout
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._rpc = RpcEndpoint(self._ctx, endpoint(runtime_dir, USER_SOCKET))
+        self._resources = _Resources(self._ctx, self._rpc)
+        self._finalizer = weakref.finalize(self, _release_dropped, self._resources)
         self._pins: dict[int, Pin] = {}
         self._events: collections.deque[KernelEvent] = collections.deque()
         self._callbacks: list[Callable[[KernelEvent], None]] = []
@@ -229,11 +265,13 @@ class Client:
         except BaseException:
             self.close()
             raise
+        self._resources.in_session = True
         self._kernel_watch: ProcessWatch | None = None
         self._kernel_fd: int | None = None
         with contextlib.suppress(OSError):
             self._kernel_watch = ProcessWatch(self.kernel_pid)
             self._kernel_fd = self._kernel_watch.fileno()
+            self._resources.kernel_watch = self._kernel_watch
         # One place to wait for kernel messages or the kernel's death.
         self._event_poller = zmq.Poller()
         self._event_poller.register(self._rpc.socket, zmq.POLLIN)
@@ -432,9 +470,9 @@ class Client:
         handle, channel = int(result["handle"]), Path(result["channel"])
         try:
             capture = bool(result["capture"])
-            return handle, capture, (
-                ChannelReader.open(channel) if capture else ChannelWriter.open(channel)
-            )
+            opened = ChannelReader.open(channel) if capture else ChannelWriter.open(channel)
+            self._resources.channels[id(opened)] = opened
+            return handle, capture, opened
         except BaseException:
             with contextlib.suppress(errors.KsError):
                 self._call(p.ClosePin(handle))
@@ -500,6 +538,7 @@ class Client:
             with contextlib.suppress(StatusError):
                 self._rpc.call(p.Goodbye(), 2.0)
         self._closed = True
+        self._finalizer.detach()
         if getattr(self, "_kernel_watch", None) is not None:
             self._kernel_watch.close()  # type: ignore[union-attr]
             self._kernel_watch = None
@@ -785,6 +824,7 @@ class RenderPin(Pin):
             channel.wait_for_space(len(records[0][2]), wait)
 
     def _close_channel(self) -> None:
+        self.client._resources.channels.pop(id(self._channel), None)
         self._channel.close()
 
 
@@ -945,6 +985,7 @@ class CapturePin(Pin):
         self._waiter.close()
 
     def _close_channel(self) -> None:
+        self.client._resources.channels.pop(id(self._channel), None)
         self._channel.close()
 
 

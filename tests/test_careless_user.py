@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,33 @@ def test_a_package_that_shadows_the_projects_is_named_at_start(tmp_path: Path) -
     )
     assert proc.returncode != 0
     assert "another installed distribution of that name shadows it" in proc.stderr
+
+
+DROP_WITHOUT_CLOSE = """
+import gc, sys, time, ksclient
+def use():
+    c = ksclient.connect(sys.argv[1])
+    out, inp = c.open_render("loopback"), c.open_capture("loopback")
+    out.run(); inp.run()
+    out.send([0x90, 60, 1])
+use()
+started = time.monotonic()
+gc.collect()
+print(f"collected in {time.monotonic() - started:.3f} s", flush=True)
+"""
+
+
+def test_a_client_dropped_without_close_releases_its_pins(loopback_kernel, tmp_path: Path) -> None:
+    script = tmp_path / "drop.py"
+    script.write_text(DROP_WITHOUT_CLOSE)
+    proc = subprocess.run([sys.executable, str(script), str(loopback_kernel.runtime)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "collected in" in proc.stdout
+    with loopback_kernel.connect() as c:
+        deadline = time.monotonic() + 5
+        while any(any(f.open_counts) for f in c.filters()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(not any(f.open_counts) for f in c.filters())
+        # The render pin (one instance) can be opened again at once.
+        c.open_render("loopback").close()
