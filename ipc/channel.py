@@ -174,6 +174,10 @@ class ChannelWriter:
             self._wake_consumer()
         return n
 
+    def count_unread(self) -> int:
+        """Records sent and not yet taken by the consumer (RingError if it scribbled)."""
+        return self.ring.count_unread()
+
     def space_fileno(self) -> int:
         """Descriptor that becomes readable when the consumer made room after
         :meth:`prepare_to_wait_for_space` returned True."""

@@ -461,6 +461,15 @@ class Ring:
         The records are validated as by :meth:`get_many` but their payloads are not
         copied.
         """
+        return self._walk_readable(consume=True)
+
+    def count_unread(self) -> int:
+        """Either side: how many records are written and not yet read (validated as by
+        :meth:`get_many`); the ring is not changed. What a producer asks when its
+        consumer died: how much it never took."""
+        return self._walk_readable(consume=False)
+
+    def _walk_readable(self, consume: bool) -> int:
         mm = self._map()
         wr, rd = self._indices(mm)
         if wr == rd:
@@ -496,7 +505,7 @@ class Ring:
                 raise RingCorrupt(
                     f"{self.path}: bad record kind {kind:#06x} at index {rd} (length {length})"
                 )
-        if rd != start_rd:
+        if consume and rd != start_rd:
             _store_u64(mm, _OFF_READ, rd)
         return n
 

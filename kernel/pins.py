@@ -273,7 +273,11 @@ class RenderPin(Pin):
 
     def _count_lost(self) -> int:
         # What the client's ring still holds, the client works out from `released`
-        # and `flushed`; the sequencer's queue dies here.
+        # and `flushed`; the sequencer's queue dies here; and of what was released,
+        # the miniport never took what is still in its ring ("undelivered").
+        if self.mp_writer is not None and not self.released:
+            with contextlib.suppress(RingError, ValueError):
+                self.stats["undelivered"] += self.mp_writer.count_unread()
         return len(self.queue)
 
     def release(self) -> None:

@@ -551,9 +551,10 @@ class Pin:
     """An open pin. Walk its state one step at a time, or use run()/pause()/stop().
 
     `lost` counts messages lost to surprise removals of the device (render:
-    sent but never passed to the miniport; capture: read from the device but
-    never delivered), `reopens` how often auto_reopen brought the pin back.
-    Messages the miniport itself held when it died are not known to anyone
+    sent but never taken by the miniport: still in the client's ring, the
+    sequencer, or the miniport's ring; capture: read from the device but never
+    delivered), `reopens` how often auto_reopen brought the pin back. Bytes a
+    miniport took and held in its own buffers when it died are known to nobody
     and not in `lost`.
     """
 
@@ -574,6 +575,8 @@ class Pin:
         self._removed_at: float | None = None
         self._target_state = KsState.STOP
         self._lost_now = 0
+        self._tallied = False
+        """The loss of this handle's removal is counted in `lost` already."""
         self._detached = False
         """The old handle is closed and the device not back yet: no channel to use."""
 
@@ -605,6 +608,8 @@ class Pin:
         if self.auto_reopen and isinstance(error, errors.DeviceRemovedError):
             self._reopen(error, deadline)
             return
+        if isinstance(error, errors.DeviceRemovedError):
+            self._tally_loss()
         raise error
 
     def _reopen(self, error: errors.DeviceRemovedError, deadline: float | None) -> None:
@@ -629,6 +634,7 @@ class Pin:
         self.handle = handle
         self._attach(channel)
         self._detached = False
+        self._tallied = False
         client._pins[handle] = self
         self._error = None
         self._removed_at = None
@@ -645,16 +651,24 @@ class Pin:
         )
         self._lost_now = 0
 
-    def _release_old_handle(self) -> None:
-        """Count what the removal lost on the old handle, then close it (once)."""
-        if self._detached:
+    def _tally_loss(self) -> None:
+        """Add what the removal lost on this handle to `lost` (once per handle; the
+        kernel keeps a removed pin's counts until the client closes it)."""
+        if self._tallied:
             return
-        self._detached = True
+        self._tallied = True
         kernel_stats: dict[str, Any] = {}
         with contextlib.suppress(errors.KsError):
             kernel_stats = self.statistics().get("stats", {})
         self._lost_now = self._count_lost(kernel_stats)
         self.lost += self._lost_now
+
+    def _release_old_handle(self) -> None:
+        """Count what the removal lost on the old handle, then close it (once)."""
+        if self._detached:
+            return
+        self._detached = True
+        self._tally_loss()
         self.client._pins.pop(self.handle, None)
         with contextlib.suppress(errors.KsError):
             self.client._call(p.ClosePin(self.handle))
@@ -703,6 +717,8 @@ class Pin:
         self._closed = True
         if self._detached:
             return  # the old handle is closed already, and so is its channel
+        if isinstance(self._error, errors.DeviceRemovedError) and not self.client._closed:
+            self._tally_loss()
         self.client._pins.pop(self.handle, None)
         with contextlib.suppress(errors.KernelGoneError, errors.ClosedError):
             if not self.client._closed:
@@ -737,9 +753,12 @@ class RenderPin(Pin):
         self._written = 0
 
     def _count_lost(self, kernel_stats: dict[str, Any]) -> int:
-        # Whatever this pin wrote that the kernel neither passed on nor flushed on STOP.
+        # Whatever this pin wrote that the kernel neither passed on nor flushed on STOP,
+        # and what it passed on that the miniport never took from its ring.
+        if not kernel_stats:
+            return self._written
         passed = int(kernel_stats.get("released", 0)) + int(kernel_stats.get("flushed", 0))
-        return max(0, self._written - passed) if kernel_stats else self._written
+        return max(0, self._written - passed) + int(kernel_stats.get("undelivered", 0))
 
     def _records(self, message: Any, at: int | None) -> list[tuple[int, int, bytes]]:
         data = _to_bytes(message)

@@ -132,3 +132,29 @@ def test_a_client_dropped_without_close_releases_its_pins(loopback_kernel, tmp_p
         assert all(not any(f.open_counts) for f in c.filters())
         # The render pin (one instance) can be opened again at once.
         c.open_render("loopback").close()
+
+
+def test_a_removed_render_pin_counts_what_the_miniport_never_took(loopback_kernel) -> None:
+    import ksclient
+
+    with loopback_kernel.connect() as c:
+        out = c.open_render("loopback")
+        out.run()
+        pid = c.stats()["devices"]["loopback"]["pid"]
+        os.kill(pid, signal.SIGSTOP)  # nothing in flight: it takes nothing from now on
+        sent = 3000  # more than the miniport's ring holds: some wait in the client's ring
+        out.send_many([bytes([0x90, i % 128, 1]) for i in range(sent)])
+        deadline = time.monotonic() + 10
+        while c.stats()["pins"][0]["stats"].get("released", 0) == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            event = c.next_event(max(0.01, deadline - time.monotonic()))
+            if event.kind == "removal":
+                break
+        with pytest.raises(ksclient.DeviceRemovedError):
+            out.send(b"\x90\x3c\x40")
+        assert out.lost == sent
+        out.close()
