@@ -16,10 +16,10 @@ import rtmidi
 
 import ksclient
 from ipc.status import StatusError
-from miniports.jackbed import JackServer
 from miniports.midibytes import MessageAssembler
 from miniports.rtmidiport import RtMidiMiniport
 from miniports.testing import assert_conformant, toml_config
+from miniports.testing.jack import JackServer
 from tests.conftest import KernelProcess
 
 pytestmark = pytest.mark.jack

@@ -32,8 +32,8 @@ from typing import Any, Final
 import psutil
 
 import ksclient
-from ksclient.bench.stats import summarize
-from ksclient.bench.traffic import (
+from ksclient.cli.bench.stats import summarize
+from ksclient.cli.bench.traffic import (
     BATCH,
     SequenceCheck,
     ThroughputResult,

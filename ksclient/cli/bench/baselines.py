@@ -44,7 +44,7 @@ from ipc.channel import (
 )
 from ipc.ring import Buffer, Record
 from ipc.runtime import runtime_base
-from ksclient.bench.traffic import BATCH, SequenceCheck, ThroughputResult, numbered_messages
+from ksclient.cli.bench.traffic import BATCH, SequenceCheck, ThroughputResult, numbered_messages
 
 __all__ = ["ENV_RUN", "RawRingChain", "RawZmqChain", "RtmidiJackLoop", "scratch_prefix"]
 
@@ -478,7 +478,7 @@ class RawRingChain:
 class RtmidiJackLoop:
     """python-rtmidi alone: ``MidiOut`` -> JACK -> ``MidiIn`` (callback) in this process.
 
-    ``server`` is a started :class:`miniports.jackbed.JackServer`; this process must
+    ``server`` is a started :class:`miniports.testing.jack.JackServer`; this process must
     have ``JACK_DEFAULT_SERVER`` naming it (libjack reads the environment).
     """
 

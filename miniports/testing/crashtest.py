@@ -2,7 +2,7 @@
 
 `run_crashtest` starts a private kernel (its own runtime directory) with two
 devices: "faulty", the miniport under test wrapped in the fault injector
-(miniports.faults), and "healthy", a loopback device a background thread
+(miniports.testing.faults), and "healthy", a loopback device a background thread
 streams through steadily. Each iteration streams through the faulty device
 (with `auto_reopen`), injects one fault, and measures:
 
@@ -17,7 +17,7 @@ streams through steadily. Each iteration streams through the faulty device
 The promises (`Report.broken_promises`): the kernel survives and answers,
 every fault is detected and the device comes back, the healthy device loses
 nothing and never sees a removal, nothing leaks. `portcls crashtest` is the
-command line; `ksclient.crashtesting` the pytest fixture.
+command line; `miniports.testing.pytest_plugin` the pytest fixture.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import psutil
 import ksclient
 from ipc.channel import CHANNEL_SUFFIXES
 from ipc.runtime import interrupt_channel_name, runtime_base
-from miniports.faults import trigger_fault
+from miniports.testing.faults import trigger_fault
 
 FAULT_KINDS: Final = ("kill", "segv", "exception", "hang", "corrupt", "flood")
 FAULTY: Final = "faulty"

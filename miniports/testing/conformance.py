@@ -59,6 +59,7 @@ __all__ = [
     "KernelUnderTest",
     "assert_conformant",
     "check_miniport",
+    "running_kernel",
     "start_kernel",
     "toml_config",
 ]

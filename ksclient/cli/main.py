@@ -16,7 +16,7 @@ from pathlib import Path
 import ksclient
 from ipc.ks import Communication, DataFlow
 from ipc.runtime import ENV_RUNTIME_DIR, runtime_base
-from ksclient import bench
+from ksclient.cli import bench
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ls":
             return _ls(args)
         if args.command == "crashtest":
-            from ksclient import crashtest
+            from miniports.testing import crashtest
 
             return crashtest.main(args)
         if args.command == "bench":
@@ -218,6 +218,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

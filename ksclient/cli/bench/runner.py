@@ -46,19 +46,19 @@ from typing import Any, Final
 import zmq
 
 from ipc.runtime import runtime_base
-from ksclient.bench import report
-from ksclient.bench.baselines import (
+from ksclient.cli.bench import report
+from ksclient.cli.bench.baselines import (
     ENV_RUN,
     RawRingChain,
     RawZmqChain,
     RtmidiJackLoop,
     scratch_prefix,
 )
-from ksclient.bench.cables import MAX_CABLES
-from ksclient.bench.project import LADDER, CpuMeter, LoopbackPins, RateStep, measuring
-from ksclient.bench.stats import no_nan, summarize
-from ksclient.bench.traffic import NOTE, SYSEX_1K, ThroughputResult
+from ksclient.cli.bench.project import LADDER, CpuMeter, LoopbackPins, RateStep, measuring
+from ksclient.cli.bench.stats import no_nan, summarize
+from ksclient.cli.bench.traffic import NOTE, SYSEX_1K, ThroughputResult
 from miniports.testing import KernelUnderTest, start_kernel, toml_config
+from miniports.testing.cablebank import MAX_CABLES
 
 __all__ = ["Settings", "run"]
 
@@ -155,7 +155,7 @@ class Settings:
     def child_argv(self, cpu: int, out: Path, throughput: bool) -> list[str]:
         """The command line of the pinned variant's child process."""
         argv = [
-            sys.executable, "-m", "ksclient.bench", "--pinned-child", str(cpu),
+            sys.executable, "-m", "ksclient.cli.bench", "--pinned-child", str(cpu),
             "--child-out", str(out), "--samples", str(self.samples),
             "--warmup", str(self.warmup), "--blocks", str(self.blocks),
             "--messages", str(self.messages), "--no-jack", "--no-pinned",
@@ -453,7 +453,7 @@ class MainRun:
         _on_exit(stack, self.problems, "the raw ring chain", chain.close)
 
     def _start_jack(self, stack: contextlib.ExitStack) -> None:
-        from miniports.jackbed import JackServer, jack_missing_reason
+        from miniports.testing.jack import JackServer, jack_missing_reason
 
         reason = jack_missing_reason()
         if reason is not None:
@@ -473,7 +473,7 @@ class MainRun:
                             "realtime": server.realtime, "backend": "dummy"}
 
     def _start_scaling(self, stack: contextlib.ExitStack) -> None:
-        from ksclient.bench import scaling
+        from ksclient.cli.bench import scaling
 
         devices = max(m for _, m in self.s.cells)
         cables = max(math.ceil(c / m) for c, m in self.s.cells)
@@ -560,7 +560,7 @@ class MainRun:
         }
 
     def _scaling(self) -> None:
-        from ksclient.bench import scaling
+        from ksclient.cli.bench import scaling
 
         pool = _need(self.pool, "the scaling clients")
         grid: dict[str, Any] = {

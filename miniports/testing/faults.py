@@ -73,6 +73,17 @@ from miniports.base import (
     StatusError,
 )
 
+__all__ = [
+    "FAULTS",
+    "FLOOD_FRAMES",
+    "PROCESS_FAULTS",
+    "TRIGGER_SIGNAL",
+    "FaultInjector",
+    "InjectedFault",
+    "command_path",
+    "trigger_fault",
+]
+
 FAULTS: Final = (
     "kill", "exit", "segv", "exception", "hang", "hang_write", "hang_read", "corrupt", "flood",
 )

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import IO, Self
 
-__all__ = ["JackServer", "JackUnavailable", "jack_missing_reason"]
+__all__ = ["JackServer", "JackUnavailable", "jack_missing_reason", "running_jack"]
 
 
 class JackUnavailable(RuntimeError):
