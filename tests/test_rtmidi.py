@@ -15,6 +15,7 @@ import pytest
 import rtmidi
 
 import ksclient
+from ipc.procwatch import stop_process
 from ipc.status import StatusError
 from miniports.midibytes import MessageAssembler
 from miniports.rtmidiport import RtMidiMiniport
@@ -58,13 +59,7 @@ def spawn(jack_server: JackServer) -> Iterator[Callable[..., subprocess.Popen[st
 
     yield start
     for proc in started:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, 5.0, signal.SIGINT)
         if proc.stdout is not None:
             proc.stdout.close()
 

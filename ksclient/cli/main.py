@@ -15,6 +15,7 @@ from pathlib import Path
 
 import ksclient
 from ipc.ks import Communication, DataFlow
+from ipc.procwatch import stop_process
 from ipc.runtime import ENV_RUNTIME_DIR, runtime_base
 from ksclient.cli import bench
 
@@ -147,12 +148,7 @@ def _demo(args: argparse.Namespace) -> int:
         print("demo ok: every message came back through kernel and loopback miniport")
         return 0
     finally:
-        kernel.send_signal(signal.SIGTERM)
-        try:
-            kernel.wait(10)
-        except subprocess.TimeoutExpired:
-            kernel.kill()
-            kernel.wait()
+        stop_process(kernel, 10.0)
 
 
 def main(argv: list[str] | None = None) -> int:

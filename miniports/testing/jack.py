@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,8 @@ import uuid
 from collections.abc import Iterator
 from types import TracebackType
 from typing import IO, Self
+
+from ipc.procwatch import stop_process
 
 __all__ = ["JackServer", "JackUnavailable", "jack_missing_reason", "running_jack"]
 
@@ -127,13 +128,7 @@ class JackServer:
         process = self.process
         if process is None:
             return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout)
         self._close_log()
         self.process = None
 

@@ -42,6 +42,7 @@ from ipc.channel import (
     create_channel_files,
     remove_channel_files,
 )
+from ipc.procwatch import stop_process
 from ipc.ring import Buffer, Record
 from ipc.runtime import runtime_base
 from ksclient.cli.bench.traffic import BATCH, SequenceCheck, ThroughputResult, numbered_messages
@@ -79,11 +80,7 @@ def _stop_processes(procs: Sequence[BaseProcess], what: str) -> list[str]:
         proc.join(5.0)
         if proc.is_alive():
             problems.append(f"{what} {proc.name} did not stop; terminated")
-            proc.terminate()
-            proc.join(5.0)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5.0)
+            stop_process(proc, 5.0)
     return problems
 
 

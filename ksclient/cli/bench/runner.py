@@ -45,6 +45,7 @@ from typing import Any, Final
 
 import zmq
 
+from ipc.procwatch import stop_process
 from ipc.runtime import runtime_base
 from ksclient.cli.bench import report
 from ksclient.cli.bench.baselines import (
@@ -612,12 +613,7 @@ def _pinned_variant(s: Settings, doc: dict[str, Any], phases: Phases) -> None:
         # Generous: the child's own phases are bounded; this only catches a hang.
         code = proc.wait(timeout=300)
     except BaseException:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 15.0)
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
     try:
