@@ -36,7 +36,7 @@ from ksclient.cli.bench.baselines import RtmidiJackLoop  # noqa: E402
 from ksclient.cli.bench.project import LoopbackPins, measuring  # noqa: E402
 from ksclient.cli.bench.stats import ratio, summarize  # noqa: E402
 from ksclient.cli.bench.traffic import NOTE  # noqa: E402
-from miniports.testing import start_kernel, toml_config  # noqa: E402
+from ksclient.launch import start_kernel, toml_config  # noqa: E402
 from miniports.testing.jack import JackServer, jack_missing_reason  # noqa: E402
 
 

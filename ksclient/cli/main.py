@@ -15,23 +15,15 @@ from pathlib import Path
 
 import ksclient
 from ipc.ks import Communication, DataFlow
-from ipc.procwatch import stop_process
 from ipc.runtime import ENV_RUNTIME_DIR, runtime_base
 from ksclient.cli import bench
+from ksclient.launch import KernelStartError, kernel_command, start_kernel
 
 
 def _up(args: argparse.Namespace) -> int:
     # The kernel runs as a child so that its death (a crash, SIGKILL) is reported here;
     # the stop signals are passed on, so Ctrl-C and SIGTERM still stop it cleanly.
-    argv = [sys.executable, "-m", "kernel"]
-    if args.runtime:
-        argv += ["--runtime", str(args.runtime)]
-    if args.quiet:
-        argv.append("--quiet")
-    if args.cpus:
-        argv += ["--cpus", args.cpus]
-    if args.config:
-        argv.append(str(args.config))
+    argv = kernel_command(args.config, runtime=args.runtime, quiet=args.quiet, cpus=args.cpus)
     kernel = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
 
     def forward(signum: int, _frame: object) -> None:
@@ -112,23 +104,13 @@ PHRASE = [
 ]
 
 
-def _start_kernel(runtime: Path, config: Path | None) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "kernel", "--quiet", "--runtime", str(runtime)]
-    if config:
-        argv.append(str(config))
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("kernel") and "ready" in line:
-            return proc
-    proc.wait()
-    raise SystemExit(f"portcls demo: the kernel did not start (exit {proc.returncode})")
-
-
 def _demo(args: argparse.Namespace) -> int:
     runtime = Path(tempfile.mkdtemp(prefix="portcls-demo-", dir=runtime_base()))
     os.rmdir(runtime)
-    kernel = _start_kernel(runtime, args.config)
+    try:
+        kernel = start_kernel(config_path=args.config, runtime=runtime)
+    except KernelStartError as exc:
+        raise SystemExit(f"portcls demo: the kernel did not start: {exc}") from exc
     try:
         with ksclient.connect(runtime) as client:
             f = client.wait_for_filter(args.filter)
@@ -148,7 +130,7 @@ def _demo(args: argparse.Namespace) -> int:
         print("demo ok: every message came back through kernel and loopback miniport")
         return 0
     finally:
-        stop_process(kernel, 10.0)
+        kernel.stop(10.0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ from ksclient.cli.bench.traffic import (
     ThroughputResult,
     numbered_messages,
 )
-from miniports.testing import KernelUnderTest
+from ksclient.launch import KernelProcess
 
 __all__ = [
     "LADDER",
@@ -116,7 +116,7 @@ class LoopbackPins:
     """One client with a loopback device's render and capture pins open and in RUN."""
 
     def __init__(
-        self, kernel: KernelUnderTest, device: str = "loopback", capacity: int = 1 << 20,
+        self, kernel: KernelProcess, device: str = "loopback", capacity: int = 1 << 20,
         name: str = "portcls-bench",
     ) -> None:
         self.device = device

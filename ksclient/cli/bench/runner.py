@@ -58,7 +58,7 @@ from ksclient.cli.bench.baselines import (
 from ksclient.cli.bench.project import LADDER, CpuMeter, LoopbackPins, RateStep, measuring
 from ksclient.cli.bench.stats import no_nan, summarize
 from ksclient.cli.bench.traffic import NOTE, SYSEX_1K, ThroughputResult
-from miniports.testing import KernelUnderTest, start_kernel, toml_config
+from ksclient.launch import KernelProcess, start_kernel, toml_config
 from miniports.testing.cablebank import MAX_CABLES
 
 __all__ = ["Settings", "run"]
@@ -229,13 +229,12 @@ def _runtime() -> Path:
     return runtime_base() / f"{scratch_prefix()}kernel-{uuid.uuid4().hex[:10]}"
 
 
-def _stop_kernel(kernel: KernelUnderTest, problems: list[str], what: str) -> None:
-    try:
-        code = kernel.stop()
-        if code not in (0, -signal.SIGTERM, -signal.SIGINT):
-            problems.append(f"{what} exited with status {code}")
-    except AssertionError as exc:
-        problems.append(f"{what}: {exc}")
+def _stop_kernel(kernel: KernelProcess, problems: list[str], what: str) -> None:
+    code = kernel.stop()
+    if kernel.killed:
+        problems.append(f"{what}: the kernel did not stop on SIGTERM")
+    elif code not in (0, -signal.SIGTERM, -signal.SIGINT):
+        problems.append(f"{what} exited with status {code}")
     for stale in kernel.runtime.parent.glob(kernel.runtime.name + "*"):
         problems.append(f"{what} left {stale} behind (removed)")
         shutil.rmtree(stale, ignore_errors=True)
@@ -268,7 +267,7 @@ class IdleWindow:
     sleeps out the rest of the window). Other work may run meanwhile in other
     processes: an idle process's CPU time does not depend on it."""
 
-    def __init__(self, kernel: KernelUnderTest, seconds: float) -> None:
+    def __init__(self, kernel: KernelProcess, seconds: float) -> None:
         self.meter = CpuMeter(kernel.process.pid)
         self.seconds = seconds
         self.t0 = time.monotonic()
@@ -366,13 +365,13 @@ class MainRun:
         self.doc = doc
         self.phases = phases
         self.problems: list[str] = doc["problems"]
-        self.kernel: KernelUnderTest | None = None
+        self.kernel: KernelProcess | None = None
         self.pins: LoopbackPins | None = None
         self.zmq_chain: RawZmqChain | None = None
         self.ring_chain: RawRingChain | None = None
         self.jack: Any = None
         self.rtmidi: RtmidiJackLoop | None = None
-        self.scaling_kernel: KernelUnderTest | None = None
+        self.scaling_kernel: KernelProcess | None = None
         self.pool: Any = None
 
     def run(self, stack: contextlib.ExitStack) -> None:
