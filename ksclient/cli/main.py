@@ -133,6 +133,32 @@ def _demo(args: argparse.Namespace) -> int:
         kernel.stop(10.0)
 
 
+def _crashtest(args: argparse.Namespace) -> int:
+    """Run, print the report, write JSON; 1 if a promise broke."""
+    from miniports.testing.crashtest import FaultResult, run_crashtest
+
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    options = json.loads(args.options) if args.options else {}
+    if not isinstance(options, dict):
+        raise ValueError("--options must be a JSON object")
+
+    def progress(r: FaultResult) -> None:
+        if args.verbose:
+            det = "-" if r.detect is None else f"{r.detect * 1000:.0f} ms"
+            rec = "-" if r.recover is None else f"{r.recover * 1000:.0f} ms"
+            print(f"  #{r.iteration:<4} {r.kind:<10} detect {det:>8}  recover {rec:>8}  "
+                  f"lost {r.lost_measured}  {r.reason} {r.error}".rstrip(), flush=True)
+
+    report = run_crashtest(
+        args.miniport, options, args.iterations, faults, args.seed, args.hang_timeout, progress,
+        log=args.verbose,
+    )
+    print(report.text())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    return 1 if report.broken_promises() else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="portcls", description="PortCls MIDI driver-model emulator"
@@ -181,9 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ls":
             return _ls(args)
         if args.command == "crashtest":
-            from miniports.testing import crashtest
-
-            return crashtest.main(args)
+            return _crashtest(args)
         if args.command == "bench":
             return bench.run(args)
         return _demo(args)

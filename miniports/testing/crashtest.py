@@ -17,14 +17,13 @@ streams through steadily. Each iteration streams through the faulty device
 The promises (`Report.broken_promises`): the kernel survives and answers,
 every fault is detected and the device comes back, the healthy device loses
 nothing and never sees a removal, nothing leaks. `portcls crashtest` is the
-command line; `miniports.testing.pytest_plugin` the pytest fixture.
+command line (ksclient.cli); `miniports.testing.pytest_plugin` the pytest fixture.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import random
 import signal
@@ -517,26 +516,3 @@ def _one_fault(
         result.error = f"{type(exc).__name__}: {exc}"
     return result
 
-
-def main(args: Any) -> int:
-    """`portcls crashtest`: run, print the report, write JSON; 1 if a promise broke."""
-    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
-    options = json.loads(args.options) if args.options else {}
-    if not isinstance(options, dict):
-        raise ValueError("--options must be a JSON object")
-
-    def progress(r: FaultResult) -> None:
-        if args.verbose:
-            det = "-" if r.detect is None else f"{r.detect * 1000:.0f} ms"
-            rec = "-" if r.recover is None else f"{r.recover * 1000:.0f} ms"
-            print(f"  #{r.iteration:<4} {r.kind:<10} detect {det:>8}  recover {rec:>8}  "
-                  f"lost {r.lost_measured}  {r.reason} {r.error}".rstrip(), flush=True)
-
-    report = run_crashtest(
-        args.miniport, options, args.iterations, faults, args.seed, args.hang_timeout, progress,
-        log=args.verbose,
-    )
-    print(report.text())
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    return 1 if report.broken_promises() else 0
