@@ -9,6 +9,9 @@ a daemon thread blocks until the process ends (`Popen.wait` for a child,
 
 Setting the environment variable PORTCLS_NO_PIDFD=1 forces the fallback,
 which is how the tests exercise it on Linux.
+
+`stop_process` is the one way a process here stops a child it started: a stop
+signal, a grace period, then SIGKILL.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import subprocess
 import threading
+from multiprocessing.process import BaseProcess
 from typing import Any, Final
 
 import psutil
@@ -90,3 +95,38 @@ class ProcessWatch:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
+
+
+def stop_process(
+    process: subprocess.Popen[Any] | BaseProcess, grace: float, signum: int = signal.SIGTERM
+) -> bool:
+    """Stop a child process: send `signum` (SIGTERM), wait up to `grace` seconds, then
+    SIGKILL it and wait until it is gone, so that it is reaped either way.
+
+    Takes a `subprocess.Popen` or a `multiprocessing` process. Returns True if the
+    process ended without SIGKILL (it had already, or it obeyed the signal), False if
+    it had to be killed. Afterwards its `returncode` / `exitcode` is set.
+    """
+    if isinstance(process, subprocess.Popen):
+        if process.poll() is not None:
+            return True
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signum)
+        try:
+            process.wait(grace)
+            return True
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait()
+            return False
+    if process.exitcode is not None or process.pid is None:
+        return True
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signum)
+    process.join(grace)
+    if process.exitcode is not None:
+        return True
+    process.kill()
+    process.join()
+    return False

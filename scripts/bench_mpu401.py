@@ -42,8 +42,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import ksclient  # noqa: E402
+from ksclient.launch import start_kernel, toml_config  # noqa: E402
 from miniports import mpu401  # noqa: E402
-from miniports.testing import running_kernel, toml_config  # noqa: E402
 
 DEVICE = "mpu401"
 WIRE_RATE = mpu401.WIRE_BAUD / mpu401.BITS_PER_BYTE  # 3,125 bytes/s
@@ -114,7 +114,7 @@ def main() -> int:
           "resources": {"io": [[0x330, 2]], "irq": [9]}}]
     )
     results: list[dict[str, Any]] = []
-    with running_kernel(config) as kut, kut.connect() as client:
+    with start_kernel(config) as kut, kut.connect() as client:
         client.wait_for_filter(DEVICE)
         (miniport_pid,) = kut.miniport_pids()
         procs = {"kernel": psutil.Process(kut.process.pid),

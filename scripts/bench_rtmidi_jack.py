@@ -13,7 +13,7 @@ machine hits every path alike, it measures the round trip of a 3-byte message:
 
 and prints p50/p90/p99/max per path and the ratios. Needs Debian's jackd2.
 `portcls bench` measures "rtmidi alone" and the loopback too (with the same
-code, from ksclient.bench); this script adds the project's own rtmidi device.
+code, from ksclient.cli.bench); this script adds the project's own rtmidi device.
 
     python scripts/bench_rtmidi_jack.py [--samples 2000] [--period 64] [--json FILE]
 """
@@ -32,12 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ksclient.bench.baselines import RtmidiJackLoop  # noqa: E402
-from ksclient.bench.project import LoopbackPins, measuring  # noqa: E402
-from ksclient.bench.stats import ratio, summarize  # noqa: E402
-from ksclient.bench.traffic import NOTE  # noqa: E402
-from miniports.jackbed import JackServer, jack_missing_reason  # noqa: E402
-from miniports.testing import start_kernel, toml_config  # noqa: E402
+from ksclient.cli.bench.baselines import RtmidiJackLoop  # noqa: E402
+from ksclient.cli.bench.project import LoopbackPins, measuring  # noqa: E402
+from ksclient.cli.bench.stats import ratio, summarize  # noqa: E402
+from ksclient.cli.bench.traffic import NOTE  # noqa: E402
+from ksclient.launch import start_kernel, toml_config  # noqa: E402
+from miniports.testing.jack import JackServer, jack_missing_reason  # noqa: E402
 
 
 def main() -> int:

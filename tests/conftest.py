@@ -13,9 +13,9 @@ import psutil
 import pytest
 
 from ipc.runtime import runtime_base
-from miniports.jackbed import JackServer, jack_missing_reason
 from miniports.testing import KernelUnderTest
 from miniports.testing import start_kernel as start_kernel_process
+from miniports.testing.jack import JackServer, jack_missing_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 

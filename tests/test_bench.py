@@ -30,7 +30,7 @@ def _run_bench(tmp_path: Path, *extra: str) -> dict[str, Any]:
     out = tmp_path / "bench.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT), PORTCLS_BENCH_RUN=run)
     result = subprocess.run(
-        [sys.executable, "-m", "ksclient.bench", *TINY, *extra, "--json", str(out)],
+        [sys.executable, "-m", "ksclient.cli.bench", *TINY, *extra, "--json", str(out)],
         capture_output=True, text=True, env=env, timeout=240,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]

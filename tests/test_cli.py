@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -63,3 +64,24 @@ def test_up_stops_cleanly_on_sigterm(runtime_dir: Path, tmp_path: Path) -> None:
     assert not runtime_dir.exists()
     time.sleep(0.1)
     assert not any(child.is_running() for child in children)
+
+
+def test_crashtest_runs_and_writes_its_report(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    result = subprocess.run(
+        [*CLI, "crashtest", "--iterations", "1", "--faults", "kill", "--seed", "1",
+         "--json", str(out)],
+        capture_output=True, text=True, env=ENV, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS" in result.stdout
+    assert json.loads(out.read_text())["summary"]["faults"] == 1
+
+
+def test_crashtest_refuses_a_null_option_by_name() -> None:
+    result = subprocess.run(
+        [*CLI, "crashtest", "--options", '{"port": null}'],
+        capture_output=True, text=True, env=ENV, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "options.options.port is None" in result.stderr

@@ -23,8 +23,8 @@ import ksclient
 from ipc.channel import CHANNEL_SUFFIXES
 from ipc.procwatch import ENV_NO_PIDFD, ProcessWatch
 from ipc.runtime import interrupt_channel_name, remove_runtime_dir
-from ksclient.crashtesting import check_crashtest, crashtest  # noqa: F401 (the fixture)
-from miniports.faults import trigger_fault
+from miniports.testing.faults import trigger_fault
+from miniports.testing.pytest_plugin import check_crashtest, crashtest  # noqa: F401 (the fixture)
 from tests.conftest import ROOT, KernelProcess
 
 CONFIG = """

@@ -15,11 +15,12 @@ import pytest
 import rtmidi
 
 import ksclient
+from ipc.procwatch import stop_process
 from ipc.status import StatusError
-from miniports.jackbed import JackServer
 from miniports.midibytes import MessageAssembler
 from miniports.rtmidiport import RtMidiMiniport
 from miniports.testing import assert_conformant, toml_config
+from miniports.testing.jack import JackServer
 from tests.conftest import KernelProcess
 
 pytestmark = pytest.mark.jack
@@ -58,13 +59,7 @@ def spawn(jack_server: JackServer) -> Iterator[Callable[..., subprocess.Popen[st
 
     yield start
     for proc in started:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, 5.0, signal.SIGINT)
         if proc.stdout is not None:
             proc.stdout.close()
 

@@ -32,14 +32,14 @@ from typing import Any, Final
 import psutil
 
 import ksclient
-from ksclient.bench.stats import summarize
-from ksclient.bench.traffic import (
+from ksclient.cli.bench.stats import summarize
+from ksclient.cli.bench.traffic import (
     BATCH,
     SequenceCheck,
     ThroughputResult,
     numbered_messages,
 )
-from miniports.testing import KernelUnderTest
+from ksclient.launch import KernelProcess
 
 __all__ = [
     "LADDER",
@@ -116,7 +116,7 @@ class LoopbackPins:
     """One client with a loopback device's render and capture pins open and in RUN."""
 
     def __init__(
-        self, kernel: KernelUnderTest, device: str = "loopback", capacity: int = 1 << 20,
+        self, kernel: KernelProcess, device: str = "loopback", capacity: int = 1 << 20,
         name: str = "portcls-bench",
     ) -> None:
         self.device = device

@@ -2,7 +2,7 @@
 
 `run_crashtest` starts a private kernel (its own runtime directory) with two
 devices: "faulty", the miniport under test wrapped in the fault injector
-(miniports.faults), and "healthy", a loopback device a background thread
+(miniports.testing.faults), and "healthy", a loopback device a background thread
 streams through steadily. Each iteration streams through the faulty device
 (with `auto_reopen`), injects one fault, and measures:
 
@@ -17,19 +17,18 @@ streams through steadily. Each iteration streams through the faulty device
 The promises (`Report.broken_promises`): the kernel survives and answers,
 every fault is detected and the device comes back, the healthy device loses
 nothing and never sees a removal, nothing leaks. `portcls crashtest` is the
-command line; `ksclient.crashtesting` the pytest fixture.
+command line (ksclient.cli); `miniports.testing.pytest_plugin` the pytest fixture.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
 import os
 import random
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -43,13 +42,13 @@ import psutil
 import ksclient
 from ipc.channel import CHANNEL_SUFFIXES
 from ipc.runtime import interrupt_channel_name, runtime_base
-from miniports.faults import trigger_fault
+from ksclient.launch import KernelProcess, toml_config
+from miniports.testing.faults import trigger_fault
 
 FAULT_KINDS: Final = ("kill", "segv", "exception", "hang", "corrupt", "flood")
 FAULTY: Final = "faulty"
 HEALTHY: Final = "healthy"
 SETTLE_SECONDS: Final = 5.0
-ROOT: Final = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -204,32 +203,24 @@ class Report:
 
 
 def _config(miniport: str, options: dict[str, Any], hang_timeout: float) -> str:
-    def toml(value: Any) -> str:
-        # JSON scalars, arrays and strings are TOML too; tables need inline syntax.
-        if isinstance(value, dict):
-            return "{ " + ", ".join(f"{json.dumps(k)} = {toml(v)}" for k, v in value.items()) + " }"
-        if isinstance(value, list):
-            return "[" + ", ".join(toml(v) for v in value) + "]"
-        return json.dumps(value)
-
-    return f"""
-[kernel]
-heartbeat_interval = 0.1
-heartbeat_timeout = {hang_timeout}
-call_timeout = {max(2.0, hang_timeout)}
-stop_grace = 0.5
-
-[[device]]
-name = "{HEALTHY}"
-miniport = "loopback"
-restart = "never"
-
-[[device]]
-name = "{FAULTY}"
-miniport = "faulty"
-options = {toml({"miniport": miniport, "options": options})}
-restart = {{ limit = 1000000, window = 5.0, backoff = 0.05, max_backoff = 0.5 }}
-"""
+    return toml_config(
+        [
+            {"name": HEALTHY, "miniport": "loopback", "restart": "never"},
+            {
+                "name": FAULTY,
+                "miniport": "faulty",
+                "options": {"miniport": miniport, "options": options},
+                "restart": {"limit": 1000000, "window": 5.0, "backoff": 0.05,
+                            "max_backoff": 0.5},
+            },
+        ],
+        kernel={
+            "heartbeat_interval": 0.1,
+            "heartbeat_timeout": hang_timeout,
+            "call_timeout": max(2.0, hang_timeout),
+            "stop_grace": 0.5,
+        },
+    )
 
 
 class _HealthyStream(threading.Thread):
@@ -283,45 +274,19 @@ class _HealthyStream(threading.Thread):
                     self.report.healthy_received += 1
 
 
-class _Kernel:
+class _Kernel(KernelProcess):
     """A private kernel process for one crash test."""
 
-    def __init__(self, config: str, log: bool) -> None:
-        self.runtime = Path(tempfile.mkdtemp(prefix="portcls-crashtest-", dir=runtime_base()))
-        os.rmdir(self.runtime)
-        fd, name = tempfile.mkstemp(prefix="portcls-crashtest-", suffix=".toml")
-        self.config_path = Path(name)
-        with os.fdopen(fd, "w") as f:
-            f.write(config)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kernel", "--quiet", "--runtime", str(self.runtime),
-             str(self.config_path)],
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env,
-            # The injected faults make the miniport hosts print tracebacks: noise unless asked.
-            stderr=None if log else subprocess.DEVNULL,
-        )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith("kernel") and "ready" in line:
-                break
-        else:
-            self.proc.wait()
-            self.config_path.unlink(missing_ok=True)
-            raise RuntimeError(f"the crash-test kernel did not start (exit {self.proc.returncode})")
-        # Keep reading so the kernel never blocks on a full pipe.
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-        self.ps = psutil.Process(self.proc.pid)
+    @classmethod
+    def open(cls, config: str, log: bool) -> _Kernel:
+        runtime = Path(tempfile.mkdtemp(prefix="portcls-crashtest-", dir=runtime_base()))
+        os.rmdir(runtime)
+        # The injected faults make the miniport hosts print tracebacks: noise unless asked.
+        return cls.start(config, runtime=runtime, stderr=None if log else subprocess.DEVNULL)
 
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for _ in self.proc.stdout:
-            pass
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+    @functools.cached_property
+    def ps(self) -> psutil.Process:
+        return psutil.Process(self.process.pid)
 
     def miniports(self) -> list[psutil.Process]:
         try:
@@ -339,20 +304,6 @@ class _Kernel:
         with contextlib.suppress(OSError):
             return sorted(p.name for p in self.runtime.iterdir())
         return []
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.config_path.unlink(missing_ok=True)
-        return self.proc.returncode
 
 
 class _FaultyStream:
@@ -485,7 +436,7 @@ def run_crashtest(
         plan += round_
     plan = plan[:iterations]
     report = Report(miniport, seed)
-    kernel = _Kernel(_config(miniport, options or {}, hang_timeout), log)
+    kernel = _Kernel.open(_config(miniport, options or {}, hang_timeout), log)
     healthy = _HealthyStream(kernel.runtime, report)
     try:
         with ksclient.connect(kernel.runtime, name="crashtest", reopen_timeout=30.0) as client:
@@ -565,26 +516,3 @@ def _one_fault(
         result.error = f"{type(exc).__name__}: {exc}"
     return result
 
-
-def main(args: Any) -> int:
-    """`portcls crashtest`: run, print the report, write JSON; 1 if a promise broke."""
-    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
-    options = json.loads(args.options) if args.options else {}
-    if not isinstance(options, dict):
-        raise ValueError("--options must be a JSON object")
-
-    def progress(r: FaultResult) -> None:
-        if args.verbose:
-            det = "-" if r.detect is None else f"{r.detect * 1000:.0f} ms"
-            rec = "-" if r.recover is None else f"{r.recover * 1000:.0f} ms"
-            print(f"  #{r.iteration:<4} {r.kind:<10} detect {det:>8}  recover {rec:>8}  "
-                  f"lost {r.lost_measured}  {r.reason} {r.error}".rstrip(), flush=True)
-
-    report = run_crashtest(
-        args.miniport, options, args.iterations, faults, args.seed, args.hang_timeout, progress,
-        log=args.verbose,
-    )
-    print(report.text())
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    return 1 if report.broken_promises() else 0

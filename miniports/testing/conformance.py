@@ -31,13 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -50,6 +44,13 @@ import psutil
 import ksclient
 from ipc.ks import DataFormat, KsState
 from ipc.runtime import runtime_base
+from ksclient.launch import (
+    READY_TIMEOUT,
+    STOP_GRACE,
+    KernelProcess,
+    KernelStartError,
+    toml_config,
+)
 
 __all__ = [
     "CHECKS",
@@ -59,6 +60,7 @@ __all__ = [
     "KernelUnderTest",
     "assert_conformant",
     "check_miniport",
+    "running_kernel",
     "start_kernel",
     "toml_config",
 ]
@@ -110,144 +112,41 @@ class ConformanceReport:
             raise ConformanceError(self.summary())
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_value(key)
-
-
-def toml_config(
-    devices: Iterable[Mapping[str, Any]], kernel: Mapping[str, Any] | None = None
-) -> str:
-    """A kernel configuration (TOML text) from plain dicts, one per [[device]]."""
-    lines = []
-    if kernel:
-        lines.append("[kernel]")
-        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in kernel.items()]
-    for device in devices:
-        lines.append("\n[[device]]")
-        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in device.items()]
-    return "\n".join(lines) + "\n"
-
-
-@dataclass
-class KernelUnderTest:
-    """A kernel process started for a test, in its own runtime directory."""
-
-    runtime: Path
-    process: subprocess.Popen[str]
-    banner: str
-    env: dict[str, str]
-    _config_dir: str
-    _output: list[str] = field(default_factory=list)
-    _reader: threading.Thread | None = None
+class KernelUnderTest(KernelProcess):
+    """A kernel process started for a test (`start_kernel`): a `KernelProcess` whose
+    `stop` fails the test when the kernel had to be killed."""
 
     @property
     def proc(self) -> subprocess.Popen[str]:
         return self.process
 
-    def connect(self, **kwargs: Any) -> ksclient.Client:
-        return ksclient.connect(self.runtime, **kwargs)
-
-    def miniport_pids(self) -> list[int]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            return [c.pid for c in psutil.Process(self.process.pid).children()]
-        return []
-
-    def output(self) -> str:
-        return "".join(self._output)
-
-    def stop(self, timeout: float = 15.0) -> int:
+    def stop(self, grace: float = STOP_GRACE) -> int:
         """SIGTERM, wait; SIGKILL (and AssertionError) if it does not stop in time."""
-        try:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-                    raise AssertionError("the kernel did not stop on SIGTERM") from None
-            return self.process.returncode
-        finally:
-            if self._reader is not None:
-                self._reader.join(5)
-            if self.process.stdout is not None:
-                self.process.stdout.close()
-            shutil.rmtree(self._config_dir, ignore_errors=True)
+        killed_before = self.killed
+        code = super().stop(grace)
+        if self.killed and not killed_before:
+            raise AssertionError("the kernel did not stop on SIGTERM")
+        return code
 
 
 def start_kernel(
     config: str | None,
     runtime: Path | None = None,
     env: Mapping[str, str] | None = None,
-    timeout: float = 20.0,
+    timeout: float = READY_TIMEOUT,
 ) -> KernelUnderTest:
-    """Start `python -m kernel` with a TOML configuration and wait until it is ready.
+    """Start `python -m kernel` with a TOML configuration and wait until it is ready
+    (`ksclient.launch.start_kernel`); AssertionError if it exits first or is not
+    ready within `timeout` seconds.
 
     Child processes see the caller's `sys.path`, so a miniport importable here
     (`module:Class`) is importable in its miniport host too.
     """
     runtime = runtime or runtime_base() / f"portcls-t{uuid.uuid4().hex[:10]}"
-    config_dir = tempfile.mkdtemp(prefix="portcls-config-")
-    argv = [sys.executable, "-m", "kernel", "--quiet", "--runtime", str(runtime)]
-    if config is not None:
-        path = Path(config_dir) / "kernel.toml"
-        path.write_text(config)
-        argv.append(str(path))
-    full_env = dict(os.environ if env is None else env)
-    full_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-    process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=full_env,
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    kut = KernelUnderTest(runtime, process, "", full_env, config_dir, lines)
     try:
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("kernel") and "ready" in line:
-                break
-            if time.monotonic() > deadline:
-                kut.stop()
-                raise AssertionError(
-                    f"the kernel was not ready in {timeout} s: {''.join(lines)}"
-                )
-        else:
-            process.wait()
-            kut.stop()
-            raise AssertionError(f"the kernel exited with {process.returncode}: {''.join(lines)}")
-    except (KeyboardInterrupt, SystemExit):
-        # Interrupted while it starts: nobody else holds the kernel to stop it.
-        with contextlib.suppress(AssertionError):
-            kut.stop()
-        raise
-    kut.banner = "".join(lines)
-
-    def drain() -> None:
-        # Keep reading so the kernel never blocks on a full pipe.
-        assert process.stdout is not None
-        with contextlib.suppress(ValueError, OSError):
-            for line in process.stdout:
-                lines.append(line)
-
-    kut._reader = threading.Thread(target=drain, daemon=True)
-    kut._reader.start()
-    return kut
+        return KernelUnderTest.start(config, runtime=runtime, env=env, timeout=timeout)
+    except KernelStartError as exc:
+        raise AssertionError(str(exc)) from exc
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """Scaling: many client processes on several miniport processes at once.
 
-One kernel runs ``devices`` cable-bank devices (:mod:`ksclient.bench.cables`: the
+One kernel runs ``devices`` cable-bank devices (:mod:`miniports.testing.cablebank`: the
 loopback allows one render pin per device, and each client needs a private round
 trip). Client ``i`` of a cell with ``M`` miniports opens cable ``i // M`` of device
 ``i mod M``, so the clients spread evenly over the first ``M`` devices, each a
@@ -33,14 +33,14 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Final
 
 import ksclient
-from ksclient.bench.cables import capture_pin, render_pin
-from ksclient.bench.stats import summarize
-from ksclient.bench.traffic import BATCH, SequenceCheck, numbered, numbered_messages
+from ksclient.cli.bench.stats import summarize
+from ksclient.cli.bench.traffic import BATCH, SequenceCheck, numbered, numbered_messages
+from miniports.testing.cablebank import capture_pin, render_pin
 
 __all__ = ["DEVICE_PREFIX", "ClientPool", "device_name", "run_cell"]
 
 DEVICE_PREFIX: Final = "cables"
-MINIPORT: Final = "ksclient.bench.cables:CableBankMiniport"
+MINIPORT: Final = "miniports.testing.cablebank:CableBankMiniport"
 PACED_RATE: Final = 200
 """Round trips a second per client in the latency measurement."""
 CLIENT_WINDOW: Final = 1024

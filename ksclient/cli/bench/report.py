@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from ksclient.bench.stats import ratio
+from ksclient.cli.bench.stats import ratio
 
 __all__ = ["print_report", "ratios", "targets"]
 

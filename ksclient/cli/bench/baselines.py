@@ -42,9 +42,10 @@ from ipc.channel import (
     create_channel_files,
     remove_channel_files,
 )
+from ipc.procwatch import stop_process
 from ipc.ring import Buffer, Record
 from ipc.runtime import runtime_base
-from ksclient.bench.traffic import BATCH, SequenceCheck, ThroughputResult, numbered_messages
+from ksclient.cli.bench.traffic import BATCH, SequenceCheck, ThroughputResult, numbered_messages
 
 __all__ = ["ENV_RUN", "RawRingChain", "RawZmqChain", "RtmidiJackLoop", "scratch_prefix"]
 
@@ -79,11 +80,7 @@ def _stop_processes(procs: Sequence[BaseProcess], what: str) -> list[str]:
         proc.join(5.0)
         if proc.is_alive():
             problems.append(f"{what} {proc.name} did not stop; terminated")
-            proc.terminate()
-            proc.join(5.0)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5.0)
+            stop_process(proc, 5.0)
     return problems
 
 
@@ -478,7 +475,7 @@ class RawRingChain:
 class RtmidiJackLoop:
     """python-rtmidi alone: ``MidiOut`` -> JACK -> ``MidiIn`` (callback) in this process.
 
-    ``server`` is a started :class:`miniports.jackbed.JackServer`; this process must
+    ``server`` is a started :class:`miniports.testing.jack.JackServer`; this process must
     have ``JACK_DEFAULT_SERVER`` naming it (libjack reads the environment).
     """
 

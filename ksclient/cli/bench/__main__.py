@@ -1,4 +1,4 @@
-"""``python -m ksclient.bench``: see :mod:`ksclient.bench`."""
+"""``python -m ksclient.cli.bench``: see :mod:`ksclient.cli.bench`."""
 
 import os
 import sys
@@ -23,6 +23,6 @@ def _pin_early(argv: list[str]) -> None:
 if __name__ == "__main__":
     _pin_early(sys.argv[1:])
 
-    from ksclient.bench import main
+    from ksclient.cli.bench import main
 
     sys.exit(main())

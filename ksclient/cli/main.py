@@ -16,21 +16,14 @@ from pathlib import Path
 import ksclient
 from ipc.ks import Communication, DataFlow
 from ipc.runtime import ENV_RUNTIME_DIR, runtime_base
-from ksclient import bench
+from ksclient.cli import bench
+from ksclient.launch import KernelStartError, kernel_command, start_kernel
 
 
 def _up(args: argparse.Namespace) -> int:
     # The kernel runs as a child so that its death (a crash, SIGKILL) is reported here;
     # the stop signals are passed on, so Ctrl-C and SIGTERM still stop it cleanly.
-    argv = [sys.executable, "-m", "kernel"]
-    if args.runtime:
-        argv += ["--runtime", str(args.runtime)]
-    if args.quiet:
-        argv.append("--quiet")
-    if args.cpus:
-        argv += ["--cpus", args.cpus]
-    if args.config:
-        argv.append(str(args.config))
+    argv = kernel_command(args.config, runtime=args.runtime, quiet=args.quiet, cpus=args.cpus)
     kernel = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
 
     def forward(signum: int, _frame: object) -> None:
@@ -111,23 +104,13 @@ PHRASE = [
 ]
 
 
-def _start_kernel(runtime: Path, config: Path | None) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "kernel", "--quiet", "--runtime", str(runtime)]
-    if config:
-        argv.append(str(config))
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("kernel") and "ready" in line:
-            return proc
-    proc.wait()
-    raise SystemExit(f"portcls demo: the kernel did not start (exit {proc.returncode})")
-
-
 def _demo(args: argparse.Namespace) -> int:
     runtime = Path(tempfile.mkdtemp(prefix="portcls-demo-", dir=runtime_base()))
     os.rmdir(runtime)
-    kernel = _start_kernel(runtime, args.config)
+    try:
+        kernel = start_kernel(config_path=args.config, runtime=runtime)
+    except KernelStartError as exc:
+        raise SystemExit(f"portcls demo: the kernel did not start: {exc}") from exc
     try:
         with ksclient.connect(runtime) as client:
             f = client.wait_for_filter(args.filter)
@@ -147,12 +130,33 @@ def _demo(args: argparse.Namespace) -> int:
         print("demo ok: every message came back through kernel and loopback miniport")
         return 0
     finally:
-        kernel.send_signal(signal.SIGTERM)
-        try:
-            kernel.wait(10)
-        except subprocess.TimeoutExpired:
-            kernel.kill()
-            kernel.wait()
+        kernel.stop(10.0)
+
+
+def _crashtest(args: argparse.Namespace) -> int:
+    """Run, print the report, write JSON; 1 if a promise broke."""
+    from miniports.testing.crashtest import FaultResult, run_crashtest
+
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    options = json.loads(args.options) if args.options else {}
+    if not isinstance(options, dict):
+        raise ValueError("--options must be a JSON object")
+
+    def progress(r: FaultResult) -> None:
+        if args.verbose:
+            det = "-" if r.detect is None else f"{r.detect * 1000:.0f} ms"
+            rec = "-" if r.recover is None else f"{r.recover * 1000:.0f} ms"
+            print(f"  #{r.iteration:<4} {r.kind:<10} detect {det:>8}  recover {rec:>8}  "
+                  f"lost {r.lost_measured}  {r.reason} {r.error}".rstrip(), flush=True)
+
+    report = run_crashtest(
+        args.miniport, options, args.iterations, faults, args.seed, args.hang_timeout, progress,
+        log=args.verbose,
+    )
+    print(report.text())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    return 1 if report.broken_promises() else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,9 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ls":
             return _ls(args)
         if args.command == "crashtest":
-            from ksclient import crashtest
-
-            return crashtest.main(args)
+            return _crashtest(args)
         if args.command == "bench":
             return bench.run(args)
         return _demo(args)
@@ -218,6 +220,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

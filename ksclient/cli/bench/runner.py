@@ -45,20 +45,21 @@ from typing import Any, Final
 
 import zmq
 
+from ipc.procwatch import stop_process
 from ipc.runtime import runtime_base
-from ksclient.bench import report
-from ksclient.bench.baselines import (
+from ksclient.cli.bench import report
+from ksclient.cli.bench.baselines import (
     ENV_RUN,
     RawRingChain,
     RawZmqChain,
     RtmidiJackLoop,
     scratch_prefix,
 )
-from ksclient.bench.cables import MAX_CABLES
-from ksclient.bench.project import LADDER, CpuMeter, LoopbackPins, RateStep, measuring
-from ksclient.bench.stats import no_nan, summarize
-from ksclient.bench.traffic import NOTE, SYSEX_1K, ThroughputResult
-from miniports.testing import KernelUnderTest, start_kernel, toml_config
+from ksclient.cli.bench.project import LADDER, CpuMeter, LoopbackPins, RateStep, measuring
+from ksclient.cli.bench.stats import no_nan, summarize
+from ksclient.cli.bench.traffic import NOTE, SYSEX_1K, ThroughputResult
+from ksclient.launch import KernelProcess, start_kernel, toml_config
+from miniports.testing.cablebank import MAX_CABLES
 
 __all__ = ["Settings", "run"]
 
@@ -155,7 +156,7 @@ class Settings:
     def child_argv(self, cpu: int, out: Path, throughput: bool) -> list[str]:
         """The command line of the pinned variant's child process."""
         argv = [
-            sys.executable, "-m", "ksclient.bench", "--pinned-child", str(cpu),
+            sys.executable, "-m", "ksclient.cli.bench", "--pinned-child", str(cpu),
             "--child-out", str(out), "--samples", str(self.samples),
             "--warmup", str(self.warmup), "--blocks", str(self.blocks),
             "--messages", str(self.messages), "--no-jack", "--no-pinned",
@@ -228,13 +229,12 @@ def _runtime() -> Path:
     return runtime_base() / f"{scratch_prefix()}kernel-{uuid.uuid4().hex[:10]}"
 
 
-def _stop_kernel(kernel: KernelUnderTest, problems: list[str], what: str) -> None:
-    try:
-        code = kernel.stop()
-        if code not in (0, -signal.SIGTERM, -signal.SIGINT):
-            problems.append(f"{what} exited with status {code}")
-    except AssertionError as exc:
-        problems.append(f"{what}: {exc}")
+def _stop_kernel(kernel: KernelProcess, problems: list[str], what: str) -> None:
+    code = kernel.stop()
+    if kernel.killed:
+        problems.append(f"{what}: the kernel did not stop on SIGTERM")
+    elif code not in (0, -signal.SIGTERM, -signal.SIGINT):
+        problems.append(f"{what} exited with status {code}")
     for stale in kernel.runtime.parent.glob(kernel.runtime.name + "*"):
         problems.append(f"{what} left {stale} behind (removed)")
         shutil.rmtree(stale, ignore_errors=True)
@@ -267,7 +267,7 @@ class IdleWindow:
     sleeps out the rest of the window). Other work may run meanwhile in other
     processes: an idle process's CPU time does not depend on it."""
 
-    def __init__(self, kernel: KernelUnderTest, seconds: float) -> None:
+    def __init__(self, kernel: KernelProcess, seconds: float) -> None:
         self.meter = CpuMeter(kernel.process.pid)
         self.seconds = seconds
         self.t0 = time.monotonic()
@@ -365,13 +365,13 @@ class MainRun:
         self.doc = doc
         self.phases = phases
         self.problems: list[str] = doc["problems"]
-        self.kernel: KernelUnderTest | None = None
+        self.kernel: KernelProcess | None = None
         self.pins: LoopbackPins | None = None
         self.zmq_chain: RawZmqChain | None = None
         self.ring_chain: RawRingChain | None = None
         self.jack: Any = None
         self.rtmidi: RtmidiJackLoop | None = None
-        self.scaling_kernel: KernelUnderTest | None = None
+        self.scaling_kernel: KernelProcess | None = None
         self.pool: Any = None
 
     def run(self, stack: contextlib.ExitStack) -> None:
@@ -453,7 +453,7 @@ class MainRun:
         _on_exit(stack, self.problems, "the raw ring chain", chain.close)
 
     def _start_jack(self, stack: contextlib.ExitStack) -> None:
-        from miniports.jackbed import JackServer, jack_missing_reason
+        from miniports.testing.jack import JackServer, jack_missing_reason
 
         reason = jack_missing_reason()
         if reason is not None:
@@ -473,7 +473,7 @@ class MainRun:
                             "realtime": server.realtime, "backend": "dummy"}
 
     def _start_scaling(self, stack: contextlib.ExitStack) -> None:
-        from ksclient.bench import scaling
+        from ksclient.cli.bench import scaling
 
         devices = max(m for _, m in self.s.cells)
         cables = max(math.ceil(c / m) for c, m in self.s.cells)
@@ -560,7 +560,7 @@ class MainRun:
         }
 
     def _scaling(self) -> None:
-        from ksclient.bench import scaling
+        from ksclient.cli.bench import scaling
 
         pool = _need(self.pool, "the scaling clients")
         grid: dict[str, Any] = {
@@ -612,12 +612,7 @@ def _pinned_variant(s: Settings, doc: dict[str, Any], phases: Phases) -> None:
         # Generous: the child's own phases are bounded; this only catches a hang.
         code = proc.wait(timeout=300)
     except BaseException:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 15.0)
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
     try:

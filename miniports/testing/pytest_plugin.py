@@ -3,7 +3,7 @@
     def test_my_miniport_takes_nothing_down(crashtest):
         crashtest("mypackage.midi:MyMiniport", options={"port": 1}, iterations=6)
 
-The `crashtest` fixture runs `ksclient.crashtest.run_crashtest` (a private
+The `crashtest` fixture runs `miniports.testing.crashtest.run_crashtest` (a private
 kernel with the miniport wrapped in the fault injector beside a streaming
 loopback device), fails the test with the report if any promise is broken,
 and returns the `Report` for further checks. Registered under the `pytest11`
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from ksclient.crashtest import FAULT_KINDS, Report, run_crashtest
+from miniports.testing.crashtest import FAULT_KINDS, Report, run_crashtest
 
 
 class CrashTest(Protocol):

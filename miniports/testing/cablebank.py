@@ -11,7 +11,7 @@ interrupt -> ISR -> ``port.notify`` -> the port drains ``read``), so the kernel,
 the port and the rings do exactly the work they do for the loopback.
 
 Written against the public miniport contract, like any third-party miniport;
-configured as ``miniport = "ksclient.bench.cables:CableBankMiniport"`` with
+configured as ``miniport = "miniports.testing.cablebank:CableBankMiniport"`` with
 ``options = { cables = N }`` (1 to 64).
 """
 

@@ -17,12 +17,12 @@ shares the machine's state with what it is compared to):
 then prints the ratios and a table of the project's targets (met or not: targets
 are reported, not asserted). ``--json FILE`` writes every figure.
 
-The modules: :mod:`~ksclient.bench.stats` (percentiles), :mod:`~ksclient.bench.traffic`
-(numbered messages and the in-order check), :mod:`~ksclient.bench.baselines`
-(raw pyzmq, raw rings, python-rtmidi/JACK), :mod:`~ksclient.bench.project` (the paths
-through the kernel, CPU), :mod:`~ksclient.bench.scaling` (many clients),
-:mod:`~ksclient.bench.cables` (the scaling grid's device), :mod:`~ksclient.bench.report`
-(tables, targets, JSON) and :mod:`~ksclient.bench.runner` (the phases).
+The modules: :mod:`~ksclient.cli.bench.stats` (percentiles), :mod:`~ksclient.cli.bench.traffic`
+(numbered messages and the in-order check), :mod:`~ksclient.cli.bench.baselines`
+(raw pyzmq, raw rings, python-rtmidi/JACK), :mod:`~ksclient.cli.bench.project` (the paths
+through the kernel, CPU), :mod:`~ksclient.cli.bench.scaling` (many clients),
+:mod:`~miniports.testing.cablebank` (the scaling grid's device), :mod:`~ksclient.cli.bench.report`
+(tables, targets, JSON) and :mod:`~ksclient.cli.bench.runner` (the phases).
 This module stays light: ``portcls`` builds its parser from :func:`add_arguments`.
 """
 
@@ -55,7 +55,7 @@ def _seconds(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``portcls bench`` (also ``python -m ksclient.bench``)."""
+    """The options of ``portcls bench`` (also ``python -m ksclient.cli.bench``)."""
     parser.add_argument(
         "--quick", action="store_true",
         help="a representative run within 45 s: fewer samples, shorter windows, reduced "
@@ -101,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The standalone parser (``python -m ksclient.bench``)."""
+    """The standalone parser (``python -m ksclient.cli.bench``)."""
     ap = argparse.ArgumentParser(prog="portcls bench", description=DESCRIPTION)
     add_arguments(ap)
     return ap
@@ -110,11 +110,11 @@ def parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark as the parsed options say; the exit status (non-zero if a
     phase failed, never because a target was missed)."""
-    from ksclient.bench import runner
+    from ksclient.cli.bench import runner
 
     return runner.run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ksclient.bench [options]``."""
+    """``python -m ksclient.cli.bench [options]``."""
     return run(parser().parse_args(argv))

@@ -1,0 +1,6 @@
+"""The `portcls` command: the tools built on the SDK (`portcls up`, `ls`, `demo`,
+`crashtest`, `bench`). Nothing in the SDK imports this package."""
+
+from ksclient.cli.main import main
+
+__all__ = ["main"]
