@@ -27,6 +27,9 @@ from typing import Final
 import psutil
 
 ENV_RUNTIME_DIR: Final = "PORTCLS_RUNTIME_DIR"
+ENV_MINIPORT_PATH: Final = "PORTCLS_MINIPORT_PATH"
+"""Directories (os.pathsep-separated) a miniport host appends to sys.path, after the
+project's own packages, before it loads a miniport named as module:Class."""
 PREFIX: Final = "portcls-"
 PID_FILE: Final = "kernel.pid"
 USER_SOCKET: Final = "user.sock"

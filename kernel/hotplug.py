@@ -77,7 +77,7 @@ class HotplugManager:
             self._spawn(watcher)
 
     def _spawn(self, watcher: _Watcher) -> None:
-        argv = [sys.executable, "-m", "miniports.portwatch", "--api", watcher.api,
+        argv = [sys.executable, "-P", "-m", "miniports.portwatch", "--api", watcher.api,
                 "--interval", str(watcher.interval)]
         watcher.process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, close_fds=True,

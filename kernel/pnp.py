@@ -220,7 +220,7 @@ class PnpManager:
     def _start_device(self, device: Device) -> None:
         cfg = device.config
         args = [
-            sys.executable, "-m", "miniports.host",
+            sys.executable, "-P", "-m", "miniports.host",
             "--runtime", str(self.runtime_dir),
             "--device", cfg.name,
             "--miniport", cfg.miniport,

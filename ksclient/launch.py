@@ -129,9 +129,11 @@ def kernel_command(
     quiet: bool = False,
     cpus: str | None = None,
 ) -> list[str]:
-    """The command line of a kernel process run by this Python: `python -m kernel
+    """The command line of a kernel process run by this Python: `python -P -m kernel
     [--runtime DIR] [--quiet] [--cpus LIST] [CONFIG]`."""
-    argv = [sys.executable, "-m", "kernel"]
+    # -P: this project's packages, never a kernel.py (or ipc/) that happens to be in the
+    # working directory.
+    argv = [sys.executable, "-P", "-m", "kernel"]
     if runtime is not None:
         argv += ["--runtime", str(runtime)]
     if quiet:

@@ -158,3 +158,33 @@ def test_a_removed_render_pin_counts_what_the_miniport_never_took(loopback_kerne
             out.send(b"\x90\x3c\x40")
         assert out.lost == sent
         out.close()
+
+
+def test_code_in_the_working_directory_does_not_hijack_the_kernel(
+    tmp_path: Path, runtime_dir: Path
+) -> None:
+    (tmp_path / "kernel.py").write_text("print('HIJACKED', flush=True)\n")
+    (tmp_path / "miniports.py").write_text("print('HIJACKED', flush=True)\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ksclient.cli", "up", "--runtime", str(runtime_dir)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, process_group=0,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "ready in" in line or "HIJACKED" in line:
+                break
+        assert not any("HIJACKED" in line for line in seen), seen
+        assert any("ready in" in line for line in seen), seen
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at the terminal
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "HIJACKED" not in out
+    assert "Traceback" not in err, err

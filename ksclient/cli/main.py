@@ -15,7 +15,7 @@ from pathlib import Path
 
 import ksclient
 from ipc.ks import Communication, DataFlow
-from ipc.runtime import ENV_RUNTIME_DIR, runtime_base
+from ipc.runtime import ENV_MINIPORT_PATH, ENV_RUNTIME_DIR, runtime_base
 from ksclient.cli import bench
 from ksclient.launch import KernelStartError, kernel_command, start_kernel
 
@@ -24,7 +24,15 @@ def _up(args: argparse.Namespace) -> int:
     # The kernel runs as a child so that its death (a crash, SIGKILL) is reported here;
     # the stop signals are passed on, so Ctrl-C and SIGTERM still stop it cleanly.
     argv = kernel_command(args.config, runtime=args.runtime, quiet=args.quiet, cpus=args.cpus)
-    kernel = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    # A miniport named as module:Class is looked for in the working directory too, after
+    # the project's own packages (the host appends these; -P keeps cwd off the front).
+    env = dict(os.environ)
+    env[ENV_MINIPORT_PATH] = os.pathsep.join(
+        filter(None, [env.get(ENV_MINIPORT_PATH), os.getcwd()])
+    )
+    # Its own process group: a terminal's Ctrl-C reaches this process alone, which
+    # passes exactly one signal on (a second Ctrl-C, a second signal: kill at once).
+    kernel = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env, process_group=0)
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
