@@ -423,14 +423,6 @@ class Kernel:
             conn.group(body.group).add_member(conn.member(body.member_group, body.sink))
         elif isinstance(body, p.GroupRemoveMember):
             conn.group(body.group).remove_member(conn.member(body.member_group, body.sink))
-        elif isinstance(body, p.GroupRequestService):
-            conn.group(body.group).request_service()
-        elif isinstance(body, p.GroupSupportDelayed):
-            conn.group(body.group).support_delayed_service()
-        elif isinstance(body, p.GroupRequestDelayed):
-            conn.group(body.group).request_delayed_service(body.time)
-        elif isinstance(body, p.GroupCancelDelayed):
-            conn.group(body.group).cancel_delayed_service()
         elif isinstance(body, p.GroupRelease):
             conn.groups.pop(body.group, conn.group(body.group)).release()
         elif isinstance(body, p.RegisterServiceGroup):

@@ -36,14 +36,15 @@ Continuation = Callable[[p.Reply], None]
 
 
 class RemoteSink:
-    """A sink object that lives in the miniport process; servicing it sends a message."""
+    """A sink object that lives in the miniport process, where the host services it
+    (before it raises the interrupt for the group); here it only holds its place."""
 
     def __init__(self, conn: MiniportConnection, sink: int) -> None:
         self.conn = conn
         self.sink = sink
 
     def request_service(self) -> None:
-        self.conn.send_event(p.SinkService(self.sink))
+        pass
 
 
 class MiniportConnection:
@@ -253,11 +254,9 @@ class PortMidi:
             self.request_service()
 
     def request_service(self) -> None:
-        """The port as a service sink: tell the miniport, then move data both ways."""
+        """The port as a service sink: move data both ways. The miniport's `service()` and
+        its streams' `read` ran in the host before it raised the interrupt."""
         self.services += 1
-        conn = self.conn
-        if conn is not None and conn.wants_service:
-            conn.send_event(p.Service())
         for stream in tuple(self.streams.values()):
             stream.request_service()
 

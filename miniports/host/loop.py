@@ -4,13 +4,16 @@ One thread runs the loop. It waits in one epoll (`Waiter`) on the bus socket,
 the stream rings' doorbells, a wake-up pipe (for `notify` and events posted
 from other threads) and the kernel's process; it answers the port's calls
 (init, new_stream, set_state, ...) by calling the miniport, sends a heartbeat,
-retries short writes, and services interrupts.
+retries short writes, fires delayed services, and runs the miniport's half of
+each requested group's DPC (`miniports.host.dpc`) before it raises the
+interrupt on which the kernel runs the other half.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -25,13 +28,15 @@ import zmq
 from ipc import protocol as p
 from ipc.ks import DataFormat, DataRange, KsState
 from ipc.procwatch import ProcessWatch
+from ipc.runtime import now_100ns
 from ipc.status import Status, StatusError
 from ipc.waiter import Waiter
 from miniports import registry
 from miniports.base import MiniportMidi, ResourceList
 from miniports.host.bus import KernelBus
 from miniports.host.calls import MiniportFault, call_miniport, call_miniport_hook
-from miniports.host.port import HostPort, ServiceGroupProxy
+from miniports.host.dpc import NOTIFY_ALL, HostServiceGroup, ServiceGroups
+from miniports.host.port import HostPort
 from miniports.host.streams import HostStream, StreamTable
 
 __all__ = ["EXIT_MINIPORT_FAULT", "MiniportHost", "main"]
@@ -39,8 +44,10 @@ __all__ = ["EXIT_MINIPORT_FAULT", "MiniportHost", "main"]
 EXIT_MINIPORT_FAULT = p.EXIT_MINIPORT_FAULT
 
 
-def _gid(group: Any) -> int | None:
-    return group.gid if isinstance(group, ServiceGroupProxy) else None
+def _group(group: Any) -> HostServiceGroup | None:
+    """A group the miniport returned: one of ours, or None (anything else counts as none,
+    as a NULL group does in PortCls)."""
+    return group if isinstance(group, HostServiceGroup) else None
 
 
 class MiniportHost:
@@ -69,7 +76,9 @@ class MiniportHost:
         self.bus = KernelBus(self.ctx, runtime_dir, device, self._wake)
         self.waiter.add_socket(self.bus.rpc.socket, lambda: self.bus.rpc.activity)
         self.streams = StreamTable(self.waiter, runtime_dir, self.bus.post)
-        self.port = HostPort(self.bus, self.streams.by_id, runtime_dir, self._wake)
+        self.groups = ServiceGroups(self.bus.post, self._wake, self._service_port)
+        self.port = HostPort(self.bus, self.streams.by_id, runtime_dir, self.groups)
+        self._has_service = type(self.miniport).service is not MiniportMidi.service
         self._initialised = False
         self.running = True
         self._kernel_watch: ProcessWatch | None = None
@@ -84,10 +93,6 @@ class MiniportHost:
             p.CloseStream: self._close_stream,
             p.Unload: self._unload,
         }
-        self._events: dict[type[Any], Callable[[Any], None]] = {
-            p.Service: self._service,
-            p.SinkService: self._sink_service,
-        }
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -100,7 +105,7 @@ class MiniportHost:
                 self.device,
                 os.getpid(),
                 self.miniport_name,
-                type(self.miniport).service is not MiniportMidi.service,
+                self._has_service,
                 type(self.miniport).data_range_intersection
                 is not MiniportMidi.data_range_intersection,
             ),
@@ -125,14 +130,17 @@ class MiniportHost:
         return 0
 
     def _turn(self, next_beat: float) -> float:
-        """One loop turn: wait, then requests, heartbeat, retries, interrupts; the next beat."""
+        """One loop turn: wait, then requests, heartbeat, retries, DPCs; the next beat."""
         now = time.monotonic()
         deadline = next_beat
         retry = self.streams.next_retry()
         if retry is not None:
             deadline = min(deadline, retry)
+        due = self.groups.next_due()
+        if due is not None:
+            deadline = min(deadline, due / 1e7)  # the shared clock is time.monotonic's
         timeout = max(0, int((deadline - now) * 1000 + 0.999))
-        if self.bus.has_unsent or self.port.interrupt_pending or self.bus.rpc.backlog:
+        if self.bus.has_unsent or self.groups.pending or self.bus.rpc.backlog:
             timeout = 0
         sockets, fds = self.waiter.wait(timeout)
         if sockets:
@@ -147,7 +155,8 @@ class MiniportHost:
             next_beat = now + self.heartbeat
             self.streams.pump_all()
         self.streams.retry_due(now)
-        self._service_interrupts()
+        self.groups.fire_due_timers(now_100ns())
+        self._run_dpcs()
         self.bus.flush()
         return next_beat
 
@@ -157,8 +166,10 @@ class MiniportHost:
                 os.read(self._wake_r, 4096)
         elif fd == self._kernel_fd:
             self.running = False
-        elif self.streams.on_ready(fd) is not None:
-            self.bus.raise_interrupt([-1])
+        elif (hs := self.streams.on_ready(fd)) is not None:
+            # What waited for room is in the ring now: the kernel's half of its group.
+            group = self.groups.stream_group(hs.sid)
+            self.bus.raise_interrupt([NOTIFY_ALL if group is None else group.gid])
 
     def _handle_backlog(self) -> None:
         rpc = self.bus.rpc
@@ -166,10 +177,7 @@ class MiniportHost:
             frame = rpc.backlog.popleft()
             if isinstance(frame, p.Request):
                 self._request(frame)
-            elif isinstance(frame, p.Event):
-                handler = self._events.get(type(frame.body))
-                if handler is not None:
-                    handler(frame.body)
+            # The kernel sends no events to a host: every service request starts here.
 
     def _request(self, frame: p.Request) -> None:
         """Answer one request of the port's: a StatusError is the miniport's answer;
@@ -192,9 +200,10 @@ class MiniportHost:
     def _init(self, body: p.Init) -> Any:
         if self._initialised:
             return {"group": None, "again": True}
-        group = self.miniport.init(ResourceList.from_wire(body.resources), self.port)
+        group = _group(self.miniport.init(ResourceList.from_wire(body.resources), self.port))
         self._initialised = True
-        return {"group": _gid(group)}
+        self.groups.port_init_returned(group)
+        return {"group": None if group is None else group.gid}
 
     def _get_description(self, body: p.GetDescription) -> Any:
         desc = self.miniport.get_description()
@@ -214,8 +223,13 @@ class MiniportHost:
         stream, group = self.miniport.new_stream(
             body.pin, body.capture, DataFormat.from_wire(body.format)
         )
-        self.streams.add(HostStream(body.stream, body.pin, body.capture, stream), channel)
-        return {"group": _gid(group)}
+        hs = HostStream(body.stream, body.pin, body.capture, stream)
+        self.streams.add(hs, channel)
+        group = _group(group)
+        if group is None:
+            return {"group": None}
+        self.groups.add_stream(hs.sid, group, functools.partial(self._service_stream, hs))
+        return {"group": group.gid}
 
     def _set_state(self, body: p.StreamSetState) -> None:
         hs = self.streams.get(body.stream)
@@ -227,33 +241,49 @@ class MiniportHost:
         self.streams.get(body.stream).stream.set_format(DataFormat.from_wire(body.format))
 
     def _close_stream(self, body: p.CloseStream) -> None:
+        self.groups.remove_stream(body.stream)
         self.streams.remove(body.stream)
 
     def _unload(self, body: p.Unload) -> None:
         self.running = False
 
-    def _service(self, body: p.Service) -> None:
-        call_miniport_hook("service", self.miniport.service)
-
-    def _sink_service(self, body: p.SinkService) -> None:
-        sink = self.port.sink(body.sink)
-        if sink is not None:
-            call_miniport_hook("sink_service", sink.request_service)
-
-    def _service_interrupts(self) -> None:
-        taken = self.port.take_interrupt()
-        if taken is None:
+    def _run_dpcs(self) -> None:
+        """Run the miniport's half of the requested groups' DPCs, then raise the interrupt
+        on which the kernel runs its half of the same groups."""
+        ran = self.groups.run()
+        if not ran:
             return
-        groups, isr_time = taken
+        # The miniport interrupted: a short write may go through now.
         for hs in self.streams:
-            if hs.capture and hs.state == KsState.RUN:
-                if not hs.held:
-                    hs.isr_time = isr_time
-                self.streams.drain_capture(hs)
-            elif not hs.capture and hs.pending:
+            if not hs.capture and hs.pending:
                 hs.retry_at = None
                 self.streams.pump_render(hs)
-        self.bus.raise_interrupt(groups, isr_time)
+        self.bus.raise_interrupt(list(ran), min(ran.values()))
+
+    def _service_port(self, when: int) -> None:
+        """The port's sink in a group's run: the miniport's `service()`; then the capture
+        streams that joined no group (only the port's sink can reach them)."""
+        if self._has_service:
+            call_miniport_hook("service", self.miniport.service)
+        for hs in self.streams:
+            if hs.capture and self.groups.stream_group(hs.sid) is None:
+                self._read(hs, when)
+
+    def _service_stream(self, hs: HostStream, when: int) -> None:
+        """A stream's sink in its group's run: a capture stream is read until b"", a render
+        stream's short write offered again."""
+        if hs.capture:
+            self._read(hs, when)
+        elif hs.pending:
+            hs.retry_at = None
+            self.streams.pump_render(hs)
+
+    def _read(self, hs: HostStream, when: int) -> None:
+        if hs.state != KsState.RUN or self.streams.by_id.get(hs.sid) is not hs:
+            return
+        if not hs.held:
+            hs.isr_time = when
+        self.streams.drain_capture(hs)
 
     def _shutdown(self) -> None:
         self.streams.close_all()

@@ -1,60 +1,25 @@
-"""The port as a miniport sees it (`Port`, IPortMidi), and the proxies it hands out.
+"""The port as a miniport sees it (`Port`, IPortMidi).
 
 `HostPort` is what `MiniportMidi.init` gets: `notify` from the miniport's ISR
-(any thread), service groups (`new_service_group`, `register_service_group`),
-the device's properties and registry keys (calls to the kernel). The groups
-and keys it returns are proxies of objects that live in the kernel.
+(any thread), service groups (`new_service_group`, `register_service_group`;
+see `miniports.host.dpc`), the device's properties and registry keys (calls to
+the kernel; a key is a proxy of one in the kernel's device store).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ipc import protocol as p
 from ipc.rpc import RpcEndpoint
-from ipc.runtime import now_100ns
 from ipc.status import BufferTooSmall, Status, StatusError
-from miniports.base import Port, PortServiceGroup, RegistryKey, ServiceSink
+from miniports.base import Port, PortServiceGroup, RegistryKey
 from miniports.host.bus import KernelBus
+from miniports.host.dpc import NOTIFY_ALL, HostServiceGroup, ServiceGroups
 from miniports.host.streams import HostStream
 
-__all__ = ["HostPort", "RegistryKeyProxy", "ServiceGroupProxy"]
-
-
-class ServiceGroupProxy(PortServiceGroup):
-    """A service group of the kernel's, named by its id."""
-
-    def __init__(self, port: HostPort, gid: int) -> None:
-        self.port = port
-        self.gid = gid
-
-    def _member(self, sink: ServiceSink | PortServiceGroup) -> tuple[int | None, int | None]:
-        if isinstance(sink, ServiceGroupProxy):
-            return sink.gid, None
-        if isinstance(sink, ServiceSink):
-            return None, self.port.sink_id(sink)
-        raise StatusError(Status.INVALID_PARAMETER, "a member is a ServiceSink or a service group")
-
-    def add_member(self, sink: ServiceSink | PortServiceGroup) -> None:
-        self.port.bus.post(p.GroupAddMember(self.gid, *self._member(sink)))
-
-    def remove_member(self, sink: ServiceSink | PortServiceGroup) -> None:
-        self.port.bus.post(p.GroupRemoveMember(self.gid, *self._member(sink)))
-
-    def request_service(self) -> None:
-        self.port.bus.post(p.GroupRequestService(self.gid))
-
-    def support_delayed_service(self) -> None:
-        self.port.bus.post(p.GroupSupportDelayed(self.gid))
-
-    def request_delayed_service(self, due_time: int) -> None:
-        self.port.bus.post(p.GroupRequestDelayed(self.gid, int(due_time)))
-
-    def cancel_delayed_service(self) -> None:
-        self.port.bus.post(p.GroupCancelDelayed(self.gid))
+__all__ = ["HostPort", "RegistryKeyProxy"]
 
 
 class RegistryKeyProxy(RegistryKey):
@@ -100,69 +65,29 @@ class HostPort(Port):
         bus: KernelBus,
         streams: dict[int, HostStream],
         runtime_dir: Path,
-        wake: Callable[[], None],
+        groups: ServiceGroups,
     ) -> None:
         self.bus = bus
         self.streams = streams
         self.runtime_dir = runtime_dir
-        self._wake = wake
-        self._thread = threading.get_ident()
-        self._lock = threading.Lock()
-        self._irq_groups: set[int] = set()
-        self._irq_time: int | None = None
-        self._ids = iter(range(1, 1 << 62))
-        self._sinks: dict[int, ServiceSink] = {}
-        self._sink_ids: dict[int, int] = {}
+        self.groups = groups
 
     @property
     def rpc(self) -> RpcEndpoint:
         return self.bus.rpc
 
-    def sink_id(self, sink: ServiceSink) -> int:
-        """The id a miniport sink travels under (the same sink, the same id)."""
-        key = id(sink)
-        if key not in self._sink_ids:
-            sid = next(self._ids)
-            self._sink_ids[key] = sid
-            self._sinks[sid] = sink
-        return self._sink_ids[key]
-
-    def sink(self, sink_id: int) -> ServiceSink | None:
-        return self._sinks.get(sink_id)
-
-    @property
-    def interrupt_pending(self) -> bool:
-        return bool(self._irq_groups)
-
-    def take_interrupt(self) -> tuple[list[int], int] | None:
-        """The groups notified since the last call and the time of the first notify."""
-        if not self._irq_groups:
-            return None
-        with self._lock:
-            groups = sorted(self._irq_groups)
-            isr_time = self._irq_time or now_100ns()
-            self._irq_groups.clear()
-            self._irq_time = None
-        return groups, isr_time
-
     def notify(self, group: PortServiceGroup | None = None) -> None:
-        gid = group.gid if isinstance(group, ServiceGroupProxy) else -1
-        with self._lock:
-            self._irq_groups.add(gid)
-            if self._irq_time is None:
-                self._irq_time = now_100ns()
-        if threading.get_ident() != self._thread:
-            self._wake()
+        gid = group.gid if isinstance(group, HostServiceGroup) else NOTIFY_ALL
+        self.groups.request(gid)
 
     def register_service_group(self, group: PortServiceGroup) -> None:
-        if not isinstance(group, ServiceGroupProxy):
+        if not isinstance(group, HostServiceGroup):
             raise StatusError(Status.INVALID_PARAMETER, "not a group made by new_service_group")
+        self.groups.register_port(group)
         self.bus.post(p.RegisterServiceGroup(group.gid))
 
     def new_service_group(self) -> PortServiceGroup:
-        group = ServiceGroupProxy(self, next(self._ids))
-        self.bus.post(p.GroupNew(group.gid))
-        return group
+        return self.groups.new_group()
 
     def get_device_property(self, prop: int, length: int) -> bytes:
         value = self.bus.call(p.DeviceProperty(int(prop), int(length)))
