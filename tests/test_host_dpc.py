@@ -11,7 +11,13 @@ from ipc import protocol as p
 from ipc.runtime import now_100ns
 from ipc.status import Status, StatusError
 from miniports.base import ServiceSink
-from miniports.host.dpc import NOTIFY_ALL, RUN_BUDGET, HostServiceGroup, ServiceGroups
+from miniports.host.dpc import (
+    MAX_GROUPS,
+    NOTIFY_ALL,
+    RUN_BUDGET,
+    HostServiceGroup,
+    ServiceGroups,
+)
 
 
 class Sink(ServiceSink):
@@ -150,3 +156,12 @@ def test_requests_from_another_thread_wake_the_loop() -> None:
     thread.join()
     assert woken.is_set() and groups.pending
     assert list(groups.run()) == [group.gid]
+
+
+def test_no_more_groups_than_one_interrupt_record_can_name() -> None:
+    groups, _ = _groups([])
+    for _ in range(MAX_GROUPS):
+        groups.new_group()
+    with pytest.raises(StatusError) as info:
+        groups.new_group()
+    assert info.value.status == Status.INSUFFICIENT_RESOURCES

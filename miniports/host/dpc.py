@@ -44,6 +44,8 @@ NOTIFY_ALL: Final = -1
 RUN_BUDGET: Final = 256
 """Group runs per loop turn: a miniport that keeps asking for service cannot starve
 the kernel's requests (the rest runs on the next turn)."""
+MAX_GROUPS: Final = p.MAX_INTERRUPT_GROUPS - 1
+"""So that one interrupt record can name every group and NOTIFY_ALL."""
 
 Action = Callable[[int], None]
 """A member's part of a run, called with the time of the request (the ISR's time)."""
@@ -161,6 +163,9 @@ class ServiceGroups:
         self._port_alone.add(port_sink, port_sink)
 
     def new_group(self) -> HostServiceGroup:
+        """PcNewServiceGroup; StatusError(INSUFFICIENT_RESOURCES) past MAX_GROUPS."""
+        if len(self.by_id) >= MAX_GROUPS:
+            raise StatusError(Status.INSUFFICIENT_RESOURCES, "too many service groups")
         group = HostServiceGroup(self, next(self._ids))
         self.by_id[group.gid] = group
         self.post(p.GroupNew(group.gid))
@@ -269,6 +274,8 @@ class ServiceGroups:
         At most RUN_BUDGET runs: what is still queued then runs (and is named) on the
         next call, never named before it ran.
         """
+        if not self._requests and not self._queue:
+            return {}
         self._ran = {}
         self._running = True
         try:
