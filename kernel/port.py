@@ -44,7 +44,7 @@ class RemoteSink:
         self.sink = sink
 
     def request_service(self) -> None:
-        pass
+        """Nothing to do: the host called the sink in its half of the group's run."""
 
 
 class MiniportConnection:
