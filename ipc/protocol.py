@@ -342,6 +342,11 @@ class Heartbeat:
 class Interrupt:
     """The miniport's ISR called notify: service these groups (NOTIFY_ALL = Notify(NULL)).
 
+    The host has run the miniport's half of their DPCs already (the miniport's
+    `service()`, its streams' `read`, its own sinks, in insertion order): the
+    kernel runs its half. Every request for service on a miniport's group,
+    delayed ones included, starts in the host and reaches the kernel this way.
+
     Usually raised through the interrupt channel instead (see `encode_interrupt`);
     the bus message keeps an interrupt in order behind events posted before it.
     """
@@ -396,37 +401,6 @@ class GroupRemoveMember:
     group: int
     member_group: int | None
     sink: int | None
-    OP: ClassVar[str]
-
-
-@message("group_request_service")
-@dataclass(frozen=True, slots=True)
-class GroupRequestService:
-    group: int
-    OP: ClassVar[str]
-
-
-@message("group_support_delayed")
-@dataclass(frozen=True, slots=True)
-class GroupSupportDelayed:
-    group: int
-    OP: ClassVar[str]
-
-
-@message("group_request_delayed")
-@dataclass(frozen=True, slots=True)
-class GroupRequestDelayed:
-    """`time` in 100 ns units: negative relative to now, positive absolute (shared clock)."""
-
-    group: int
-    time: int
-    OP: ClassVar[str]
-
-
-@message("group_cancel_delayed")
-@dataclass(frozen=True, slots=True)
-class GroupCancelDelayed:
-    group: int
     OP: ClassVar[str]
 
 
@@ -545,23 +519,6 @@ class StreamSetFormat:
 @dataclass(frozen=True, slots=True)
 class CloseStream:
     stream: int
-    OP: ClassVar[str]
-
-
-@message("service")
-@dataclass(frozen=True, slots=True)
-class Service:
-    """The port's sink was serviced: call the miniport's `service()`."""
-
-    OP: ClassVar[str]
-
-
-@message("sink_service")
-@dataclass(frozen=True, slots=True)
-class SinkService:
-    """A group the kernel serviced had a miniport-side sink as member: call it."""
-
-    sink: int
     OP: ClassVar[str]
 
 

@@ -53,13 +53,6 @@ class Bus:
                 conn.member(body.member_group, body.sink)),
             p.GroupRemoveMember: lambda conn, body: conn.group(body.group).remove_member(
                 conn.member(body.member_group, body.sink)),
-            p.GroupRequestService: lambda conn, body: conn.group(body.group).request_service(),
-            p.GroupSupportDelayed: lambda conn, body: conn.group(
-                body.group).support_delayed_service(),
-            p.GroupRequestDelayed: lambda conn, body: conn.group(
-                body.group).request_delayed_service(body.time),
-            p.GroupCancelDelayed: lambda conn, body: conn.group(
-                body.group).cancel_delayed_service(),
             p.GroupRelease: lambda conn, body: conn.release_group(body.group),
             p.RegisterServiceGroup: self._register_service_group,
             p.StreamError: self._stream_error,

@@ -39,14 +39,15 @@ class ConnectionLimits:
 
 
 class RemoteSink:
-    """A sink object that lives in the miniport process; servicing it sends a message."""
+    """A sink object that lives in the miniport process, where the host services it
+    (before it raises the interrupt for the group); here it only holds its place."""
 
     def __init__(self, conn: MiniportConnection, sink: int) -> None:
         self.conn = conn
         self.sink = sink
 
     def request_service(self) -> None:
-        self.conn.send_event(p.SinkService(self.sink))
+        """Nothing to do: the host called the sink in its half of the group's run."""
 
 
 class MiniportConnection:

@@ -121,12 +121,11 @@ class PortMidi:
             self.request_service()
 
     def request_service(self) -> None:
-        """The port as a service sink: tell the miniport, then move the captured data of
-        streams that have no group of their own (the others are members of theirs)."""
+        """The port as a service sink: move the captured data of streams that have no
+        group of their own (the others are members of theirs). The miniport's
+        `service()` and its streams' `read` ran in the host, in the group's insertion
+        order, before it raised the interrupt (see miniports/host/dpc.py)."""
         self.services += 1
-        conn = self.conn
-        if conn is not None and conn.wants_service:
-            conn.send_event(p.Service())
         for stream in tuple(self.streams.values()):
             if stream.capture and stream.group is None:
                 stream.request_service()

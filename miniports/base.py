@@ -87,10 +87,11 @@ class ServiceSink(ABC):
 
 
 class PortServiceGroup(ABC):
-    """A service group living in the kernel, seen from the miniport (IServiceGroup).
+    """A service group, seen from the miniport (IServiceGroup).
 
-    Requests are sent to the kernel and take effect in order. A group is
-    also a sink, so groups can be members of groups.
+    Its members run in insertion order in one DPC per request (requests made
+    while it is queued coalesce). A group is also a sink, so groups can be
+    members of groups.
     """
 
     @abstractmethod
@@ -111,7 +112,11 @@ class PortServiceGroup(ABC):
 
     @abstractmethod
     def request_delayed_service(self, due_time: int) -> None:
-        """Service later: 100 ns units, negative = relative, positive = absolute (shared clock)."""
+        """Service later: 100 ns units, negative = relative, positive = absolute (shared clock).
+
+        A new request replaces a pending one. StatusError(INVALID_DEVICE_REQUEST)
+        before `support_delayed_service`.
+        """
 
     @abstractmethod
     def cancel_delayed_service(self) -> None:
@@ -215,9 +220,12 @@ class Port(ABC):
         """The ISR saw input or room for output: request service on `group`.
 
         With None: service the miniport's group and every stream's group.
-        Before the kernel is told, the host drains every running capture
-        stream's `read` until it returns b"", stamping the bytes with the
-        time of this call.
+        The group's DPC runs its members in insertion order: where the port's
+        sink is a member, `MiniportMidi.service()`; for each capture stream
+        whose `new_stream` returned the group, `read` until it returns b""
+        (the bytes stamped with the time of this call); the miniport's own
+        sinks; nested groups after. So what `service()` moves into a FIFO is
+        read in the same DPC. Only then is the kernel told.
         """
 
     @abstractmethod
@@ -364,7 +372,8 @@ class MiniportMidi(ABC):
         """
 
     def service(self) -> None:  # noqa: B027 - an optional hook; the default does nothing
-        """Called when the port's sink is serviced (after a notify). Optional."""
+        """Called when the port's sink is serviced (a notify of its group), before that
+        group's capture streams are read. Optional."""
 
     def close(self) -> None:  # noqa: B027 - an optional hook; the default does nothing
         """The device is being unloaded; release the hardware."""

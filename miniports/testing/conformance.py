@@ -13,6 +13,8 @@ client SDK, what a client and the port rely on:
   instances       a pin's instance limit is enforced, and freed on close
   states          KSSTATE walks STOP→ACQUIRE→PAUSE→RUN and back, one step at a time
   roundtrip       short messages come back whole and in order (read until 0)
+  first_interrupt each message comes back on the interrupt it raised, within 1 s: what
+                  the miniport moves into its FIFO in service() is read in that DPC
   timestamps      capture times are monotonic and lie between send and receipt
   sysex_realtime  a 1 KiB SysEx and real-time bytes (clock, start, active sensing) intact
   burst           a burst far faster than the device: nothing lost, nothing reordered
@@ -67,6 +69,9 @@ __all__ = [
 
 DEVICE = "dut"
 """The name of the device under test."""
+
+FIRST_INTERRUPT_DEADLINE = 1.0
+"""Seconds a message may take to come back when nothing else is sent after it."""
 
 
 class ConformanceError(AssertionError):
@@ -296,6 +301,25 @@ class _Suite:
                 out.send(message)
                 self._expect(inp, [message], then_silent=0.0 if i < 99 else 0.1)
 
+    def first_interrupt(self) -> None:
+        # One message at a time and nothing after it: no later interrupt can carry it
+        # along, so it comes back only if the DPC of its own interrupt reads it after
+        # the miniport's service(), as PortCls orders them.
+        out, inp = self._loop_pins()
+        with out, inp:
+            for i in range(10):
+                message = bytes((0x90, 60 + i, 100))
+                out.send(message)
+                try:
+                    data = inp.receive(timeout=FIRST_INTERRUPT_DEADLINE).data
+                except ksclient.KsTimeoutError:
+                    raise AssertionError(
+                        f"message {i} ({message.hex(' ')}) did not come back within "
+                        f"{FIRST_INTERRUPT_DEADLINE:g} s: its own interrupt did not deliver it"
+                    ) from None
+                if data != message:
+                    raise AssertionError(f"sent {message.hex(' ')}, got {data[:16].hex(' ')}")
+
     def timestamps(self) -> None:
         out, inp = self._loop_pins()
         with out, inp:
@@ -346,8 +370,8 @@ class _Suite:
 
 
 CHECKS: tuple[str, ...] = (
-    "descriptor", "format", "instances", "states", "roundtrip", "timestamps",
-    "sysex_realtime", "burst", "stop_flush", "shutdown",
+    "descriptor", "format", "instances", "states", "roundtrip", "first_interrupt",
+    "timestamps", "sysex_realtime", "burst", "stop_flush", "shutdown",
 )
 
 

@@ -1,0 +1,112 @@
+"""The host's end of the kernel's bus: calls both ways, posted events, interrupts.
+
+Events the miniport causes (a new group, a member added, a stream error) are
+posted from any thread and go out in call order, one frame per callback
+(`flush`), before any reply or call, so the kernel sees them as the miniport
+made them. An interrupt goes through the interrupt channel (a ring and a
+doorbell) unless posted events are still unsent: then it follows them on the
+bus, in order.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from ipc import protocol as p
+from ipc.channel import ChannelWriter
+from ipc.ring import RingError
+from ipc.rpc import RpcEndpoint
+from ipc.runtime import BUS_SOCKET, endpoint
+
+__all__ = ["KernelBus"]
+
+
+class KernelBus:
+    """One DEALER to the kernel's bus ROUTER, named after the device."""
+
+    def __init__(
+        self, ctx: zmq.Context[Any], runtime_dir: Path, device: str, wake: Callable[[], None]
+    ) -> None:
+        self.rpc = RpcEndpoint(ctx, endpoint(runtime_dir, BUS_SOCKET), device.encode())
+        self._runtime_dir = runtime_dir
+        self._wake = wake
+        self._thread = threading.get_ident()
+        self._lock = threading.Lock()
+        self._outbox: collections.deque[Any] = collections.deque()
+        self._events: list[bytes] = []
+        self._interrupts: ChannelWriter | None = None
+
+    @property
+    def has_unsent(self) -> bool:
+        """Events are posted and not flushed yet (the loop must not sleep)."""
+        return bool(self._outbox or self._events)
+
+    def post(self, body: Any) -> None:
+        """Queue an event for the kernel from any thread; sent in call order, in one batch
+        per callback (see `flush`)."""
+        if threading.get_ident() == self._thread:
+            self._events.append(p.encode_event(body))
+            return
+        with self._lock:
+            self._outbox.append(body)
+        self._wake()
+
+    def flush(self) -> None:
+        """Send what the miniport posted as one frame, before any reply or call."""
+        if self._outbox:
+            with self._lock:
+                bodies = list(self._outbox)
+                self._outbox.clear()
+            self._events += [p.encode_event(b) for b in bodies]
+        events = self._events
+        if not events:
+            return
+        self._events = []
+        if len(events) == 1:
+            self.rpc.socket.send(events[0])
+        else:
+            self.rpc.send_event(p.Batch(events))
+
+    def call(self, body: Any, timeout: float = 5.0) -> Any:
+        """A request to the kernel, after the events posted before it; its result."""
+        self.flush()
+        return self.rpc.call(body, timeout)
+
+    def reply(self, rid: int, result: Any) -> None:
+        self.flush()
+        self.rpc.reply(rid, result)
+
+    def reply_exception(self, rid: int, exc: BaseException) -> None:
+        self.flush()
+        self.rpc.reply_exception(rid, exc)
+
+    def open_interrupt_channel(self, channel: Any) -> None:
+        """Raise interrupts through the ring the kernel named, if it is ours to use;
+        without it (an older kernel) they go as bus messages."""
+        if isinstance(channel, str) and Path(channel).parent == self._runtime_dir:
+            with contextlib.suppress(OSError, RingError):
+                self._interrupts = ChannelWriter.open(channel)
+
+    def raise_interrupt(self, groups: list[int], isr_time: int = 0) -> None:
+        """Tell the kernel to service `groups` (-1: Notify(NULL))."""
+        channel = self._interrupts
+        if (
+            channel is not None
+            and not self.has_unsent
+            and channel.send(p.encode_interrupt(groups), isr_time)
+        ):
+            return
+        self.post(p.Interrupt(groups))
+
+    def close(self) -> None:
+        # The Unload reply must reach the kernel before the socket goes (libzmq#4660).
+        self.rpc.socket.close(linger=1000)
+        if self._interrupts is not None:
+            self._interrupts.close()

@@ -1,0 +1,317 @@
+"""The host process: its loop, the kernel's requests, heartbeats, shutdown.
+
+One thread runs the loop. It waits in one epoll (`Waiter`) on the bus socket,
+the stream rings' doorbells, a wake-up pipe (for `notify` and events posted
+from other threads) and the kernel's process; it answers the port's calls
+(init, new_stream, set_state, ...) by calling the miniport, sends a heartbeat,
+retries short writes, fires delayed services, and runs the miniport's half of
+each requested group's DPC (`miniports.host.dpc`) before it raises the
+interrupt on which the kernel runs the other half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from ipc import protocol as p
+from ipc.ks import DataFormat, DataRange, KsState
+from ipc.procwatch import ProcessWatch
+from ipc.runtime import now_100ns
+from ipc.status import Status, StatusError
+from ipc.waiter import Waiter
+from miniports import registry
+from miniports.base import MiniportMidi, ResourceList
+from miniports.host.bus import KernelBus
+from miniports.host.calls import MiniportFault, call_miniport, call_miniport_hook
+from miniports.host.dpc import NOTIFY_ALL, HostServiceGroup, ServiceGroups
+from miniports.host.port import HostPort
+from miniports.host.streams import HostStream, StreamTable
+
+__all__ = ["EXIT_MINIPORT_FAULT", "MiniportHost", "main"]
+
+EXIT_MINIPORT_FAULT = p.EXIT_MINIPORT_FAULT
+
+
+def _group(group: Any) -> HostServiceGroup | None:
+    """A group the miniport returned: one of ours, or None (anything else counts as none,
+    as a NULL group does in PortCls)."""
+    return group if isinstance(group, HostServiceGroup) else None
+
+
+class MiniportHost:
+    """Runs one miniport object for the kernel; see the module docstring."""
+
+    def __init__(
+        self,
+        runtime_dir: Path,
+        device: str,
+        miniport_name: str,
+        options: dict[str, Any],
+        heartbeat: float = 1.0,
+    ) -> None:
+        self.runtime_dir = runtime_dir
+        self.device = device
+        self.miniport_name = miniport_name
+        cls = registry.load(miniport_name)
+        self.miniport: MiniportMidi = cls(**options)
+        self.heartbeat = heartbeat
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.waiter = Waiter()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.waiter.watch(self._wake_r)
+        self.bus = KernelBus(self.ctx, runtime_dir, device, self._wake)
+        self.waiter.add_socket(self.bus.rpc.socket, lambda: self.bus.rpc.activity)
+        self.streams = StreamTable(self.waiter, runtime_dir, self.bus.post)
+        self.groups = ServiceGroups(self.bus.post, self._wake, self._service_port)
+        self.port = HostPort(self.bus, self.streams.by_id, runtime_dir, self.groups)
+        self._has_service = type(self.miniport).service is not MiniportMidi.service
+        self._initialised = False
+        self.running = True
+        self._kernel_watch: ProcessWatch | None = None
+        self._kernel_fd: int | None = None
+        self._requests: dict[type[Any], Callable[[Any], Any]] = {
+            p.Init: self._init,
+            p.GetDescription: self._get_description,
+            p.DataRangeIntersection: self._data_range_intersection,
+            p.NewStream: self._new_stream,
+            p.StreamSetState: self._set_state,
+            p.StreamSetFormat: self._set_format,
+            p.CloseStream: self._close_stream,
+            p.Unload: self._unload,
+        }
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"!")
+
+    def run(self) -> int:
+        """Register with the kernel, then serve it until unloaded or it dies; the exit status."""
+        reply = self.bus.call(
+            p.Register(
+                self.device,
+                os.getpid(),
+                self.miniport_name,
+                self._has_service,
+                type(self.miniport).data_range_intersection
+                is not MiniportMidi.data_range_intersection,
+            ),
+            timeout=10.0,
+        )
+        self.heartbeat = float(reply.get("heartbeat", self.heartbeat))
+        self.bus.open_interrupt_channel(reply.get("interrupt_channel"))
+        # The kernel's death ends this process at once (a readable watch), not at a timeout.
+        with contextlib.suppress(OSError, KeyError, TypeError, ValueError):
+            self._kernel_watch = ProcessWatch(int(reply["kernel_pid"]))
+            self._kernel_fd = self._kernel_watch.fileno()
+            self.waiter.watch(self._kernel_fd)
+        next_beat = time.monotonic() + self.heartbeat
+        try:
+            while self.running:
+                next_beat = self._turn(next_beat)
+        except MiniportFault:
+            traceback.print_exc()
+            return EXIT_MINIPORT_FAULT
+        finally:
+            self._shutdown()
+        return 0
+
+    def _turn(self, next_beat: float) -> float:
+        """One loop turn: wait, then requests, heartbeat, retries, DPCs; the next beat."""
+        now = time.monotonic()
+        deadline = next_beat
+        retry = self.streams.next_retry()
+        if retry is not None:
+            deadline = min(deadline, retry)
+        due = self.groups.next_due()
+        if due is not None:
+            deadline = min(deadline, due / 1e7)  # the shared clock is time.monotonic's
+        timeout = max(0, int((deadline - now) * 1000 + 0.999))
+        if self.bus.has_unsent or self.groups.pending or self.bus.rpc.backlog:
+            timeout = 0
+        sockets, fds = self.waiter.wait(timeout)
+        if sockets:
+            self.bus.rpc.receive_pending()
+        for fd in fds:
+            self._on_ready(fd)
+        self.bus.flush()
+        self._handle_backlog()
+        now = time.monotonic()
+        if now >= next_beat:
+            self.bus.post(p.Heartbeat())
+            next_beat = now + self.heartbeat
+            self.streams.pump_all()
+        self.streams.retry_due(now)
+        self.groups.fire_due_timers(now_100ns())
+        self._run_dpcs()
+        self.bus.flush()
+        return next_beat
+
+    def _on_ready(self, fd: int) -> None:
+        if fd == self._wake_r:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+        elif fd == self._kernel_fd:
+            self.running = False
+        elif (hs := self.streams.on_ready(fd)) is not None:
+            # What waited for room is in the ring now: the kernel's half of its group.
+            group = self.groups.stream_group(hs.sid)
+            self.bus.raise_interrupt([NOTIFY_ALL if group is None else group.gid])
+
+    def _handle_backlog(self) -> None:
+        rpc = self.bus.rpc
+        while rpc.backlog and self.running:
+            frame = rpc.backlog.popleft()
+            if isinstance(frame, p.Request):
+                self._request(frame)
+            # The kernel sends no events to a host: every service request starts here.
+
+    def _request(self, frame: p.Request) -> None:
+        """Answer one request of the port's: a StatusError is the miniport's answer;
+        anything else raised is its fault, answered and then fatal."""
+        handler = self._requests.get(type(frame.body))
+        try:
+            if handler is None:
+                raise StatusError(
+                    Status.INVALID_DEVICE_REQUEST, f"a miniport host does not do {frame.op}"
+                )
+            result = call_miniport(frame.op, handler, frame.body)
+        except StatusError as exc:
+            self.bus.reply_exception(frame.rid, exc)
+        except MiniportFault as exc:
+            self.bus.reply_exception(frame.rid, exc.__cause__ or exc)
+            raise
+        else:
+            self.bus.reply(frame.rid, result)
+
+    def _init(self, body: p.Init) -> Any:
+        if self._initialised:
+            return {"group": None, "again": True}
+        group = _group(self.miniport.init(ResourceList.from_wire(body.resources), self.port))
+        self._initialised = True
+        self.groups.port_init_returned(group)
+        return {"group": None if group is None else group.gid}
+
+    def _get_description(self, body: p.GetDescription) -> Any:
+        desc = self.miniport.get_description()
+        desc.validate()
+        return desc.to_wire()
+
+    def _data_range_intersection(self, body: p.DataRangeIntersection) -> Any:
+        fmt = self.miniport.data_range_intersection(
+            body.pin,
+            DataFormat.from_wire(body.client_format),
+            DataRange.from_wire(body.miniport_range),
+        )
+        return fmt.to_wire()
+
+    def _new_stream(self, body: p.NewStream) -> Any:
+        channel = self.streams.check_new(body.stream, body.channel)
+        stream, group = self.miniport.new_stream(
+            body.pin, body.capture, DataFormat.from_wire(body.format)
+        )
+        hs = HostStream(body.stream, body.pin, body.capture, stream)
+        self.streams.add(hs, channel)
+        group = _group(group)
+        if group is None:
+            return {"group": None}
+        self.groups.add_stream(hs.sid, group, functools.partial(self._service_stream, hs))
+        return {"group": group.gid}
+
+    def _set_state(self, body: p.StreamSetState) -> None:
+        hs = self.streams.get(body.stream)
+        hs.set_state(KsState(body.state))
+        if hs.state == KsState.RUN and not hs.capture:
+            self.streams.pump_render(hs)
+
+    def _set_format(self, body: p.StreamSetFormat) -> None:
+        self.streams.get(body.stream).stream.set_format(DataFormat.from_wire(body.format))
+
+    def _close_stream(self, body: p.CloseStream) -> None:
+        self.groups.remove_stream(body.stream)
+        self.streams.remove(body.stream)
+
+    def _unload(self, body: p.Unload) -> None:
+        self.running = False
+
+    def _run_dpcs(self) -> None:
+        """Run the miniport's half of the requested groups' DPCs, then raise the interrupt
+        on which the kernel runs its half of the same groups."""
+        ran = self.groups.run()
+        if not ran:
+            return
+        # The miniport interrupted: a short write may go through now.
+        for hs in self.streams:
+            if not hs.capture and hs.pending:
+                hs.retry_at = None
+                self.streams.pump_render(hs)
+        self.bus.raise_interrupt(list(ran), min(ran.values()))
+
+    def _service_port(self, when: int) -> None:
+        """The port's sink in a group's run: the miniport's `service()`; then the capture
+        streams that joined no group (only the port's sink can reach them)."""
+        if self._has_service:
+            call_miniport_hook("service", self.miniport.service)
+        for hs in self.streams:
+            if hs.capture and self.groups.stream_group(hs.sid) is None:
+                self._read(hs, when)
+
+    def _service_stream(self, hs: HostStream, when: int) -> None:
+        """A stream's sink in its group's run: a capture stream is read until b"", a render
+        stream's short write offered again."""
+        if hs.capture:
+            self._read(hs, when)
+        elif hs.pending:
+            hs.retry_at = None
+            self.streams.pump_render(hs)
+
+    def _read(self, hs: HostStream, when: int) -> None:
+        if hs.state != KsState.RUN or self.streams.by_id.get(hs.sid) is not hs:
+            return
+        if not hs.held:
+            hs.isr_time = when
+        self.streams.drain_capture(hs)
+
+    def _shutdown(self) -> None:
+        self.streams.close_all()
+        with contextlib.suppress(Exception):
+            self.miniport.close()
+        self.bus.close()
+        self.ctx.term()
+        self.waiter.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self._kernel_watch is not None:
+            self._kernel_watch.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m miniports.host")
+    parser.add_argument("--runtime", required=True, type=Path)
+    parser.add_argument("--device", required=True)
+    parser.add_argument("--miniport", required=True)
+    parser.add_argument("--options", default="{}", help="JSON object of constructor options")
+    args = parser.parse_args(argv)
+    try:
+        options = json.loads(args.options)
+        if not isinstance(options, dict):
+            raise ValueError("options must be a JSON object")
+        host = MiniportHost(args.runtime, args.device, args.miniport, options)
+    except (StatusError, ValueError, TypeError) as exc:
+        print(f"miniport host {args.device}: {exc}", file=sys.stderr)
+        return 2
+    return host.run()

@@ -1,0 +1,253 @@
+"""The host's streams: the render pump and the capture drain of each one.
+
+A render stream's bytes come from the kernel's ring; `pump_render` offers them
+to the miniport's `write`, keeping what a short write left for a retry after
+`RETRY_SECONDS` (or the next notify). A capture stream's `drain_capture`
+calls `read` until it returns b"" and puts the bytes in the ring to the
+kernel (the DMA buffer); when that ring is full it keeps the bytes it holds
+and waits for room on the ring's space doorbell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ipc import protocol as p
+from ipc.channel import ChannelReader, ChannelWriter
+from ipc.ks import KsState
+from ipc.status import Status, StatusError
+from ipc.waiter import Waiter
+from miniports.base import MiniportMidiStream
+from miniports.host.calls import MiniportFault, call_miniport, call_miniport_hook
+
+__all__ = ["READ_CHUNK", "RENDER_BATCH_BYTES", "RETRY_SECONDS", "HostStream", "StreamTable"]
+
+RETRY_SECONDS = 0.001
+READ_CHUNK = 4096
+RENDER_BATCH_BYTES = 1 << 16
+
+Report = Callable[[Any], None]
+"""Posts an event to the kernel (a StreamError)."""
+
+
+@dataclass(eq=False)
+class HostStream:
+    """One miniport stream and the host's end of its ring."""
+
+    sid: int
+    pin: int
+    capture: bool
+    stream: MiniportMidiStream
+    writer: ChannelWriter | None = None
+    reader: ChannelReader | None = None
+    state: KsState = KsState.STOP
+    pending: bytes = b""
+    """Render: what a short write left, offered again at `retry_at`."""
+    retry_at: float | None = None
+    held: bytes | None = None
+    """Capture: bytes read that did not fit in the ring."""
+    isr_time: int = 0
+    """Capture: the stamp of what is read now (the time of the interrupt)."""
+    waiting_space: bool = False
+
+    def set_state(self, state: KsState) -> None:
+        """The miniport stream's `set_state`; STOP drops what the host holds for it."""
+        call_miniport("set_state", self.stream.set_state, state)
+        self.state = state
+        if state == KsState.STOP:
+            self.pending = b""
+            self.held = None
+            self.retry_at = None
+            if self.reader is not None:
+                self.reader.discard_all()
+
+    def pump_render(self, report: Report) -> None:
+        """Offer rendered bytes to the stream's write until it is short or the ring is empty."""
+        reader = self.reader
+        if reader is None or self.state != KsState.RUN:
+            return
+        while True:
+            data = self.pending
+            if not data:
+                records = reader.receive_many(max_bytes=RENDER_BATCH_BYTES)
+                if not records:
+                    if reader.prepare_to_sleep():
+                        return
+                    continue
+                data = b"".join(r.data for r in records)
+                if not data:
+                    continue
+            try:
+                taken = call_miniport("write", self.stream.write, data)
+            except StatusError as exc:
+                self.pending = b""
+                reader.discard_all()
+                report(
+                    p.StreamError(self.sid, exc.status, f"{exc.message} ({len(data)} bytes lost)")
+                )
+                return
+            if type(taken) is not int or not 0 <= taken <= len(data):
+                raise MiniportFault(f"write returned {taken!r} for {len(data)} bytes")
+            if taken < len(data):
+                # Only a short write copies: the rest waits for the retry.
+                self.pending = data[taken:]
+                self.retry_at = time.monotonic() + RETRY_SECONDS
+                return
+            self.pending = b""
+            if reader.prepare_to_sleep():
+                return
+
+    def drain_capture(self, report: Report) -> bool:
+        """Read the stream until it says "nothing now" or the ring is full; True if data
+        moved. A full ring sets `waiting_space` (the owner then waits on its doorbell)."""
+        writer = self.writer
+        if writer is None or self.waiting_space:
+            return False
+        moved = False
+        chunk = min(READ_CHUNK, writer.ring.max_payload)
+        while True:
+            data = self.held
+            self.held = None
+            if data is None:
+                try:
+                    data = call_miniport("read", self.stream.read, chunk)
+                except StatusError as exc:
+                    report(p.StreamError(self.sid, exc.status, exc.message))
+                    return moved
+                if type(data) not in (bytes, bytearray) or len(data) > chunk:
+                    raise MiniportFault(f"read returned {type(data).__name__} of bad size")
+                if not data:
+                    return moved
+            if not writer.send(bytes(data), self.isr_time, 0):
+                self.held = bytes(data)
+                if writer.prepare_to_wait_for_space(len(data)):
+                    self.waiting_space = True
+                    return moved
+                continue
+            moved = True
+
+
+class StreamTable:
+    """The streams by id (`by_id`), and the ring descriptors the loop waits on for them."""
+
+    def __init__(self, waiter: Waiter, runtime_dir: Path, report: Report) -> None:
+        self.by_id: dict[int, HostStream] = {}
+        self._waiter = waiter
+        self._runtime_dir = runtime_dir
+        self._report = report
+        self._fds: dict[int, HostStream] = {}
+
+    def __iter__(self) -> Iterator[HostStream]:
+        """The streams, as they are now (a stream may close while the caller iterates)."""
+        return iter(tuple(self.by_id.values()))
+
+    def get(self, sid: int) -> HostStream:
+        hs = self.by_id.get(sid)
+        if hs is None:
+            raise StatusError(Status.INVALID_PARAMETER, f"no stream {sid}")
+        return hs
+
+    def check_new(self, sid: int, channel: str) -> Path:
+        """Refuse a NewStream before the miniport is asked: a taken id, a foreign ring."""
+        if sid in self.by_id:
+            raise StatusError(Status.OBJECT_NAME_COLLISION, f"stream {sid} exists")
+        path = Path(channel)
+        if path.parent != self._runtime_dir:
+            raise StatusError(Status.INVALID_PARAMETER, "channel outside the runtime directory")
+        return path
+
+    def add(self, hs: HostStream, channel: Path) -> None:
+        """Attach `hs` to its ring; on failure the miniport's stream is closed again."""
+        try:
+            if hs.capture:
+                hs.writer = ChannelWriter.open(channel)
+            else:
+                hs.reader = ChannelReader.open(channel)
+                self._watch(hs.reader.data_fileno(), hs)
+        except Exception:
+            with contextlib.suppress(Exception):
+                hs.stream.close()
+            raise
+        self.by_id[hs.sid] = hs
+
+    def remove(self, sid: int) -> HostStream | None:
+        """Close stream `sid` (the miniport's and the host's ends); None if unknown."""
+        hs = self.by_id.pop(sid, None)
+        if hs is not None:
+            self._close(hs)
+        return hs
+
+    def close_all(self) -> None:
+        for hs in tuple(self.by_id.values()):
+            with contextlib.suppress(Exception):
+                self.remove(hs.sid)
+        self.by_id.clear()
+
+    def _close(self, hs: HostStream) -> None:
+        for channel, fd in (
+            (hs.reader, hs.reader.data_fileno() if hs.reader else None),
+            (hs.writer, hs.writer.space_fileno() if hs.writer else None),
+        ):
+            if fd is not None and fd in self._fds:
+                self._unwatch(fd)
+            if channel is not None:
+                channel.close()
+        call_miniport_hook("close", hs.stream.close)
+
+    def _watch(self, fd: int, hs: HostStream) -> None:
+        self._fds[fd] = hs
+        self._waiter.watch(fd)
+
+    def _unwatch(self, fd: int) -> None:
+        self._waiter.unwatch(fd)
+        del self._fds[fd]
+
+    def pump_render(self, hs: HostStream) -> None:
+        hs.pump_render(self._report)
+
+    def drain_capture(self, hs: HostStream) -> bool:
+        """`hs.drain_capture`, then wait on the ring's space doorbell if it filled up."""
+        moved = hs.drain_capture(self._report)
+        if hs.waiting_space and hs.writer is not None:
+            fd = hs.writer.space_fileno()
+            if fd not in self._fds:
+                self._watch(fd, hs)
+        return moved
+
+    def on_ready(self, fd: int) -> HostStream | None:
+        """A stream's doorbell rang: render data came, or a full capture ring has room.
+        Returns the capture stream whose waiting data moved on, if any."""
+        hs = self._fds.get(fd)
+        if hs is None:
+            return None
+        if not hs.capture:
+            assert hs.reader is not None
+            hs.reader.end_sleep()
+            self.pump_render(hs)
+            return None
+        assert hs.writer is not None
+        hs.waiting_space = False
+        self._unwatch(fd)
+        hs.writer.end_wait_for_space()
+        return hs if self.drain_capture(hs) else None
+
+    def next_retry(self) -> float | None:
+        """When the earliest short write is offered again (time.monotonic), if any."""
+        times = [hs.retry_at for hs in self.by_id.values() if hs.retry_at is not None]
+        return min(times) if times else None
+
+    def retry_due(self, now: float) -> None:
+        for hs in self:
+            if hs.retry_at is not None and now >= hs.retry_at:
+                hs.retry_at = None
+                self.pump_render(hs)
+
+    def pump_all(self) -> None:
+        """Rescue a wake-up lost to store reordering (Python cannot fence)."""
+        for hs in self:
+            self.pump_render(hs)
