@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 from typing import Final
 
 from ipc.status import Status, StatusError
-from miniports.base import MiniportMidi
+from miniports.contract import MiniportMidi
 
 ENTRY_POINT_GROUP: Final = "portcls.miniports"
 

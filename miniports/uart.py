@@ -71,7 +71,7 @@ from ipc.ks import (
     PinDescriptor,
 )
 from miniports import mpu401
-from miniports.base import (
+from miniports.contract import (
     DataFormat,
     InterruptSync,
     KsState,
