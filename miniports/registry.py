@@ -17,7 +17,7 @@ ENTRY_POINT_GROUP: Final = "portcls.miniports"
 
 BUILTIN: Final[dict[str, str]] = {
     "loopback": "miniports.loopback:LoopbackMiniport",
-    "mpu401": "miniports.uart:UartMiniport",
+    "mpu401": "miniports.mpu401.miniport:UartMiniport",
     "faulty": "miniports.faults:FaultInjector",
     "rtmidi": "miniports.rtmidiport:RtMidiMiniport",
 }

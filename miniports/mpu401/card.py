@@ -38,12 +38,17 @@ from miniports.midibytes import MessageAssembler
 
 __all__ = [
     "ACK",
+    "BITS_PER_BYTE",
+    "CABLES",
     "CMD_RESET",
     "CMD_UART_MODE",
+    "COMMAND_PORT",
     "DATA_PORT",
+    "FLOATING_BUS",
     "STATUS_INPUT_EMPTY",
     "STATUS_OUTPUT_NOT_READY",
     "STATUS_PORT",
+    "WIRE_BAUD",
     "Cable",
     "CableError",
     "IoDevice",
