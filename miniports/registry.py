@@ -19,7 +19,7 @@ BUILTIN: Final[dict[str, str]] = {
     "loopback": "miniports.loopback:LoopbackMiniport",
     "mpu401": "miniports.mpu401.miniport:UartMiniport",
     "faulty": "miniports.faults:FaultInjector",
-    "rtmidi": "miniports.rtmidiport:RtMidiMiniport",
+    "rtmidi": "miniports.rtmidi.miniport:RtMidiMiniport",
 }
 
 
