@@ -1,10 +1,8 @@
-"""The old name of `miniports.rtmidi.miniport`: `from miniports.rtmidiport import ...` works."""
+"""The old name of `miniports.rtmidi.miniport` (and `.ports`): its imports keep working."""
 
-from miniports.rtmidi.miniport import (
+from miniports.rtmidi.miniport import RtMidiCaptureStream, RtMidiMiniport, RtMidiRenderStream
+from miniports.rtmidi.ports import (
     APIS,
-    RtMidiCaptureStream,
-    RtMidiMiniport,
-    RtMidiRenderStream,
     api_id,
     compiled_apis,
     list_ports,

@@ -22,7 +22,7 @@ import time
 import rtmidi
 
 from ipc.status import StatusError
-from miniports.rtmidi.miniport import api_id, no_autostart
+from miniports.rtmidi.ports import api_id, no_autostart
 
 
 def main(argv: list[str] | None = None) -> int:
