@@ -1,4 +1,5 @@
-"""Tests for ipc.midi, the one MIDI 1.0 grammar: the table, the helpers, the assembler.
+"""Tests for ipc.midi, the one MIDI 1.0 grammar: the table, the helpers, the assembler, and
+the two cases its users used to settle differently (F4/F5, a SysEx aborted by a status).
 
 tests/test_midiparse.py tests the kernel's capture parser, which is this assembler
 delivering the undefined real-time bytes; the tests here are about what every user
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ipc.ks import DataFormat, KsState
 from ipc.midi import (
     FLAG_SYSEX,
     FLAG_SYSEX_ABORTED,
@@ -31,6 +33,12 @@ from ipc.midi import (
     message_length,
     spec_for,
 )
+from kernel.midiparse import MidiStreamParser
+from miniports.midibytes import MessageFramer
+from miniports.mpu401.cables import MidiFramer, NullCable
+from miniports.mpu401.card import Mpu401
+from miniports.mpu401.miniport import MessageTracker
+from miniports.rtmidi.miniport import RtMidiMiniport
 
 MORE = FLAG_SYSEX | FLAG_SYSEX_MORE
 ABORTED = FLAG_SYSEX | FLAG_SYSEX_ABORTED
@@ -277,3 +285,161 @@ def test_feed_and_feed_message_agree_on_any_stream(
     undefined = sum(1 for b in garbage if b in (0xF4, 0xF5) or (not deliver and b in UNDEFINED))
     assert whole.undefined_bytes == undefined
     assert whole.aborted_sysex == sum(1 for _, aborted in expected if aborted)
+
+
+# The two settled cases, across every user of the grammar: the kernel's capture parser,
+# the render re-framer (rtmidi miniport), the MPU-401's rtmidi cable and the UART's tracker.
+
+
+def framed(stream: bytes, refuse_every: int = 0) -> tuple[list[bytes], MessageFramer]:
+    """Feed `stream` to a re-framer as the rtmidi miniport's port does, re-offering refusals."""
+    framer = MessageFramer()
+    sent: list[bytes] = []
+    calls = 0
+
+    def send(message: bytes) -> bool:
+        nonlocal calls
+        calls += 1
+        if refuse_every and calls % refuse_every == 0:
+            return False
+        sent.append(message)
+        return True
+
+    while stream:
+        stream = stream[framer.feed(stream, send) :]
+    return sent, framer
+
+
+@pytest.mark.parametrize("undefined", [0xF4, 0xF5])
+def test_f4_f5_are_dropped_and_counted_everywhere(undefined: int) -> None:
+    u = bytes([undefined])
+    stream = h("90 3c 40") + u + h("3e 40 c0 05") + u + h("f8 06 b0 07 7f")
+    expected = [h("90 3c 40"), h("c0 05"), h("f8"), h("b0 07 7f")]
+
+    parser = MidiStreamParser()
+    assert messages_of(parser.feed(stream, 0)) == expected
+    assert (parser.undefined_bytes, parser.stray_bytes) == (2, 1 + 2 + 1 + 1)
+
+    for refuse_every in (0, 2):
+        sent, framer = framed(stream, refuse_every)
+        assert sent == expected
+        assert framer.statistics() == {"discarded": 5, "aborted_sysex": 0, "undefined_bytes": 2}
+
+    cable = MidiFramer()
+    assert list(cable.feed(stream)) == expected
+    assert cable.statistics()["undefined_bytes"] == 2
+
+    tracker = MessageTracker()
+    for byte in h("90 3c 40 3c") + u:
+        tracker.feed(byte)
+    assert not tracker.inside_message  # F4/F5 ends the message and cancels running status
+    tracker.feed(0x3E)
+    assert not tracker.inside_message
+
+
+def test_a_sysex_aborted_by_a_status_is_detected_identically_everywhere() -> None:
+    stream = h("f0 7e 01 02 90 3c 40 f0 03 f8 04 c0 05 f0 06 f7")
+
+    parser = MidiStreamParser()
+    records = parser.feed(stream, 0)
+    assert [(flags, msg) for _, flags, msg in records] == [
+        (ABORTED, h("f0 7e 01 02")),
+        (0, h("90 3c 40")),
+        (0, h("f8")),
+        (ABORTED, h("f0 03 04")),
+        (0, h("c0 05")),
+        (FLAG_SYSEX, h("f0 06 f7")),
+    ]
+    assert parser.aborted_sysex == 2
+    # Split into chunks, the first one ends with an empty aborting chunk.
+    small = MidiStreamParser(4)
+    assert joined(small.feed(stream, 0)) == joined(records)
+    assert small.aborted_sysex == 2
+
+    # The re-framer cannot send half a SysEx: it drops both and counts them.
+    for refuse_every in (0, 2, 3):
+        sent, framer = framed(stream, refuse_every)
+        assert sent == [h("90 3c 40"), h("f8"), h("c0 05"), h("f0 06 f7")]
+        assert framer.aborted_sysex == 2
+        assert framer.discarded == 4 + 3
+
+    cable = MidiFramer()
+    assert list(cable.feed(stream[:3])) == []
+    assert list(cable.feed(stream[3:])) == [h("90 3c 40"), h("f8"), h("c0 05"), h("f0 06 f7")]
+    assert cable.statistics() == {"discarded": 7, "aborted_sysex": 2, "undefined_bytes": 0}
+
+
+@settings(max_examples=200, deadline=None)
+@given(garbage=GARBAGE, cuts=st.lists(st.integers(0, 200), max_size=4),
+       refuse_every=st.sampled_from([0, 2, 3, 5]))
+def test_the_re_framer_sends_what_capture_delivers_whole(
+    garbage: bytes, cuts: list[int], refuse_every: int
+) -> None:
+    """Whatever the stream and however the sender refuses, the re-framer sends exactly the
+    complete messages the capture parser delivers (SysEx joined), less the undefined real-time
+    bytes, and counts as discarded exactly what capture drops or flags aborted."""
+    stream = garbage + b"\xf6"
+    parser = MidiStreamParser(5)
+    wholes = joined(parser.feed(stream, 0))
+    expected = [m for m, aborted in wholes if not aborted and m not in (b"\xf9", b"\xfd")]
+    aborted_bytes = sum(len(m) for m, aborted in wholes if aborted)
+    undefined_realtime = sum(1 for b in stream if b in (0xF9, 0xFD))
+
+    framer = MessageFramer()
+    sent: list[bytes] = []
+    calls = 0
+
+    def send(message: bytes) -> bool:
+        nonlocal calls
+        calls += 1
+        if refuse_every and calls % refuse_every == 0:
+            return False
+        sent.append(message)
+        return True
+
+    bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    for a, b in itertools.pairwise(bounds):
+        piece = stream[a:b]
+        while piece:
+            taken = framer.feed(piece, send)
+            assert 0 <= taken <= len(piece)
+            piece = piece[taken:]
+
+    assert sent == expected
+    assert framer.aborted_sysex == parser.aborted_sysex
+    assert framer.undefined_bytes == parser.undefined_bytes + undefined_realtime
+    assert framer.discarded == parser.stray_bytes + aborted_bytes + undefined_realtime
+
+
+def test_the_rtmidi_miniport_counts_what_it_could_not_send() -> None:
+    sent: list[list[int]] = []
+
+    class FakeOut:
+        def send_message(self, message: bytes) -> None:
+            sent.append(list(message))
+
+    miniport = RtMidiMiniport(api="auto", output="nowhere", pace=False)
+    miniport._midi_out = FakeOut()
+    stream, _ = miniport.new_stream(0, False, DataFormat())
+    stream.set_state(KsState.RUN)
+    data = h("f0 01 02 90 3c 40 f4 f9 f0 03")
+    assert stream.write(data) == len(data)
+    assert sent == [[0x90, 0x3C, 0x40]]
+    expected = {"discarded": 3 + 2, "aborted_sysex": 1, "undefined_bytes": 2}
+    assert {k: miniport.statistics()[k] for k in expected} == expected
+    assert miniport.statistics()["sent_messages"] == 1
+    stream.set_state(KsState.STOP)  # throws away the SysEx in progress, counted
+    stream.close()
+    assert miniport.statistics()["discarded"] == 5 + 2
+
+
+def test_the_mpu401_card_reports_its_cable_counters() -> None:
+    class CountingCable(NullCable):
+        def statistics(self) -> dict[str, int]:
+            return {"aborted_sysex": 1}
+
+    card = Mpu401(CountingCable())
+    try:
+        assert card.statistics()["cable_aborted_sysex"] == 1
+    finally:
+        card.close()

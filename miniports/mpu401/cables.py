@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from miniports.midibytes import MessageAssembler
+from miniports.midibytes import MessageFramer
 
 if TYPE_CHECKING:
     from miniports.mpu401.card import Mpu401
@@ -47,6 +47,10 @@ class Cable(ABC):
     def transmit(self, data: bytes) -> None:
         """Bytes that finished leaving MIDI OUT, in order, at wire timing (the card's thread)."""
 
+    def statistics(self) -> dict[str, int]:
+        """The cable's own counters (none for most cables)."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - most cables hold nothing
         """Release what the cable holds."""
 
@@ -70,22 +74,21 @@ class MidiFramer:
     """Cut a raw MIDI byte stream into whole messages (for backends that send messages).
 
     Running status is expanded, real-time bytes come out on their own at once,
-    SysEx comes out whole (F0 ... F7); stray data bytes are dropped. The rules
-    are `miniports.midibytes.MessageAssembler`'s, which never refuses here.
+    SysEx comes out whole (F0 ... F7). What cannot go out as a message is
+    dropped and counted in `statistics()`: stray data bytes, cut messages,
+    undefined bytes, a SysEx aborted by a status byte. The rules are
+    `miniports.midibytes.MessageFramer`'s (that is, `ipc.midi`'s).
     """
 
     def __init__(self) -> None:
-        self._assembler = MessageAssembler()
+        self._framer = MessageFramer()
 
     def feed(self, data: bytes) -> Iterator[bytes]:
-        messages: list[bytes] = []
+        return iter(self._framer.frame(data))
 
-        def take(message: bytes) -> bool:
-            messages.append(message)
-            return True
-
-        self._assembler.feed(data, take)
-        return iter(messages)
+    def statistics(self) -> dict[str, int]:
+        """discarded (bytes), aborted_sysex, undefined_bytes: see `MessageFramer`."""
+        return self._framer.statistics()
 
 
 class RtMidiCable(Cable):
@@ -170,6 +173,10 @@ class RtMidiCable(Cable):
     def transmit(self, data: bytes) -> None:
         for message in self._framer.feed(data):
             self._out.send_message(message)
+
+    def statistics(self) -> dict[str, int]:
+        """What could not go out as a message: see `MidiFramer.statistics`."""
+        return self._framer.statistics()
 
     def close(self) -> None:
         poller = getattr(self, "_poller", None)

@@ -186,10 +186,14 @@ class Mpu401:
         self._interrupt = handler
 
     def statistics(self) -> dict[str, int]:
-        """Counters: tx_bytes, rx_bytes, rx_overflows, tx_overruns, interrupts, tx_fifo."""
+        """Counters: tx_bytes, rx_bytes, rx_overflows, tx_overruns, interrupts, tx_fifo,
+        and the cable's with a "cable_" prefix (the rtmidi cable's: what it could not send
+        as a message, see `MidiFramer.statistics`)."""
+        cable = {f"cable_{name}": value for name, value in self.cable.statistics().items()}
         with self._lock:
             stats = dict(self.stats)
             stats["tx_fifo"] = self._tx_occupancy(self._clock())
+        stats.update(cable)
         return stats
 
     def _tx_occupancy(self, now: float) -> int:

@@ -44,7 +44,10 @@ written to the device's registry key (PLUGINPLAY_REGKEY_DEVICE, subkey
 "Statistics") whenever a stream leaves RUN:
 CaptureOverflows (bytes the ISR dropped because the 128-byte ring was full,
 that is, the client did not keep up), RxFifoOverflows (bytes the card itself
-lost), ShortWrites, ZeroWrites, TxBytes, RxBytes.
+lost), ShortWrites, ZeroWrites, TxBytes, RxBytes; and from the rtmidi cable,
+which sends whole messages, what it could not send as one: CableDiscarded
+(bytes), CableAbortedSysEx (SysEx cut short by a status byte),
+CableUndefinedBytes (F4, F5, F9, FD). `statistics()` has those as cable_*.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ from ipc.ks import (
     NodeDescriptor,
     PinDescriptor,
 )
+from ipc.midi import data_length, is_channel_status, is_realtime, is_status
 from miniports import mpu401
 from miniports.contract import (
     DataFormat,
@@ -83,7 +87,6 @@ from miniports.contract import (
     Status,
     StatusError,
 )
-from miniports.midibytes import data_bytes
 
 CLSID_MiniportDriverUart: Final = "b4c90ae1-5791-11d0-86f9-00a0c911b544"
 CLSID_MiniportDriverDMusUART: Final = "d3f0ce1c-fffc-11d1-81b0-0060083316c1"
@@ -140,9 +143,11 @@ DESCRIPTION: Final = FilterDescriptor(
 class MessageTracker:
     """Where a render stream is in the MIDI byte stream it sends: inside a message or not.
 
-    Running status counts: data bytes after a complete channel message start
-    a new one. Real-time bytes do not disturb the message they interrupt.
-    SysEx is never "inside" in this sense, because it may be split anywhere.
+    The rules are `ipc.midi`'s. Running status counts: data bytes after a
+    complete channel message start a new one. Real-time bytes do not disturb
+    the message they interrupt. SysEx is never "inside" in this sense, because
+    it may be split anywhere; nor is anything after an undefined status byte
+    (F4, F5), which starts no message and cancels running status.
     """
 
     def __init__(self) -> None:
@@ -150,15 +155,15 @@ class MessageTracker:
         self._running = 0
 
     def feed(self, byte: int) -> None:
-        if byte >= 0xF8:
+        if is_realtime(byte):
             return
-        if byte >= 0x80:
-            self._running = byte if byte < 0xF0 else 0
-            self.needed = data_bytes(byte)
+        if is_status(byte):
+            self._running = byte if is_channel_status(byte) else 0
+            self.needed = data_length(byte)
         elif self.needed:
             self.needed -= 1
         elif self._running:
-            self.needed = data_bytes(self._running) - 1
+            self.needed = data_length(self._running) - 1
 
     @property
     def inside_message(self) -> bool:
@@ -482,6 +487,7 @@ class UartMiniport(MiniportMidi):
             stats["rx_fifo_overflows"] = card.get("rx_overflows", 0)
             stats["tx_bytes"] = card.get("tx_bytes", 0)
             stats["rx_bytes"] = card.get("rx_bytes", 0)
+            stats.update((name, value) for name, value in card.items() if name.startswith("cable_"))
         return stats
 
     def publish_statistics(self) -> None:
@@ -496,6 +502,9 @@ class UartMiniport(MiniportMidi):
             "ZeroWrites": stats.get("zero_writes", 0),
             "TxBytes": stats.get("tx_bytes", 0),
             "RxBytes": stats.get("rx_bytes", 0),
+            "CableDiscarded": stats.get("cable_discarded", 0),
+            "CableAbortedSysEx": stats.get("cable_aborted_sysex", 0),
+            "CableUndefinedBytes": stats.get("cable_undefined_bytes", 0),
         }
         if values == self._published:
             return

@@ -22,7 +22,12 @@ the queue, latches the bytes and interrupts, as the callback does elsewhere.
 `write` reassembles the byte stream the port hands it into whole MIDI
 messages (rtmidi sends messages, not bytes): a message cut across two writes
 is completed from the bytes kept from the first, running status is expanded,
-and real-time bytes inside a SysEx go out at once. Because JACK drops what
+and real-time bytes inside a SysEx go out at once (`miniports.midibytes`, by
+the grammar of `ipc.midi`). What cannot go out as a message is dropped and
+counted in `statistics()`: stray data bytes, cut messages, the undefined
+F4/F5/F9/FD, and a SysEx cut short by a status byte before its F7 (the
+capture side delivers such a SysEx flagged aborted; a sender cannot send
+half a SysEx). Because JACK drops what
 does not fit into a period without telling the sender, writes are paced by
 two token buckets (messages and bytes per second); when a bucket is empty,
 `write` returns a short count and the port offers the rest again about 1 ms
@@ -48,6 +53,7 @@ Options (keyword arguments, from the device's configuration):
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
@@ -76,7 +82,7 @@ from miniports.contract import (
     Status,
     StatusError,
 )
-from miniports.midibytes import MessageAssembler
+from miniports.midibytes import MessageFramer
 from miniports.rtmidi.ports import api_id, match_port, no_autostart
 
 __all__ = ["RtMidiCaptureStream", "RtMidiMiniport", "RtMidiRenderStream"]
@@ -121,18 +127,18 @@ class RtMidiCaptureStream(FifoCaptureStream):
 class RtMidiRenderStream(MiniportMidiStream):
     def __init__(self, owner: RtMidiMiniport) -> None:
         self._owner = owner
-        self.assembler = MessageAssembler()
+        self.framer = MessageFramer()
 
     def set_state(self, state: KsState) -> None:
         self.state = state
         if state == KsState.STOP:
-            self.assembler.reset()
+            self.framer.reset()
 
     def write(self, data: bytes) -> int:
-        return self._owner.send_bytes(self.assembler, data)
+        return self._owner.send_bytes(self.framer, data)
 
     def close(self) -> None:
-        self._owner.render_open = False
+        self._owner.render_closed(self)
 
 
 class RtMidiMiniport(MiniportMidi):
@@ -198,6 +204,8 @@ class RtMidiMiniport(MiniportMidi):
         self.sync = InterruptSync()
         self.captures: list[RtMidiCaptureStream] = []
         self.render_open = False
+        self._render: RtMidiRenderStream | None = None
+        self._closed_renders: collections.Counter[str] = collections.Counter()
         self.sent_messages = 0
         self.received_messages = 0
         self._midi_in: Any = None
@@ -351,7 +359,7 @@ class RtMidiMiniport(MiniportMidi):
             self._port.notify(self._group)
         return True
 
-    def send_bytes(self, assembler: MessageAssembler, data: bytes) -> int:
+    def send_bytes(self, framer: MessageFramer, data: bytes) -> int:
         """A render stream's write: whole messages out through rtmidi, paced."""
         midi_out = self._midi_out
         if midi_out is None:
@@ -374,7 +382,29 @@ class RtMidiMiniport(MiniportMidi):
             self.sent_messages += 1
             return True
 
-        return assembler.feed(data, send)
+        return framer.feed(data, send)
+
+    def render_closed(self, stream: RtMidiRenderStream) -> None:
+        """A render stream closes: keep what its framer counted."""
+        if stream is self._render:
+            self._closed_renders.update(stream.framer.statistics())
+            self._render = None
+        self.render_open = False
+
+    def statistics(self) -> dict[str, int]:
+        """Counters since the miniport was made.
+
+        sent_messages, received_messages (polled input only), and what render
+        streams could not send as messages: discarded (bytes), aborted_sysex
+        (SysEx cut short by a status byte), undefined_bytes (F4, F5, F9, FD).
+        """
+        stats = collections.Counter({"discarded": 0, "aborted_sysex": 0, "undefined_bytes": 0})
+        stats.update(self._closed_renders)
+        if self._render is not None:
+            stats.update(self._render.framer.statistics())
+        stats["sent_messages"] = self.sent_messages
+        stats["received_messages"] = self.received_messages
+        return dict(stats)
 
     def new_stream(
         self, pin: int, capture: bool, fmt: DataFormat
@@ -392,7 +422,8 @@ class RtMidiMiniport(MiniportMidi):
         if self.render_open:
             raise StatusError(Status.INSUFFICIENT_RESOURCES, "the render stream is in use")
         self.render_open = True
-        return RtMidiRenderStream(self), None
+        self._render = RtMidiRenderStream(self)
+        return self._render, None
 
     def close(self) -> None:
         self._closing = True
