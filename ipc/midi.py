@@ -369,8 +369,18 @@ class MessageAssembler:
             if self._in_sysex:
                 i = self._scan_sysex(data, i, n, timestamp, out)
             else:
-                self._feed_byte(data[i], timestamp, out)
-                i += 1
+                j = i
+                if not self._need:
+                    # A whole channel or real-time message at i takes the fast path, limited
+                    # to that one message.
+                    b = data[i]
+                    size = MESSAGE_LENGTH[self._running] - 1 if b < 0x80 else MESSAGE_LENGTH[b]
+                    if size > 0:
+                        j = self._scan_whole(data, i, min(n, i + size), timestamp, out)
+                if j == i:
+                    self._feed_byte(data[i], timestamp, out)
+                    j = i + 1
+                i = j
             if out and not out[-1][1] & FLAG_SYSEX_MORE:
                 break
         if self._sysex:

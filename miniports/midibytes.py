@@ -14,11 +14,18 @@ in `discarded`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final, TypeAlias
 
 from ipc import midi
 from ipc.midi import FLAG_SYSEX_ABORTED, FLAG_SYSEX_MORE, data_length
 
 __all__ = ["MessageAssembler", "MessageFramer", "data_bytes"]
+
+_FIRST_SLICE: Final = 48
+_LAST_SLICE: Final = 1024
+"""`MessageFramer.feed` assembles slices of 48, 96, ... 1024 bytes ahead of the sender."""
+
+_Snapshot: TypeAlias = tuple[midi.MessageAssembler, list[bytes], int, int]
 
 data_bytes = data_length
 """The old name of `ipc.midi.data_length`."""
@@ -69,24 +76,33 @@ class MessageFramer:
     def reset(self) -> None:
         """Forget any partial message or SysEx (counted in `discarded`) and running status."""
         self._dropped += self._assembler.pending_bytes + sum(map(len, self._sysex))
-        self._sysex.clear()
+        self._sysex = []
         self._assembler.reset()
 
     def _whole(self, flags: int, message: bytes) -> bytes | None:
-        """The message a record completes, if any; SysEx chunks wait for their last one."""
+        """The message a record completes, if any; SysEx chunks wait for their last one.
+
+        A finished SysEx gets a new chunk list rather than clearing the old one,
+        which a snapshot may still hold (see `_snapshot`).
+        """
         if not flags:
             return message
         if flags & FLAG_SYSEX_MORE:
             self._sysex.append(message)
             return None
+        chunks, self._sysex = self._sysex, []
         if flags & FLAG_SYSEX_ABORTED:
-            self._dropped += sum(map(len, self._sysex)) + len(message)
-            self._sysex.clear()
+            self._dropped += sum(map(len, chunks)) + len(message)
             return None
-        self._sysex.append(message)
-        whole = b"".join(self._sysex)
-        self._sysex.clear()
-        return whole
+        chunks.append(message)
+        return b"".join(chunks)
+
+    def _snapshot(self) -> _Snapshot:
+        return self._assembler.copy(), self._sysex, len(self._sysex), self._dropped
+
+    def _restore(self, snapshot: _Snapshot) -> None:
+        self._assembler, self._sysex, chunks, self._dropped = snapshot
+        del self._sysex[chunks:]
 
     def frame(self, data: bytes) -> list[bytes]:
         """The whole messages `data` completes, in order (nothing is ever refused)."""
@@ -98,21 +114,49 @@ class MessageFramer:
         return messages
 
     def feed(self, data: bytes, send: Callable[[bytes], bool]) -> int:
-        """Send the whole messages `data` completes; the count of bytes consumed (see above)."""
-        saved = (self._assembler.copy(), list(self._sysex), self._dropped)
-        feed_message = self._assembler.feed_message
-        i, n = 0, len(data)
-        while i < n:
-            i, records = feed_message(data, i)
-            for _, flags, message in records:
+        """Send the whole messages `data` completes; the count of bytes consumed (see above).
+
+        Assembles a slice at a time the fast way, sending as it goes; a refusal
+        rewinds to the slice's start and takes it again message by message up
+        to the one refused. Slices start small and double while the sender
+        takes everything, so a refusal costs at most a slice assembled twice
+        and a sender that refuses early (a paced one) costs little.
+        """
+        n = len(data)
+        start = 0
+        size = _FIRST_SLICE
+        while start < n:
+            piece = data[start : start + size]
+            snapshot = self._snapshot()
+            sent = 0
+            for _, flags, message in self._assembler.feed(piece):
                 whole = self._whole(flags, message)
-                if whole is not None and not send(whole):
-                    # Rewind, then take everything before the byte that completed `whole`
-                    # again; what that sends again was sent already, so it is not sent.
-                    self._assembler, self._sysex, self._dropped = saved
-                    self.frame(data[: i - 1])
-                    return i - 1
+                if whole is None:
+                    continue
+                if not send(whole):
+                    self._restore(snapshot)
+                    return start + self._take_before(piece, sent)
+                sent += 1
+            start += len(piece)
+            size = min(size * 2, _LAST_SLICE)
         return n
+
+    def _take_before(self, piece: bytes, sent: int) -> int:
+        """Take `piece` up to the byte that completes its whole message number `sent` (from 0),
+        without sending anything; return that byte's index."""
+        snapshot = self._snapshot()
+        i = count = 0
+        while i < len(piece):
+            i, records = self._assembler.feed_message(piece, i)
+            for _, flags, message in records:
+                if self._whole(flags, message) is None:
+                    continue
+                if count == sent:
+                    self._restore(snapshot)
+                    self.frame(piece[: i - 1])
+                    return i - 1
+                count += 1
+        raise AssertionError("feed and feed_message disagree on where messages end")
 
 
 MessageAssembler = MessageFramer

@@ -443,3 +443,16 @@ def test_the_mpu401_card_reports_its_cable_counters() -> None:
         assert card.statistics()["cable_aborted_sysex"] == 1
     finally:
         card.close()
+
+
+@pytest.mark.parametrize("refuse_every", [0, 1000, 7, 2])
+def test_the_re_framer_on_a_long_stream(refuse_every: int) -> None:
+    """Longer than the framer's largest slice, with SysEx and running status crossing slices."""
+    notes = h("90") + b"".join(bytes((i % 128, 64)) for i in range(1500))
+    sysex = b"\xf0" + bytes(i % 128 for i in range(3000)) + b"\xf7"
+    stream = notes + h("f8") + sysex[:1000] + h("fe") + sysex[1000:] + h("c0 01 02") + sysex[:50]
+    expected = [b"\x90" + bytes((i % 128, 64)) for i in range(1500)]
+    expected += [h("f8"), h("fe"), sysex, h("c0 01"), h("c0 02")]
+    sent, framer = framed(stream + h("f6"), refuse_every)
+    assert sent == [*expected, h("f6")]
+    assert (framer.aborted_sysex, framer.discarded) == (1, 50)
