@@ -11,7 +11,8 @@
   into whole messages. Everything that parses MIDI bytes uses it: the
   kernel's capture parser (`kernel.midiparse`), the render re-framers that
   send whole messages (`miniports.midibytes`: the rtmidi miniport and the
-  MPU-401's rtmidi cable).
+  MPU-401's rtmidi cable). The MPU-401 miniport's MessageTracker, which only
+  needs to know whether a message is unfinished, reads the table.
 
 The rules the assembler applies:
 
