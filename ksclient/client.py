@@ -47,6 +47,9 @@ from ipc.ks import (
     KsState,
     PinDescriptor,
 )
+from ipc.midi import FLAG_SYSEX as FLAG_SYSEX
+from ipc.midi import FLAG_SYSEX_ABORTED as FLAG_SYSEX_ABORTED
+from ipc.midi import FLAG_SYSEX_MORE as FLAG_SYSEX_MORE
 from ipc.procwatch import ProcessWatch
 from ipc.ring import RingError
 from ipc.rpc import RpcEndpoint, RpcTimeout
@@ -63,9 +66,6 @@ from ipc.status import Status, StatusError
 from ipc.waiter import Waiter
 from ksclient import errors
 
-FLAG_SYSEX: Final = 0x0001
-FLAG_SYSEX_MORE: Final = 0x0002
-FLAG_SYSEX_ABORTED: Final = 0x0004
 DEFAULT_CAPACITY: Final = 1 << 16
 CALL_TIMEOUT: Final = 10.0
 REOPEN_TIMEOUT: Final = 10.0

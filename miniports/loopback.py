@@ -25,7 +25,7 @@ from ipc.ks import (
     FilterDescriptor,
     PinDescriptor,
 )
-from miniports.base import (
+from miniports.contract import (
     DataFormat,
     FifoCaptureStream,
     InterruptSync,

@@ -11,15 +11,15 @@ from importlib.metadata import entry_points
 from typing import Final
 
 from ipc.status import Status, StatusError
-from miniports.base import MiniportMidi
+from miniports.contract import MiniportMidi
 
 ENTRY_POINT_GROUP: Final = "portcls.miniports"
 
 BUILTIN: Final[dict[str, str]] = {
     "loopback": "miniports.loopback:LoopbackMiniport",
-    "mpu401": "miniports.uart:UartMiniport",
+    "mpu401": "miniports.mpu401.miniport:UartMiniport",
     "faulty": "miniports.faults:FaultInjector",
-    "rtmidi": "miniports.rtmidiport:RtMidiMiniport",
+    "rtmidi": "miniports.rtmidi.miniport:RtMidiMiniport",
 }
 
 

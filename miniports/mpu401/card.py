@@ -11,8 +11,9 @@ WRITE_PORT_UCHAR.
                             when the card was in UART mode), 0x3F enter UART mode (ACK)
 
 What the card transmits leaves through a transmit FIFO at the MIDI wire rate
-(31,250 baud, 10 bits a byte: 320 us a byte) onto a `Cable`: looped back to
-its own MIDI IN, a real MIDI port through python-rtmidi, or nothing. Input
+(31,250 baud, 10 bits a byte: 320 us a byte) onto a `Cable` (see
+`miniports.mpu401.cables`): looped back to its own MIDI IN, a real MIDI port
+through python-rtmidi, or nothing. Input
 goes into a small receive FIFO; a byte that finds it full is lost and counted,
 as on real hardware. Input raises the card's interrupt.
 
@@ -30,31 +31,27 @@ import collections
 import math
 import threading
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from typing import Any, Final, Protocol
+from collections.abc import Callable
+from typing import Final, Protocol
 
-from miniports.midibytes import MessageAssembler
+from miniports.mpu401.cables import Cable, NullCable
 
 __all__ = [
     "ACK",
+    "BITS_PER_BYTE",
     "CMD_RESET",
     "CMD_UART_MODE",
+    "COMMAND_PORT",
     "DATA_PORT",
+    "FLOATING_BUS",
     "STATUS_INPUT_EMPTY",
     "STATUS_OUTPUT_NOT_READY",
     "STATUS_PORT",
-    "Cable",
-    "CableError",
+    "WIRE_BAUD",
     "IoDevice",
     "IoSpace",
-    "LoopbackCable",
-    "MidiFramer",
     "Mpu401",
-    "NullCable",
-    "RtMidiCable",
     "byte_time",
-    "open_cable",
 ]
 
 DATA_PORT: Final = 0
@@ -127,184 +124,6 @@ class IoSpace:
             found[0].write_port(found[1], value & 0xFF)
 
 
-class CableError(Exception):
-    """A cable could not be connected (a missing backend, no such MIDI port)."""
-
-
-class Cable(ABC):
-    """What is plugged into the card's MIDI OUT (and, for some, its MIDI IN)."""
-
-    card: Mpu401 | None = None
-
-    def plug(self, card: Mpu401) -> None:
-        """Called by the card it is plugged into, before any byte moves."""
-        self.card = card
-
-    @abstractmethod
-    def transmit(self, data: bytes) -> None:
-        """Bytes that finished leaving MIDI OUT, in order, at wire timing (the card's thread)."""
-
-    def close(self) -> None:  # noqa: B027 - most cables hold nothing
-        """Release what the cable holds."""
-
-
-class NullCable(Cable):
-    """Nothing plugged in: output vanishes, no input ever comes."""
-
-    def transmit(self, data: bytes) -> None:
-        pass
-
-
-class LoopbackCable(Cable):
-    """MIDI OUT wired to the same card's MIDI IN: each byte arrives as it finishes sending."""
-
-    def transmit(self, data: bytes) -> None:
-        if self.card is not None:
-            self.card.arrive(data)
-
-
-class MidiFramer:
-    """Cut a raw MIDI byte stream into whole messages (for backends that send messages).
-
-    Running status is expanded, real-time bytes come out on their own at once,
-    SysEx comes out whole (F0 ... F7); stray data bytes are dropped. The rules
-    are `miniports.midibytes.MessageAssembler`'s, which never refuses here.
-    """
-
-    def __init__(self) -> None:
-        self._assembler = MessageAssembler()
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        messages: list[bytes] = []
-
-        def take(message: bytes) -> bool:
-            messages.append(message)
-            return True
-
-        self._assembler.feed(data, take)
-        return iter(messages)
-
-
-class RtMidiCable(Cable):
-    """A real MIDI port through python-rtmidi (imported only when this cable is made).
-
-    `port`: connect to the first output (and input, if there is one) whose name
-    contains it; None: open virtual ports ("out", "in") that other programs
-    connect to. `api`: "alsa", "jack" or None (rtmidi's default); with JACK the
-    two directions are the clients `client_name`-out and `client_name`-in.
-    Input arrives at the card paced at the wire rate.
-
-    On JACK the input queue is polled every `JACK_POLL` seconds (about one JACK
-    period) instead of using rtmidi's callback: that callback runs in JACK's
-    process thread, must take the GIL per event and then misses cycles and
-    loses or repeats events while another thread holds it (observed here, as
-    the rtmidi miniport found). Other APIs use the callback and cost nothing idle.
-    """
-
-    JACK_POLL: Final = 0.001
-
-    def __init__(
-        self, port: str | None = None, client_name: str = "portcls-mpu401", api: str | None = None
-    ) -> None:
-        try:
-            import rtmidi
-        except ImportError as exc:
-            raise CableError(f"the rtmidi cable needs python-rtmidi: {exc}") from exc
-        apis = {None: rtmidi.API_UNSPECIFIED, "alsa": rtmidi.API_LINUX_ALSA,
-                "jack": rtmidi.API_UNIX_JACK}
-        if api not in apis:
-            raise CableError(f"no rtmidi API {api!r} (alsa, jack)")
-        jack = api == "jack"
-        self._framer = MidiFramer()
-        try:
-            self._out = rtmidi.MidiOut(
-                rtapi=apis[api], name=f"{client_name}-out" if jack else client_name
-            )
-            self._in = rtmidi.MidiIn(
-                rtapi=apis[api], name=f"{client_name}-in" if jack else client_name
-            )
-            if port is None:
-                self._out.open_virtual_port("out")
-                self._in.open_virtual_port("in")
-            else:
-                self._open_named(self._out, port, required=True)
-                self._open_named(self._in, port, required=False)
-            self._in.ignore_types(sysex=False, timing=False, active_sense=False)
-            if not jack:
-                self._in.set_callback(self._on_input)
-        except (rtmidi.RtMidiError, OSError) as exc:
-            self.close()
-            raise CableError(f"rtmidi: {exc}") from exc
-        self._stop = threading.Event()
-        self._poller: threading.Thread | None = None
-        if jack:
-            self._poller = threading.Thread(target=self._poll_input, name="mpu401-jack-in",
-                                            daemon=True)
-            self._poller.start()
-
-    def _poll_input(self) -> None:
-        while not self._stop.is_set():
-            event = self._in.get_message()
-            if event is None:
-                self._stop.wait(self.JACK_POLL)
-            elif self.card is not None:
-                self.card.receive(bytes(event[0]))
-
-    @staticmethod
-    def _open_named(midi: Any, port: str, required: bool) -> None:
-        names = midi.get_ports()
-        for index, name in enumerate(names):
-            if port in name:
-                midi.open_port(index)
-                return
-        if required:
-            raise CableError(f"no MIDI port named like {port!r} (there are {names})")
-
-    def _on_input(self, event: tuple[list[int], float], _data: object = None) -> None:
-        if self.card is not None:
-            self.card.receive(bytes(event[0]))
-
-    def transmit(self, data: bytes) -> None:
-        for message in self._framer.feed(data):
-            self._out.send_message(message)
-
-    def close(self) -> None:
-        poller = getattr(self, "_poller", None)
-        if poller is not None:
-            self._stop.set()
-            poller.join(5)
-            self._poller = None
-        midi_in, midi_out = getattr(self, "_in", None), getattr(self, "_out", None)
-        if midi_in is not None:
-            midi_in.cancel_callback()
-        for midi in (midi_in, midi_out):
-            if midi is not None:
-                midi.close_port()
-                midi.delete()
-
-
-CABLES: Final = ("loopback", "rtmidi", "none")
-
-
-def open_cable(
-    kind: str,
-    port: str | None = None,
-    client_name: str = "portcls-mpu401",
-    api: str | None = None,
-) -> Cable:
-    """A new cable of `kind` ("loopback", "rtmidi" or "none"); CableError if it cannot be made.
-
-    `port`, `client_name` and `api` are for the rtmidi cable (see `RtMidiCable`).
-    """
-    if kind == "loopback":
-        return LoopbackCable()
-    if kind == "none":
-        return NullCable()
-    if kind == "rtmidi":
-        return RtMidiCable(port, client_name, api)
-    raise CableError(f"no cable {kind!r} (one of {', '.join(CABLES)})")
-
-
 class Mpu401:
     """One emulated MPU-401 card. See the module docstring for its registers.
 
@@ -367,10 +186,14 @@ class Mpu401:
         self._interrupt = handler
 
     def statistics(self) -> dict[str, int]:
-        """Counters: tx_bytes, rx_bytes, rx_overflows, tx_overruns, interrupts, tx_fifo."""
+        """Counters: tx_bytes, rx_bytes, rx_overflows, tx_overruns, interrupts, tx_fifo,
+        and the cable's with a "cable_" prefix (the rtmidi cable's: what it could not send
+        as a message, see `MidiFramer.statistics`)."""
+        cable = {f"cable_{name}": value for name, value in self.cable.statistics().items()}
         with self._lock:
             stats = dict(self.stats)
             stats["tx_fifo"] = self._tx_occupancy(self._clock())
+        stats.update(cable)
         return stats
 
     def _tx_occupancy(self, now: float) -> int:

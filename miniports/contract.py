@@ -1,0 +1,379 @@
+"""The miniport contract: what a miniport author implements, and the port it talks to.
+
+A miniport is a class derived from `MiniportMidi`, with streams derived from
+`MiniportMidiStream`. It runs in its own process (the miniport host), which
+stands in for the PortCls port driver: it calls the miniport's methods when
+the kernel asks, and hands the miniport a `Port` for the calls back
+(`notify`, `register_service_group`, `new_service_group`, ...).
+
+Every method reports failure by raising `StatusError` with an NTSTATUS code;
+returning normally is STATUS_SUCCESS. Method names are the PortCls names in
+snake_case, so the Windows documentation of IMiniportMidi and
+IMiniportMidiStream applies almost word for word.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, ClassVar
+
+from ipc.ks import DataFormat, DataRange, FilterDescriptor, KsState
+from ipc.status import Status, StatusError
+
+__all__ = [
+    "DataFormat",
+    "DataRange",
+    "FifoCaptureStream",
+    "FilterDescriptor",
+    "InterruptSync",
+    "InterruptSyncMode",
+    "KsState",
+    "MiniportMidi",
+    "MiniportMidiStream",
+    "Port",
+    "PortServiceGroup",
+    "RegistryKey",
+    "ResourceList",
+    "ServiceSink",
+    "Status",
+    "StatusError",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceList:
+    """The hardware resources PnP assigned to the device (CM_RESOURCE_LIST, simplified).
+
+    `io_ranges` are (base, length) pairs; `interrupts` are IRQ numbers.
+    `extra` carries anything else the configuration gave.
+    """
+
+    io_ranges: tuple[tuple[int, int], ...] = ()
+    interrupts: tuple[int, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any]) -> ResourceList:
+        def ints(seq: Any, n: int) -> tuple[Any, ...]:
+            if not isinstance(seq, list):
+                raise StatusError(Status.DEVICE_CONFIGURATION_ERROR, "resources must be lists")
+            out = []
+            for item in seq:
+                parts = item if n > 1 else [item]
+                if not (isinstance(parts, list) and len(parts) == n) or not all(
+                    isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in parts
+                ):
+                    raise StatusError(Status.DEVICE_CONFIGURATION_ERROR, f"bad resource {item!r}")
+                out.append(tuple(parts) if n > 1 else parts[0])
+            return tuple(out)
+
+        rest = {k: v for k, v in obj.items() if k not in ("io", "irq")}
+        return cls(ints(obj.get("io", []), 2), ints(obj.get("irq", []), 1), rest)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"io": [list(r) for r in self.io_ranges], "irq": list(self.interrupts), **self.extra}
+
+
+class ServiceSink(ABC):
+    """An object a service group can call back (IServiceSink)."""
+
+    @abstractmethod
+    def request_service(self) -> None:
+        """Called from the group's DPC when the group is serviced."""
+
+
+class PortServiceGroup(ABC):
+    """A service group, seen from the miniport (IServiceGroup).
+
+    Its members run in insertion order in one DPC per request (requests made
+    while it is queued coalesce). A group is also a sink, so groups can be
+    members of groups.
+    """
+
+    @abstractmethod
+    def add_member(self, sink: ServiceSink | PortServiceGroup) -> None:
+        """Append `sink`; members are serviced in insertion order."""
+
+    @abstractmethod
+    def remove_member(self, sink: ServiceSink | PortServiceGroup) -> None:
+        """Unlink `sink`."""
+
+    @abstractmethod
+    def request_service(self) -> None:
+        """Queue the group's DPC; requests while it is queued coalesce into one run."""
+
+    @abstractmethod
+    def support_delayed_service(self) -> None:
+        """Must be called once before `request_delayed_service`."""
+
+    @abstractmethod
+    def request_delayed_service(self, due_time: int) -> None:
+        """Service later: 100 ns units, negative = relative, positive = absolute (shared clock).
+
+        A new request replaces a pending one. StatusError(INVALID_DEVICE_REQUEST)
+        before `support_delayed_service`.
+        """
+
+    @abstractmethod
+    def cancel_delayed_service(self) -> None:
+        """Cancel a pending delayed service."""
+
+
+class RegistryKey(ABC):
+    """A key of the device's registry store (IRegistryKey)."""
+
+    @abstractmethod
+    def query_value(self, name: str) -> Any:
+        """The value; StatusError(OBJECT_NAME_NOT_FOUND) if it is not set."""
+
+    @abstractmethod
+    def set_value(self, name: str, value: Any) -> None:
+        """Set a value: int, str, bytes, or a list of str."""
+
+    @abstractmethod
+    def delete_value(self, name: str) -> None: ...
+
+    @abstractmethod
+    def enumerate_values(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def new_sub_key(self, name: str) -> RegistryKey: ...
+
+    @abstractmethod
+    def delete_key(self) -> None: ...
+
+
+class InterruptSyncMode(IntEnum):
+    NORMAL = 0
+    """Call routines in order until one claims the interrupt."""
+    ALL = 1
+    """Call every routine."""
+    REPEAT = 2
+    """Call every routine, again and again while any claims the interrupt."""
+
+
+class InterruptSync:
+    """IInterruptSync: service routines run under the interrupt lock.
+
+    Hardware (a thread in the miniport process) calls `interrupt()`; code that
+    must not race the ISR (a stream's `write`, say) runs through
+    `call_synchronized_routine`. The lock is re-entrant so a routine may call
+    back into the miniport.
+    """
+
+    _REPEAT_LIMIT: ClassVar[int] = 64
+
+    def __init__(self, mode: InterruptSyncMode = InterruptSyncMode.NORMAL) -> None:
+        self.mode = mode
+        self.lock = threading.RLock()
+        self._routines: list[Callable[[], bool]] = []
+        self.interrupts = 0
+        self.unclaimed = 0
+
+    def register_service_routine(self, routine: Callable[[], bool], first: bool = False) -> None:
+        """Add an ISR; it returns True when it claimed (handled) the interrupt."""
+        with self.lock:
+            if first:
+                self._routines.insert(0, routine)
+            else:
+                self._routines.append(routine)
+
+    def call_synchronized_routine(self, routine: Callable[..., Any], *args: Any) -> Any:
+        """Run `routine(*args)` with the interrupt lock held; return its result."""
+        with self.lock:
+            return routine(*args)
+
+    def interrupt(self) -> bool:
+        """Deliver one interrupt to the routines according to the mode; True if claimed."""
+        with self.lock:
+            self.interrupts += 1
+            claimed_any = False
+            for _ in range(self._REPEAT_LIMIT):
+                claimed = False
+                for routine in tuple(self._routines):
+                    if routine():
+                        claimed = True
+                        if self.mode == InterruptSyncMode.NORMAL:
+                            break
+                claimed_any |= claimed
+                if self.mode != InterruptSyncMode.REPEAT or not claimed:
+                    break
+            if not claimed_any:
+                self.unclaimed += 1
+            return claimed_any
+
+
+class Port(ABC):
+    """The port driver as a miniport sees it (IPortMidi), handed to `MiniportMidi.init`.
+
+    `notify` may be called from any thread (it is how an ISR raises the
+    interrupt); every other method must be called from the miniport's own
+    calls (init, new_stream, service, set_state, read, write, sinks).
+    """
+
+    @abstractmethod
+    def notify(self, group: PortServiceGroup | None = None) -> None:
+        """The ISR saw input or room for output: request service on `group`.
+
+        With None: service the miniport's group and every stream's group.
+        The group's DPC runs its members in insertion order: where the port's
+        sink is a member, `MiniportMidi.service()`; for each capture stream
+        whose `new_stream` returned the group, `read` until it returns b""
+        (the bytes stamped with the time of this call); the miniport's own
+        sinks; nested groups after. So what `service()` moves into a FIFO is
+        read in the same DPC. Only then is the kernel told.
+        """
+
+    @abstractmethod
+    def register_service_group(self, group: PortServiceGroup) -> None:
+        """Call inside `init`, before the hardware can interrupt: the port joins `group`."""
+
+    @abstractmethod
+    def new_service_group(self) -> PortServiceGroup:
+        """A new, empty service group in the kernel (PcNewServiceGroup)."""
+
+    @abstractmethod
+    def get_device_property(self, prop: int, length: int) -> bytes:
+        """A device property (DevicePropertyXxx id) as bytes, strings UTF-16LE + NUL.
+
+        BufferTooSmall (STATUS_BUFFER_TOO_SMALL, with `.needed`) if `length` is too
+        small; StatusError(UNSUCCESSFUL) before the port is initialised.
+        """
+
+    @abstractmethod
+    def new_registry_key(self, key_type: int, path: str = "") -> RegistryKey:
+        """Open (creating) a key of the device's store; `key_type` is a RegistryKeyType."""
+
+
+class MiniportMidiStream:
+    """IMiniportMidiStream: one open stream, render or capture. Created in KSSTATE_STOP.
+
+    The defaults of `read` and `write` reject the call with
+    STATUS_INVALID_DEVICE_REQUEST, which is right for a stream of the other
+    direction: a capture stream overrides `read`, a render stream `write`.
+    """
+
+    state: KsState = KsState.STOP
+
+    def set_format(self, fmt: DataFormat) -> None:
+        """Accept a new data format; normally success."""
+
+    def set_state(self, state: KsState) -> None:
+        """Move to `state`. The port only asks for one step at a time.
+
+        STOP: nothing moves and buffered data is discarded. RUN: data moves.
+        """
+        self.state = state
+
+    def read(self, max_bytes: int) -> bytes:
+        """Capture: up to `max_bytes` bytes from the device; b"" means "nothing now".
+
+        The port calls it again and again until it returns b"".
+        """
+        raise StatusError(Status.INVALID_DEVICE_REQUEST, "read on a render stream")
+
+    def write(self, data: bytes) -> int:
+        """Render: send bytes; return how many were taken: all, some, or 0 (busy, retry later).
+
+        The port offers the rest again when the miniport notifies or after about
+        1 ms. A device fault raises StatusError(IO_DEVICE_ERROR); never return 0
+        forever.
+        """
+        raise StatusError(Status.INVALID_DEVICE_REQUEST, "write on a capture stream")
+
+    def close(self) -> None:
+        """The stream's pin was closed; release what it holds."""
+
+
+class FifoCaptureStream(MiniportMidiStream):
+    """A capture stream whose hardware (an ISR, a device callback) appends bytes to a FIFO.
+
+    Input is kept only in RUN, as a UART keeps it. `read` and the STOP flush take
+    `sync`'s lock, so they never interleave with the service routine.
+    """
+
+    def __init__(self, sync: InterruptSync, fifo_size: int) -> None:
+        self.sync = sync
+        self.fifo_size = fifo_size
+        self.overflowed = 0
+        """Bytes of input dropped because the FIFO was full."""
+        self._fifo = bytearray()
+
+    def room(self) -> int:
+        """Bytes `hardware_input` takes now (a stream not running takes and drops all)."""
+        return self.fifo_size - len(self._fifo) if self.state == KsState.RUN else 1 << 62
+
+    def hardware_input(self, data: bytes) -> bool:
+        """The hardware delivered `data`: keep it if running and it fits; True if kept."""
+        if self.state != KsState.RUN:
+            return False
+        if len(data) > self.fifo_size - len(self._fifo):
+            self.overflowed += len(data)
+            return False
+        self._fifo += data
+        return True
+
+    def has_input(self) -> bool:
+        return bool(self._fifo)
+
+    def set_state(self, state: KsState) -> None:
+        with self.sync.lock:
+            self.state = state
+            if state == KsState.STOP:
+                self._fifo.clear()
+
+    def read(self, max_bytes: int) -> bytes:
+        with self.sync.lock:
+            data = bytes(self._fifo[:max_bytes])
+            del self._fifo[: len(data)]
+            return data
+
+
+class MiniportMidi(ABC):
+    """IMiniportMidi. Subclasses are plugins, registered in the `portcls.miniports` group.
+
+    The constructor takes the device's options from the configuration as
+    keyword arguments and must not touch the hardware: that happens in `init`.
+    """
+
+    @abstractmethod
+    def get_description(self) -> FilterDescriptor:
+        """The static filter descriptor: pins, nodes, connections, categories."""
+
+    def data_range_intersection(
+        self, pin: int, client_format: DataFormat, miniport_range: DataRange
+    ) -> DataFormat:
+        """Choose the format for a pin; StatusError(NO_MATCH) if none fits.
+
+        The default raises STATUS_NOT_IMPLEMENTED, which tells the port to use
+        its own intersection (major, sub-format and specifier must agree).
+        """
+        raise StatusError(Status.NOT_IMPLEMENTED)
+
+    @abstractmethod
+    def init(self, resources: ResourceList, port: Port) -> PortServiceGroup | None:
+        """Bind to the port and the hardware; return the group the port should join.
+
+        Raise StatusError to fail the device (e.g. IO_DEVICE_ERROR if the
+        hardware does not answer, DEVICE_CONFIGURATION_ERROR for bad resources).
+        """
+
+    @abstractmethod
+    def new_stream(
+        self, pin: int, capture: bool, fmt: DataFormat
+    ) -> tuple[MiniportMidiStream, PortServiceGroup | None]:
+        """A new stream for `pin`, in KSSTATE_STOP, and (capture) the group its ISR notifies.
+
+        StatusError(INSUFFICIENT_RESOURCES) if the hardware has no stream left.
+        """
+
+    def service(self) -> None:  # noqa: B027 - an optional hook; the default does nothing
+        """Called when the port's sink is serviced (a notify of its group), before that
+        group's capture streams are read. Optional."""
+
+    def close(self) -> None:  # noqa: B027 - an optional hook; the default does nothing
+        """The device is being unloaded; release the hardware."""
