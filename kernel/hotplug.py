@@ -1,7 +1,7 @@
 """Hot plug: rtmidi ports that come and go become devices that arrive and are removed.
 
 For each rtmidi API a `[[hotplug]]` rule names, the PnP manager runs a port
-watcher process (`python -m miniports.portwatch`; the kernel never imports
+watcher process (`python -m miniports.rtmidi.watch`; the kernel never imports
 rtmidi) and reads the port lists it prints. A port matching a rule gets a
 device driven by the rtmidi miniport, started like any configured device (so
 clients hear of its arrival); a port that disappears takes its device with it
@@ -77,7 +77,7 @@ class HotplugManager:
             self._spawn(watcher)
 
     def _spawn(self, watcher: _Watcher) -> None:
-        argv = [sys.executable, "-P", "-m", "miniports.portwatch", "--api", watcher.api,
+        argv = [sys.executable, "-P", "-m", "miniports.rtmidi.watch", "--api", watcher.api,
                 "--interval", str(watcher.interval)]
         watcher.process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, close_fds=True,

@@ -18,7 +18,7 @@ ENTRY_POINT_GROUP: Final = "portcls.miniports"
 BUILTIN: Final[dict[str, str]] = {
     "loopback": "miniports.loopback:LoopbackMiniport",
     "mpu401": "miniports.mpu401.miniport:UartMiniport",
-    "faulty": "miniports.faults:FaultInjector",
+    "faulty": "miniports.testing.faults:FaultInjector",
     "rtmidi": "miniports.rtmidi.miniport:RtMidiMiniport",
 }
 

@@ -56,7 +56,7 @@ def _up(args: argparse.Namespace) -> int:
 def _ls_hardware(api: str | None) -> int:
     """The MIDI ports python-rtmidi sees, per API: what an rtmidi device can name."""
     from ipc.status import StatusError
-    from miniports.rtmidiport import compiled_apis, list_ports
+    from miniports.rtmidi.ports import compiled_apis, list_ports
 
     apis = [api] if api else [a for a in compiled_apis() if a != "auto"]
     failed = 0

@@ -34,12 +34,12 @@ from typing import Final
 from ipc import protocol as p
 from ipc.runtime import now_100ns
 from ipc.status import Status, StatusError
-from miniports.base import PortServiceGroup, ServiceSink
+from miniports.contract import PortServiceGroup, ServiceSink
 from miniports.host.calls import call_miniport_hook
 
 __all__ = ["NOTIFY_ALL", "HostServiceGroup", "ServiceGroups"]
 
-NOTIFY_ALL: Final = -1
+NOTIFY_ALL: Final = p.NOTIFY_ALL
 """The group id of Notify(NULL): the port's group and every stream's group."""
 RUN_BUDGET: Final = 256
 """Group runs per loop turn: a miniport that keeps asking for service cannot starve

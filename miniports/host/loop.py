@@ -32,7 +32,7 @@ from ipc.runtime import now_100ns
 from ipc.status import Status, StatusError
 from ipc.waiter import Waiter
 from miniports import registry
-from miniports.base import MiniportMidi, ResourceList
+from miniports.contract import MiniportMidi, ResourceList
 from miniports.host.bus import KernelBus
 from miniports.host.calls import MiniportFault, call_miniport, call_miniport_hook
 from miniports.host.dpc import NOTIFY_ALL, HostServiceGroup, ServiceGroups

@@ -14,7 +14,7 @@ from typing import Any
 from ipc import protocol as p
 from ipc.rpc import RpcEndpoint
 from ipc.status import BufferTooSmall, Status, StatusError
-from miniports.base import Port, PortServiceGroup, RegistryKey
+from miniports.contract import Port, PortServiceGroup, RegistryKey
 from miniports.host.bus import KernelBus
 from miniports.host.dpc import NOTIFY_ALL, HostServiceGroup, ServiceGroups
 from miniports.host.streams import HostStream

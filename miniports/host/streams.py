@@ -22,7 +22,7 @@ from ipc.channel import ChannelReader, ChannelWriter
 from ipc.ks import KsState
 from ipc.status import Status, StatusError
 from ipc.waiter import Waiter
-from miniports.base import MiniportMidiStream
+from miniports.contract import MiniportMidiStream
 from miniports.host.calls import MiniportFault, call_miniport, call_miniport_hook
 
 __all__ = ["READ_CHUNK", "RENDER_BATCH_BYTES", "RETRY_SECONDS", "HostStream", "StreamTable"]

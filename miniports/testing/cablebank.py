@@ -18,7 +18,7 @@ configured as ``miniport = "miniports.testing.cablebank:CableBankMiniport"`` wit
 from __future__ import annotations
 
 from ipc.ks import KSFILTER_NODE, Connection, DataFlow, FilterDescriptor, PinDescriptor
-from miniports.base import (
+from miniports.contract import (
     DataFormat,
     FifoCaptureStream,
     InterruptSync,

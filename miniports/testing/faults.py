@@ -59,7 +59,7 @@ from typing import Any, Final
 import zmq
 
 from miniports import registry
-from miniports.base import (
+from miniports.contract import (
     DataFormat,
     DataRange,
     FilterDescriptor,
