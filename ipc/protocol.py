@@ -33,6 +33,9 @@ PROTOCOL_VERSION: Final = 1
 EXIT_MINIPORT_FAULT: Final = 70
 """A miniport host's exit status when its miniport raised out of a callback: the
 kernel reports it as that, not as a crash."""
+EXIT_CONFIG_ERROR: Final = 78
+"""A miniport host's exit status when the miniport could not be loaded or constructed
+(sysexits' EX_CONFIG): a configuration error of the device, not a crash to restart."""
 NOTIFY_ALL: Final = -1
 """The group id of `Notify(NULL)`: the miniport's group and every stream's group."""
 MAX_FRAME: Final = 4 << 20
@@ -328,6 +331,18 @@ class Register:
     wants_service: bool
     custom_intersection: bool
     version: int = PROTOCOL_VERSION
+    OP: ClassVar[str]
+
+
+@message("load_failed")
+@dataclass(frozen=True, slots=True)
+class LoadFailed:
+    """Instead of Register: the host could not load or construct its miniport. The
+    device is failed as a configuration error, with `reason`, and not restarted."""
+
+    device: str
+    pid: int
+    reason: str
     OP: ClassVar[str]
 
 

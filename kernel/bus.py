@@ -93,6 +93,15 @@ class Bus:
         if isinstance(msg, p.Request) and isinstance(msg.body, p.Register):
             self._register(pnp, identity, msg.rid, msg.body)
             return
+        if isinstance(msg, p.Request) and isinstance(msg.body, p.LoadFailed):
+            try:
+                pnp.load_failed(identity, msg.body)
+            except StatusError as exc:
+                self.loop.stats["bus_rejected"] += 1
+                self.send(identity, p.encode_exception(msg.rid, exc))
+                return
+            self.send(identity, p.encode_ok(msg.rid))
+            return
         if conn is None:
             self.loop.stats["bus_unknown_sender"] += 1
             if isinstance(msg, p.Request):

@@ -46,6 +46,8 @@ def exit_reason(code: int) -> str:
     """Why a miniport process ended, in words, from its Popen return code."""
     if code == p.EXIT_MINIPORT_FAULT:
         return f"the miniport raised out of a callback (exit {code})"
+    if code == p.EXIT_CONFIG_ERROR:
+        return f"the miniport could not be loaded or constructed (exit {code})"
     if code < 0:
         try:
             name = signal.Signals(-code).name
@@ -176,6 +178,21 @@ class PnpManager:
             reply["interrupt_channel"] = str(interrupt_base)
         return conn, reply
 
+    def load_failed(self, identity: bytes, report: p.LoadFailed) -> None:
+        """The device's host could not load or construct its miniport: a configuration
+        error of that device, reported once with the reason, not restarted."""
+        device = self.devices.get(report.device)
+        if (
+            device is None or identity != report.device.encode() or device.state != "starting"
+            or device.process is None or device.process.pid != report.pid
+        ):
+            raise StatusError(Status.INVALID_DEVICE_REQUEST, "not a device that is starting")
+        reason = f"configuration error: {report.reason}"
+        log.error("device %s: %s", report.device, reason)
+        device.last_exit = reason
+        device.state = "failed"
+        self.check_ready()
+
     def bind(self, conn: MiniportConnection) -> None:
         """PnP start: PcNewPort, port.init (miniport.init + description), PcRegisterSubdevice."""
         device = self.devices[conn.device]
@@ -247,6 +264,10 @@ class PnpManager:
         device.process = None
         if device.kill_timer is not None:
             self.loop.scheduler.cancel_timer(device.kill_timer)
+        if process.returncode == p.EXIT_CONFIG_ERROR and not device.last_exit:
+            device.last_exit = "configuration error (the miniport host said why on stderr)"
+            device.state = "failed"
+            log.error("device %s: %s", device.config.name, device.last_exit)
         # "restarting": a fault already removed the device and scheduled its restart.
         expected = (
             device.state in ("stopping", "failed", "unplugged", "restarting")

@@ -34,7 +34,7 @@ from typing import IO, Any, Final, Self
 import psutil
 
 from ipc.procwatch import stop_process
-from ipc.runtime import runtime_base
+from ipc.runtime import remove_runtime_dir, runtime_base
 from ksclient.client import Client, connect
 
 __all__ = [
@@ -298,6 +298,9 @@ class KernelProcess:
                 self.process.stdout.close()
             if self._config_dir is not None:
                 shutil.rmtree(self._config_dir, ignore_errors=True)
+            # A kernel that had to be killed left its directory; it carries the mark of
+            # a kernel that is gone now, so this removes it (and nothing else).
+            remove_runtime_dir(self.runtime)
 
     def __enter__(self) -> Self:
         return self

@@ -188,3 +188,59 @@ def test_code_in_the_working_directory_does_not_hijack_the_kernel(
     assert proc.returncode == 0, err
     assert "HIJACKED" not in out
     assert "Traceback" not in err, err
+
+
+def _leftovers() -> set[Path]:
+    """Crash-test runtime directories whose kernel is gone (a concurrent test's live
+    kernel is not a leftover)."""
+    from ipc.runtime import kernel_alive, runtime_base
+
+    def dead() -> set[Path]:
+        return {d for d in runtime_base().glob("portcls-crashtest-*") if not kernel_alive(d)}
+
+    found = dead()
+    if found:
+        time.sleep(1.0)  # one being created or removed right now
+        found &= dead()
+    return found
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--miniport", "nosuch"], "no miniport 'nosuch' (known:"),
+        (["--miniport", "nosuchpkg:Cls"], "No module named 'nosuchpkg'"),
+        (["--miniport", "loopback", "--options", '{"colour": "red"}'],
+         "unexpected keyword argument 'colour'"),
+        (["--miniport", "loopback", "--options", "{not json"], "--options is not JSON"),
+    ],
+)
+def test_crashtest_of_a_miniport_that_cannot_start_ends_at_once_with_the_reason(
+    args: list[str], expected: str
+) -> None:
+    before = _leftovers()
+    proc = subprocess.run(
+        [sys.executable, "-m", "ksclient.cli", "crashtest", *args, "--iterations", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert _leftovers() <= before
+
+
+@pytest.mark.slow
+def test_crashtest_of_the_mpu401_with_its_resources(tmp_path: Path) -> None:
+    before = _leftovers()
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ksclient.cli", "crashtest", "--miniport", "mpu401",
+         "--options", '{"cable": "loopback"}', "--resources", '{"io": [[816, 2]], "irq": [9]}',
+         "--iterations", "2", "--faults", "kill,exception", "--json", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert "crashtest: streaming; injecting 2 faults" in proc.stdout  # progress is shown
+    assert "PASS" in proc.stdout
+    assert report.exists()
+    assert _leftovers() <= before

@@ -143,24 +143,41 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _crashtest(args: argparse.Namespace) -> int:
     """Run, print the report, write JSON; 1 if a promise broke."""
-    from miniports.testing.crashtest import FaultResult, run_crashtest
+    from miniports.testing.crashtest import CrashTestError, FaultResult, run_crashtest
 
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
-    options = json.loads(args.options) if args.options else {}
-    if not isinstance(options, dict):
-        raise ValueError("--options must be a JSON object")
+    json_args: list[dict[str, object]] = []
+    for flag, text in (("--options", args.options), ("--resources", args.resources)):
+        try:
+            value = json.loads(text) if text else {}
+        except ValueError as exc:
+            print(f"portcls crashtest: {flag} is not JSON: {exc}", file=sys.stderr)
+            return 2
+        if not isinstance(value, dict):
+            print(f"portcls crashtest: {flag} must be a JSON object", file=sys.stderr)
+            return 2
+        json_args.append(value)
+    options, resources = json_args
 
     def progress(r: FaultResult) -> None:
+        det = "-" if r.detect is None else f"{r.detect * 1000:.0f} ms"
+        rec = "-" if r.recover is None else f"{r.recover * 1000:.0f} ms"
+        line = f"  #{r.iteration:<4} {r.kind:<10} detect {det:>8}  recover {rec:>8}"
         if args.verbose:
-            det = "-" if r.detect is None else f"{r.detect * 1000:.0f} ms"
-            rec = "-" if r.recover is None else f"{r.recover * 1000:.0f} ms"
-            print(f"  #{r.iteration:<4} {r.kind:<10} detect {det:>8}  recover {rec:>8}  "
-                  f"lost {r.lost_measured}  {r.reason} {r.error}".rstrip(), flush=True)
+            line += f"  lost {r.lost_measured}  {r.reason} {r.error}"
+        print(line.rstrip(), flush=True)
 
-    report = run_crashtest(
-        args.miniport, options, args.iterations, faults, args.seed, args.hang_timeout, progress,
-        log=args.verbose,
-    )
+    def status(line: str) -> None:
+        print(f"crashtest: {line}", flush=True)
+
+    try:
+        report = run_crashtest(
+            args.miniport, options, args.iterations, faults, args.seed, args.hang_timeout,
+            progress, log=args.verbose, resources=resources, status=status,
+        )
+    except (CrashTestError, ValueError) as exc:
+        print(f"portcls crashtest: {exc}", file=sys.stderr)
+        return 2
     print(report.text())
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
@@ -195,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     crash.add_argument("--miniport", default="loopback", help="name or module:Class")
     crash.add_argument("--options", default="", help="the miniport's options as JSON")
+    crash.add_argument(
+        "--resources", default="",
+        help='the device\'s resources as JSON, e.g. \'{"io": [[816, 2]], "irq": [9]}\'',
+    )
     crash.add_argument("--iterations", type=int, default=12, help="faults to inject")
     crash.add_argument(
         "--faults", default="kill,segv,exception,hang,corrupt,flood",

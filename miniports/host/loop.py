@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -28,7 +29,8 @@ import zmq
 from ipc import protocol as p
 from ipc.ks import DataFormat, DataRange, KsState
 from ipc.procwatch import ProcessWatch
-from ipc.runtime import now_100ns
+from ipc.rpc import RpcEndpoint
+from ipc.runtime import BUS_SOCKET, ENV_MINIPORT_PATH, endpoint, now_100ns
 from ipc.status import Status, StatusError
 from ipc.waiter import Waiter
 from miniports import registry
@@ -58,14 +60,13 @@ class MiniportHost:
         runtime_dir: Path,
         device: str,
         miniport_name: str,
-        options: dict[str, Any],
+        miniport: MiniportMidi,
         heartbeat: float = 1.0,
     ) -> None:
         self.runtime_dir = runtime_dir
         self.device = device
         self.miniport_name = miniport_name
-        cls = registry.load(miniport_name)
-        self.miniport: MiniportMidi = cls(**options)
+        self.miniport = miniport
         self.heartbeat = heartbeat
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.waiter = Waiter()
@@ -299,6 +300,47 @@ class MiniportHost:
             self._kernel_watch.close()
 
 
+def _extend_path() -> None:
+    """Where the user's own miniports (module:Class) are found: appended after the
+    project's packages, which are imported already, so nothing there can shadow them."""
+    for entry in os.environ.get(ENV_MINIPORT_PATH, "").split(os.pathsep):
+        if entry and entry not in sys.path:
+            sys.path.append(entry)
+
+
+def load_miniport(spec: str, options_json: str) -> MiniportMidi:
+    """The miniport `spec` names, constructed with the JSON `options`; StatusError
+    (DEVICE_CONFIGURATION_ERROR) with the reason if it cannot be loaded or constructed."""
+    try:
+        options = json.loads(options_json)
+        if not isinstance(options, dict):
+            raise ValueError("options must be a JSON object")
+        cls = registry.load(spec)
+        return cls(**options)
+    except StatusError as exc:
+        raise StatusError(Status.DEVICE_CONFIGURATION_ERROR, exc.message) from exc
+    except Exception as exc:  # the miniport's constructor may raise anything
+        raise StatusError(
+            Status.DEVICE_CONFIGURATION_ERROR, f"{spec}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _report_load_failure(runtime: Path, device: str, reason: str) -> bool:
+    """Tell the kernel why, instead of registering; True once it acknowledged."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        rpc = RpcEndpoint(ctx, endpoint(runtime, BUS_SOCKET), device.encode())
+        try:
+            rpc.call(p.LoadFailed(device, os.getpid(), reason[:p.MAX_STR]), 3.0)
+            return True
+        except StatusError:
+            return False
+        finally:
+            rpc.close()
+    finally:
+        ctx.term()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m miniports.host")
     parser.add_argument("--runtime", required=True, type=Path)
@@ -306,12 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--miniport", required=True)
     parser.add_argument("--options", default="{}", help="JSON object of constructor options")
     args = parser.parse_args(argv)
+    # Stopped by the kernel, never by the terminal's Ctrl-C (it is in its own group).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _extend_path()
     try:
-        options = json.loads(args.options)
-        if not isinstance(options, dict):
-            raise ValueError("options must be a JSON object")
-        host = MiniportHost(args.runtime, args.device, args.miniport, options)
-    except (StatusError, ValueError, TypeError) as exc:
-        print(f"miniport host {args.device}: {exc}", file=sys.stderr)
-        return 2
+        miniport = load_miniport(args.miniport, args.options)
+    except StatusError as exc:
+        if not _report_load_failure(args.runtime, args.device, exc.message):
+            print(f"miniport host {args.device}: {exc.message}", file=sys.stderr)
+        return p.EXIT_CONFIG_ERROR
+    host = MiniportHost(args.runtime, args.device, args.miniport, miniport)
     return host.run()

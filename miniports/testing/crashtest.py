@@ -42,7 +42,7 @@ import psutil
 import ksclient
 from ipc.channel import CHANNEL_SUFFIXES
 from ipc.runtime import interrupt_channel_name, runtime_base
-from ksclient.launch import KernelProcess, toml_config
+from ksclient.launch import KernelProcess, KernelStartError, toml_config
 from miniports.testing.faults import trigger_fault
 
 FAULT_KINDS: Final = ("kill", "segv", "exception", "hang", "corrupt", "flood")
@@ -202,7 +202,14 @@ class Report:
         return "\n".join(lines)
 
 
-def _config(miniport: str, options: dict[str, Any], hang_timeout: float) -> str:
+class CrashTestError(RuntimeError):
+    """The crash test could not run (the miniport does not start, the kernel does not
+    come up); the message says why. Nothing is left behind."""
+
+
+def _config(
+    miniport: str, options: dict[str, Any], hang_timeout: float, resources: dict[str, Any]
+) -> str:
     return toml_config(
         [
             {"name": HEALTHY, "miniport": "loopback", "restart": "never"},
@@ -210,6 +217,7 @@ def _config(miniport: str, options: dict[str, Any], hang_timeout: float) -> str:
                 "name": FAULTY,
                 "miniport": "faulty",
                 "options": {"miniport": miniport, "options": options},
+                "resources": resources,
                 "restart": {"limit": 1000000, "window": 5.0, "backoff": 0.05,
                             "max_backoff": 0.5},
             },
@@ -413,13 +421,18 @@ def run_crashtest(
     hang_timeout: float = 1.5,
     progress: Callable[[FaultResult], None] | None = None,
     log: bool = False,
+    resources: dict[str, Any] | None = None,
+    status: Callable[[str], None] | None = None,
 ) -> Report:
     """Crash-test `miniport` (a name or module:Class, with `options`) for `iterations`
     faults drawn from `faults` (each kind in turn, in an order shuffled by `seed`).
 
     ValueError for an unknown fault kind or a non-positive iteration count.
-    `log`: let the kernel's and the miniport hosts' stderr through.
+    `log`: let the kernel's and the miniport hosts' stderr through. `resources`:
+    the device's resource list (what the miniport's init gets), e.g. an MPU-401's
+    `{"io": [[0x330, 2]], "irq": [9]}`. `status(line)` hears what the run is doing.
     Returns the Report; nothing is left running or on disk afterwards.
+    CrashTestError (at once, with the reason) if the miniport cannot be started.
     """
     unknown = [k for k in faults if k not in FAULT_KINDS]
     if unknown or not faults:
@@ -436,12 +449,18 @@ def run_crashtest(
         plan += round_
     plan = plan[:iterations]
     report = Report(miniport, seed)
-    kernel = _Kernel.open(_config(miniport, options or {}, hang_timeout), log)
+    say = status or (lambda line: None)
+    say(f"starting a kernel with {miniport!r} behind the fault injector")
+    try:
+        kernel = _Kernel.open(_config(miniport, options or {}, hang_timeout, resources or {}),
+                              log)
+    except KernelStartError as exc:
+        raise CrashTestError(f"the test kernel did not start: {exc}") from None
     healthy = _HealthyStream(kernel.runtime, report)
     try:
         with ksclient.connect(kernel.runtime, name="crashtest", reopen_timeout=30.0) as client:
-            client.wait_for_filter(FAULTY)
-            client.wait_for_filter(HEALTHY)
+            _wait_for_devices(client, miniport)
+            say(f"streaming; injecting {iterations} faults ({', '.join(faults)}), seed {seed}")
             healthy.start()
             healthy.ready.wait(10)
             stream = _FaultyStream(kernel, client)
@@ -462,12 +481,39 @@ def run_crashtest(
             stream.close()
     finally:
         healthy.stopping.set()
-        healthy.join(SETTLE_SECONDS + 10)
-        report.kernel_survived = kernel.alive()
-        exit_code = kernel.stop()
-        if not report.kernel_survived:
-            report.kernel_exit = exit_code
+        try:
+            if healthy.is_alive():
+                healthy.join(SETTLE_SECONDS + 10)
+        finally:
+            report.kernel_survived = kernel.alive()
+            exit_code = kernel.stop()
+            if not report.kernel_survived:
+                report.kernel_exit = exit_code
     return report
+
+
+def _wait_for_devices(client: ksclient.Client, miniport: str, timeout: float = 20.0) -> None:
+    """Both devices published; CrashTestError at once if one failed to start."""
+    deadline = time.monotonic() + timeout
+    while True:
+        present = {f.id for f in client.filters()}
+        if {FAULTY, HEALTHY} <= present:
+            return
+        devices = client.stats()["devices"]
+        for name in (FAULTY, HEALTHY):
+            device = devices.get(name, {})
+            if name not in present and device.get("state") == "failed":
+                raise CrashTestError(
+                    f"the miniport {miniport!r} could not be started: {device.get('last_exit')}"
+                    if name == FAULTY else f"the healthy loopback device failed: "
+                    f"{device.get('last_exit')}"
+                )
+        if time.monotonic() >= deadline:
+            raise CrashTestError(
+                f"the miniport {miniport!r} did not start in {timeout:g} s "
+                f"(state {devices.get(FAULTY, {}).get('state')!r})"
+            )
+        time.sleep(0.05)
 
 
 def _one_fault(
