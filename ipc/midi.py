@@ -189,6 +189,53 @@ def spec_for(status: int) -> MessageSpec | None:
     return _SPEC_BY_BYTE[status]
 
 
+class InvalidMessage(ValueError):
+    """Bytes that are not exactly one valid MIDI 1.0 message; the message says why."""
+
+
+_DATA_ONLY: Final = re.compile(rb"^[\x00-\x7f]*$")
+
+
+def check_message(data: bytes) -> None:
+    """InvalidMessage unless `data` is exactly one valid MIDI 1.0 message: a defined
+    status byte followed by exactly the data bytes (0-7F) it takes, or a whole SysEx
+    (F0, data bytes, F7). Running status, several messages, an undefined status (F4,
+    F5, F9, FD), a lone F7 or a data byte out of range are refused, naming the byte."""
+    if not data:
+        raise InvalidMessage("an empty message")
+    status = data[0]
+    if status < 0x80:
+        raise InvalidMessage(
+            f"byte 0 is {status:#04x}, a data byte: a message starts with a status byte "
+            "(running status is not sent as a message)"
+        )
+    if status in UNDEFINED:
+        raise InvalidMessage(f"byte 0 is {status:#04x}, an undefined status byte")
+    if status == SYSEX_END:
+        raise InvalidMessage("byte 0 is 0xf7, the end of a SysEx that never started")
+    if status == SYSEX_START:
+        if len(data) < 2 or data[-1] != SYSEX_END:
+            raise InvalidMessage("a SysEx must end with 0xf7")
+        body = data[1:-1]
+        if not _DATA_ONLY.match(body):
+            i = next(i for i, b in enumerate(body) if b >= 0x80) + 1
+            raise InvalidMessage(
+                f"byte {i} is {data[i]:#04x}, a status byte inside a SysEx (only 00-7f)"
+            )
+        return
+    length = MESSAGE_LENGTH[status]
+    if len(data) != length:
+        spec = _SPEC_BY_BYTE[status]
+        name = spec.name if spec is not None else "message"
+        raise InvalidMessage(
+            f"{name} ({status:#04x}) is {length} byte{'s' if length > 1 else ''}, "
+            f"not {len(data)}"
+        )
+    for i in range(1, length):
+        if data[i] >= 0x80:
+            raise InvalidMessage(f"byte {i} is {data[i]:#04x}, not a data byte (00-7f)")
+
+
 Record: TypeAlias = tuple[int, int, bytes]
 """What the assembler emits: (timestamp, flags, message bytes)."""
 

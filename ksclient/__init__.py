@@ -1,6 +1,7 @@
 """The portcls-emu client SDK. Start with `ksclient.connect()`."""
 
 from ipc.ks import DataFormat, DataRange, KsState
+from ipc.midi import InvalidMessage
 from ksclient.client import (
     CapturePin,
     Client,
@@ -41,6 +42,7 @@ __all__ = [
     "DeviceRemovedError",
     "FilterInfo",
     "InstancesExhaustedError",
+    "InvalidMessage",
     "InvalidStateError",
     "KernelEvent",
     "KernelGoneError",

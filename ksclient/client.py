@@ -50,6 +50,7 @@ from ipc.ks import (
 from ipc.midi import FLAG_SYSEX as FLAG_SYSEX
 from ipc.midi import FLAG_SYSEX_ABORTED as FLAG_SYSEX_ABORTED
 from ipc.midi import FLAG_SYSEX_MORE as FLAG_SYSEX_MORE
+from ipc.midi import InvalidMessage, check_message
 from ipc.procwatch import ProcessWatch
 from ipc.ring import RingError
 from ipc.rpc import RpcEndpoint, RpcTimeout
@@ -189,6 +190,12 @@ def _to_bytes(message: Any) -> bytes:
     try:
         return bytes(message)
     except (TypeError, ValueError) as exc:
+        if isinstance(message, Iterable) and not isinstance(message, (str, dict)):
+            for i, value in enumerate(message):
+                if not isinstance(value, int) or not 0 <= value <= 255:
+                    raise InvalidMessage(
+                        f"byte {i} is {value!r}, not a byte (an int in 0..255)"
+                    ) from None
         raise TypeError(f"cannot send {type(message).__name__} as MIDI bytes") from exc
 
 
@@ -760,10 +767,14 @@ class RenderPin(Pin):
         passed = int(kernel_stats.get("released", 0)) + int(kernel_stats.get("flushed", 0))
         return max(0, self._written - passed) + int(kernel_stats.get("undelivered", 0))
 
-    def _records(self, message: Any, at: int | None) -> list[tuple[int, int, bytes]]:
+    def _records(
+        self, message: Any, at: int | None, raw: bool = False
+    ) -> list[tuple[int, int, bytes]]:
         data = _to_bytes(message)
         if not data:
-            raise ValueError("an empty message")
+            raise InvalidMessage("an empty message")
+        if not raw:
+            check_message(data)
         stamp = 0 if at is None else int(at)
         if stamp < 0:
             raise ValueError("at is a time on the shared clock (ksclient.now()), not negative")
@@ -789,8 +800,15 @@ class RenderPin(Pin):
         `at`: presentation time on the shared clock (`ksclient.now()` + delay in
         100 ns units); None plays at once. Blocks while the ring is full, up to
         `timeout` seconds (None: no limit). Events play in the order sent.
+        InvalidMessage (a ValueError), sending nothing, unless the message is exactly
+        one valid MIDI 1.0 message; `send_raw` sends any bytes.
         """
         self.send_many([message], at, timeout)
+
+    def send_raw(self, data: Any, at: int | None = None, timeout: float | None = None) -> None:
+        """Queue bytes as they are: a stream of MIDI bytes (running status, several
+        messages, anything), unchecked. For those who mean it."""
+        self.send_many([data], at, timeout, raw=True)
 
     def send_nowait(self, message: Any, at: int | None = None) -> None:
         """Like send, but raise WouldBlock (sending nothing) if the ring has no room."""
@@ -812,14 +830,17 @@ class RenderPin(Pin):
         self.send_many([b"".join(r[2] for r in records[sent:])], at)
 
     def send_many(
-        self, messages: Iterable[Any], at: int | None = None, timeout: float | None = None
+        self, messages: Iterable[Any], at: int | None = None, timeout: float | None = None,
+        raw: bool = False,
     ) -> None:
-        """Queue several messages at once (one wake-up for the lot): the fast path."""
+        """Queue several messages at once (one wake-up for the lot): the fast path.
+        Every message is checked first (see `send`); one invalid message sends none.
+        `raw`: queue the bytes unchecked (see `send_raw`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self._ready(deadline)
         records: list[tuple[int, int, bytes]] = []
         for message in messages:
-            records += self._records(message, at)
+            records += self._records(message, at, raw)
         while records:
             # After an auto-reopen the pin has a new channel: look it up every time.
             channel = self._channel

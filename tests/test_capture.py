@@ -26,7 +26,7 @@ def _all(inp: ksclient.CapturePin, n: int) -> list[bytes]:
 
 def test_running_status_is_expanded(loop) -> None:
     out, inp = loop
-    out.send(bytes([0x90, 60, 100, 62, 101, 64, 102, 0xC0, 5, 6]))
+    out.send_raw(bytes([0x90, 60, 100, 62, 101, 64, 102, 0xC0, 5, 6]))
     assert _all(inp, 5) == [
         bytes([0x90, 60, 100]),
         bytes([0x90, 62, 101]),
@@ -38,7 +38,7 @@ def test_running_status_is_expanded(loop) -> None:
 
 def test_real_time_bytes_inside_a_message_come_on_their_own(loop) -> None:
     out, inp = loop
-    out.send(bytes([0x90, 0xF8, 60, 0xFE, 100, 0xF0, 1, 0xFA, 2, 0xF7]))
+    out.send_raw(bytes([0x90, 0xF8, 60, 0xFE, 100, 0xF0, 1, 0xFA, 2, 0xF7]))
     assert _all(inp, 5) == [
         b"\xf8", b"\xfe", bytes([0x90, 60, 100]), b"\xfa", bytes([0xF0, 1, 2, 0xF7])
     ]
@@ -46,7 +46,7 @@ def test_real_time_bytes_inside_a_message_come_on_their_own(loop) -> None:
 
 def test_stray_bytes_are_dropped_and_counted(loop) -> None:
     out, inp = loop
-    out.send(bytes([60, 61, 0xF7, 0xF4, 0x90, 60, 100]))
+    out.send_raw(bytes([60, 61, 0xF7, 0xF4, 0x90, 60, 100]))
     assert _all(inp, 1) == [bytes([0x90, 60, 100])]
     assert inp.statistics()["stray_bytes"] == 4
 
@@ -66,7 +66,7 @@ def test_sysex_of_any_length_round_trips(loop, payload: int) -> None:
 
 def test_sysex_cut_short_by_a_status_byte(loop) -> None:
     out, inp = loop
-    out.send(bytes([0xF0, 1, 2, 0x90, 60, 100]))
+    out.send_raw(bytes([0xF0, 1, 2, 0x90, 60, 100]))
     cut = inp.receive(timeout=10)
     assert cut.is_sysex and cut.aborted and cut.data == bytes([0xF0, 1, 2])
     assert inp.receive(timeout=10).data == bytes([0x90, 60, 100])

@@ -244,3 +244,39 @@ def test_crashtest_of_the_mpu401_with_its_resources(tmp_path: Path) -> None:
     assert "PASS" in proc.stdout
     assert report.exists()
     assert _leftovers() <= before
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ([0x90, 200, 100], "byte 1 is 0xc8, not a data byte"),
+        ([256], "byte 0 is 256, not a byte"),
+        ([0x90, 60], "note_on (0x90) is 3 bytes, not 2"),
+        ([0x90, 60, 100, 62, 101], "note_on (0x90) is 3 bytes, not 5"),
+        ([60, 100], "byte 0 is 0x3c, a data byte"),
+        ([0xF0, 1, 2], "a SysEx must end with 0xf7"),
+        ([0xF7], "the end of a SysEx that never started"),
+        ([0xF0, 1, 0x90, 2, 0xF7], "byte 2 is 0x90, a status byte inside a SysEx"),
+        ([0xF4], "undefined status byte"),
+        ([], "an empty message"),
+    ],
+)
+def test_send_refuses_what_is_not_one_valid_midi_message(
+    loopback_kernel, message: list[int], reason: str
+) -> None:
+    import ksclient
+
+    with loopback_kernel.connect() as c:
+        out, inp = c.open_render("loopback"), c.open_capture("loopback")
+        inp.run()
+        out.run()
+        with pytest.raises(ksclient.InvalidMessage, match=reason.replace("(", r"\(")
+                           .replace(")", r"\)")):
+            out.send(message)
+        with pytest.raises(ksclient.InvalidMessage):
+            out.send_many([b"\x90\x3c\x40", message])  # one bad message sends none
+        out.send(b"\x80\x3c\x00")
+        assert inp.receive(timeout=5).data == b"\x80\x3c\x00"  # nothing else came first
+        out.send_raw(bytes([0x90, 60, 100, 62, 101]))  # the explicit raw path
+        assert [inp.receive(timeout=5).data for _ in range(2)] == [
+            b"\x90\x3c\x64", b"\x90\x3e\x65"]

@@ -22,7 +22,7 @@ def test_device_properties_and_registry(start_kernel) -> None:
         with client.open_render("regprobe") as cmd, client.open_capture("regprobe") as inp:
             inp.run()
             cmd.run()
-            cmd.send(b"\x07")
+            cmd.send_raw(b"\x07")
             msg = inp.receive(timeout=10)
     result = json.loads(msg.data[1:-1])
     assert result == {

@@ -109,7 +109,7 @@ def test_garbage_from_a_registered_miniport_is_counted(start_kernel) -> None:
         client.wait_for_filter("garbage")
         with client.open_render("garbage") as out:
             out.run()
-            out.send(b"\x01")
+            out.send_raw(b"\x01")
             deadline = ksclient.now() + 50_000_000
             while ksclient.now() < deadline:
                 malformed = client.stats()["devices"]["garbage"]["malformed"]

@@ -132,24 +132,24 @@ def test_groups_through_real_processes(start_kernel) -> None:
         with client.open_render("probe") as cmd, client.open_capture("probe") as inp:
             inp.run()
             cmd.run()
-            cmd.send(b"\x01")  # three requests on main: one run, members in order, nested last
+            cmd.send_raw(b"\x01")  # three requests on main: one run, members in order, nested last
             assert [v for v, _ in _reports(inp)] == [0x0A, 0x0D, 0x0B, 0x0C]
 
             sent = now_100ns()
-            cmd.send(b"\x02")  # delayed 20 ms
+            cmd.send_raw(b"\x02")  # delayed 20 ms
             reports = _reports(inp)
             assert [v for v, _ in reports] == [0x0B, 0x0C]
             assert all(t - sent >= 200_000 for _, t in reports)
 
-            cmd.send(b"\x03\x05")  # delayed then cancelled: only the marker comes
+            cmd.send_raw(b"\x03\x05")  # delayed then cancelled: only the marker comes
             time.sleep(0.25)
             assert [v for v, _ in _reports(inp)] == [0x55]
 
             sent = now_100ns()
-            cmd.send(b"\x06")  # absolute time 30 ms ahead
+            cmd.send_raw(b"\x06")  # absolute time 30 ms ahead
             reports = _reports(inp)
             assert [v for v, _ in reports] == [0x0B, 0x0C]
             assert all(t - sent >= 300_000 for _, t in reports)
 
-            cmd.send(b"\x04")  # C removed from group_a
+            cmd.send_raw(b"\x04")  # C removed from group_a
             assert [v for v, _ in _reports(inp)] == [0x0B]
