@@ -280,3 +280,13 @@ def test_send_refuses_what_is_not_one_valid_midi_message(
         out.send_raw(bytes([0x90, 60, 100, 62, 101]))  # the explicit raw path
         assert [inp.receive(timeout=5).data for _ in range(2)] == [
             b"\x90\x3c\x64", b"\x90\x3e\x65"]
+
+
+def test_ls_hardware_keeps_the_c_libraries_stderr_out_of_the_terminal(tmp_path: Path) -> None:
+    # No JACK server under this name and (here) no ALSA sequencer: both libraries
+    # complain on file descriptor 2; the reason belongs in the listing, once.
+    env = {**os.environ, "JACK_DEFAULT_SERVER": f"portcls-none-{os.getpid()}"}
+    proc = subprocess.run([sys.executable, "-m", "ksclient.cli", "ls", "--hardware"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.stderr == ""
+    assert "jack:" in proc.stdout

@@ -7,8 +7,12 @@ opens a port for MIDI traffic.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Final
 
 import rtmidi
@@ -53,20 +57,46 @@ def list_ports(api: str, client_name: str = "portcls-ls") -> dict[str, list[str]
     """
     api_const = api_id(api)
     no_autostart()
-    try:
-        midi_in = rtmidi.MidiIn(rtapi=api_const, name=client_name)
+    with c_stderr_captured() as said:
         try:
-            inputs = list(midi_in.get_ports())
-        finally:
-            midi_in.delete()
-        midi_out = rtmidi.MidiOut(rtapi=api_const, name=client_name)
-        try:
-            outputs = list(midi_out.get_ports())
-        finally:
-            midi_out.delete()
-    except rtmidi.RtMidiError as exc:
-        raise StatusError(Status.IO_DEVICE_ERROR, f"rtmidi {api}: {exc}") from exc
+            midi_in = rtmidi.MidiIn(rtapi=api_const, name=client_name)
+            try:
+                inputs = list(midi_in.get_ports())
+            finally:
+                midi_in.delete()
+            midi_out = rtmidi.MidiOut(rtapi=api_const, name=client_name)
+            try:
+                outputs = list(midi_out.get_ports())
+            finally:
+                midi_out.delete()
+        except rtmidi.RtMidiError as exc:
+            error: StatusError | None = StatusError(Status.IO_DEVICE_ERROR, f"rtmidi {api}: {exc}")
+        else:
+            error = None
+    if error is not None:
+        first = next((line for line in said if line.strip()), "")
+        if first:
+            error = StatusError(error.status, f"{error.message} ({first.strip()[:200]})")
+        raise error
     return {"inputs": inputs, "outputs": outputs}
+
+
+@contextlib.contextmanager
+def c_stderr_captured() -> Iterator[list[str]]:
+    """What the C libraries under rtmidi (ALSA, JACK) print on file descriptor 2 while
+    the block runs, kept out of the user's terminal; the yielded list gets its lines."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(sink.read(1 << 16).decode("utf-8", "replace").splitlines())
 
 
 def no_autostart() -> None:
