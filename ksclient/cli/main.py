@@ -15,6 +15,7 @@ from pathlib import Path
 
 import ksclient
 from ipc.ks import Communication, DataFlow
+from ipc.platform import PlatformError, check_platform
 from ipc.runtime import ENV_MINIPORT_PATH, ENV_RUNTIME_DIR, runtime_base
 from ksclient.cli import bench
 from ksclient.launch import KernelStartError, kernel_command, start_kernel
@@ -230,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         "bench", help=bench.DESCRIPTION, description=bench.DESCRIPTION
     ))
     args = parser.parse_args(argv)
+    try:
+        check_platform()
+    except PlatformError as exc:
+        print(f"portcls: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.command == "up":
             return _up(args)
