@@ -219,3 +219,36 @@ def test_no_kernel(command: list[str], tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "no kernel is running" in result.stderr
+
+
+def test_play_interrupted_silences_the_device(
+    loopback_kernel: KernelProcess, tmp_path: Path
+) -> None:
+    source = tmp_path / "long.mid"
+    midi = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack()
+    midi.tracks.append(track)
+    for note in range(60, 100):  # one note_on every half second: 20 s, never finished here
+        track.append(mido.Message("note_on", note=note, velocity=80, time=480))
+    midi.save(source)
+    with background(loopback_kernel, "monitor", "loopback", "--json", "--duration", "30") as mon:
+        play = subprocess.Popen(
+            [sys.executable, "-m", "ksclient.cli", "play", str(source), "--to", "loopback",
+             "--runtime", str(loopback_kernel.runtime)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert mon.stdout is not None
+        seen = [json.loads(mon.stdout.readline())]
+        assert seen[0]["type"] == "note_on"
+        play.send_signal(signal.SIGINT)
+        _, err = play.communicate(timeout=TIMEOUT)
+        print(err)
+        assert play.returncode == 130
+        assert "all notes off" in err
+        while sum(m["type"] == "control_change" for m in seen) < 32:
+            line = mon.stdout.readline()
+            assert line, "the monitor ended before the device was silenced"
+            seen.append(json.loads(line))
+        mon.send_signal(signal.SIGINT)
+    silenced = [(m["channel"], m["control"]) for m in seen if m["type"] == "control_change"]
+    assert sorted(silenced) == [(ch, cc) for ch in range(16) for cc in (120, 123)]
