@@ -46,12 +46,13 @@ def summarize(rtts: list[float], lost: int, filter_id: str) -> dict[str, Any]:
     if rtts:
         ordered = sorted(rtts)
         diffs = [abs(b - a) for a, b in itertools.pairwise(rtts)]
-        result.update({
+        figures = {
             "min_us": ordered[0], "avg_us": statistics.fmean(rtts),
             "p50_us": percentile(ordered, 0.50), "p99_us": percentile(ordered, 0.99),
             "max_us": ordered[-1], "jitter_us": statistics.fmean(diffs) if diffs else 0.0,
             "stdev_us": statistics.pstdev(rtts),
-        })
+        }
+        result.update({key: round(value, 1) for key, value in figures.items()})
     return result
 
 
