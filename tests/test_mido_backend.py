@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import mido
 import pytest
 
+from ipc.status import Status
+from ksclient.mido_backend import PortError
 from tests.conftest import ROOT, KernelProcess
 
 BACKEND = "ksclient.mido_backend"
@@ -127,15 +131,26 @@ def test_ioport_callback_and_errors(loopback_kernel: KernelProcess) -> None:
 
 def test_removed_device_is_an_oserror(loopback_kernel: KernelProcess) -> None:
     backend = mido.Backend(BACKEND, load=True)
-    out = backend.open_output("loopback:MIDI Out", runtime_dir=loopback_kernel.runtime)
+    runtime = loopback_kernel.runtime
+    with loopback_kernel.connect() as client:
+        pid = client.stats()["devices"]["loopback"]["pid"]
+    out = backend.open_output("loopback:MIDI Out", runtime_dir=runtime)
+    inp = backend.open_input("loopback:MIDI In", runtime_dir=runtime)
     try:
-        loopback_kernel.stop()
-        with pytest.raises(OSError):
-            for _ in range(1000):
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(OSError) as raised:
+            while True:  # until the removal reaches this client
+                inp.receive()
+        assert isinstance(raised.value, PortError)
+        assert raised.value.status == Status.DEVICE_REMOVED
+        with pytest.raises(PortError, match="DEVICE_REMOVED"):
+            for _ in range(100):
                 out.send(mido.Message("note_on"))
-                threading.Event().wait(0.01)
+                time.sleep(0.05)
     finally:
         out.close()
+        inp.close()
+    assert out.closed and inp.closed
 
 
 def test_mido_play_through_the_loopback(
