@@ -52,6 +52,9 @@ def test_mido_ports_lists_the_pins(loopback_kernel: KernelProcess) -> None:
 
 def test_get_devices(start_kernel: Callable[..., KernelProcess]) -> None:
     kernel = start_kernel()  # the default: loopback and an MPU-401 looped back
+    with kernel.connect() as client:
+        for name in ("loopback", "mpu401"):
+            client.wait_for_filter(name)
     backend = mido.Backend(BACKEND, load=True)
     devices = backend.module.get_devices(runtime_dir=kernel.runtime)
     names = {d["name"]: (d["is_input"], d["is_output"]) for d in devices}
@@ -60,7 +63,7 @@ def test_get_devices(start_kernel: Callable[..., KernelProcess]) -> None:
     assert names["loopback"] == (True, True)
     assert names["mpu401:MIDI Render"] == (False, True)
     assert names["mpu401:MIDI Capture"] == (True, False)
-    assert backend.get_ioport_names(runtime_dir=kernel.runtime) == ["loopback", "mpu401"]
+    assert sorted(backend.get_ioport_names(runtime_dir=kernel.runtime)) == ["loopback", "mpu401"]
 
 
 PROGRAM = """
