@@ -32,6 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_runtime(parser)
 
 
+UNDEFINED_CONTROLLERS = range(102, 120)
+
+
+def probe(i: int) -> bytes:
+    """The i-th probe: a control change on an undefined controller (102-119) of channel 16,
+    so that a real synthesizer on the loop plays nothing; unique over 2,304 in a row."""
+    control = UNDEFINED_CONTROLLERS[(i // 128) % len(UNDEFINED_CONTROLLERS)]
+    return bytes((0xBF, control, i % 128))
+
+
 def percentile(ordered: list[float], fraction: float) -> float:
     """The nearest-rank percentile of sorted values."""
     rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
@@ -67,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             inp.run()
             out.run()
             for i in range(args.count):
-                data = bytes((0x90, i % 128, 1 + (i // 128) % 127))
+                data = probe(i)
                 sent = ksclient.now()
                 out.send(data)
                 try:
