@@ -9,6 +9,7 @@ be this project's own: PyPI has unrelated distributions called `kernel` and
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Final
@@ -32,9 +33,23 @@ def check_own_packages() -> None:
     """PlatformError if one of the project's top-level packages is found somewhere else
     than beside this one (another distribution of the same name shadows it)."""
     home = Path(__file__).resolve().parent.parent
-    for name in OWN_PACKAGES:
-        spec = importlib.util.find_spec(name)
-        origin = spec.origin if spec is not None else None
+    # As the project's child processes see it (python -P): the working directory is
+    # not on the path, so a kernel.py lying there is not "the" kernel package.
+    cwd = {"", ".", os.getcwd()}
+    saved = sys.path[:]
+    sys.path[:] = [entry for entry in saved if entry not in cwd]
+    try:
+        origins = {}
+        for name in OWN_PACKAGES:
+            module = sys.modules.get(name)
+            if module is not None:
+                origins[name] = getattr(module, "__file__", None)
+            else:
+                spec = importlib.util.find_spec(name)
+                origins[name] = spec.origin if spec is not None else None
+    finally:
+        sys.path[:] = saved
+    for name, origin in origins.items():
         where = Path(origin).resolve().parent.parent if origin else None
         if where != home:
             raise PlatformError(

@@ -1,5 +1,6 @@
-"""The `portcls` command: the tools built on the SDK (`portcls up`, `ls`, `demo`,
-`crashtest`, `bench`). Nothing in the SDK imports this package."""
+"""The `portcls` command: the tools built on the SDK (`portcls up`, `ls`, `info`, `watch`,
+`send`, `monitor`, `ping`, `play`, `record`, `demo`, `crashtest`, `bench`). Nothing in the
+SDK imports this package."""
 
 from ksclient.cli.main import main
 

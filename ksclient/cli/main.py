@@ -1,5 +1,5 @@
-"""The `portcls` command: up, ls, demo, crashtest, bench. The CLI is just another client of
-the kernel."""
+"""The `portcls` command: up, ls, info, watch, send, monitor, ping, play, record, demo,
+crashtest, bench. The CLI is just another client of the kernel."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import ksclient
 from ipc.ks import Communication, DataFlow
 from ipc.platform import PlatformError, check_platform
 from ipc.runtime import ENV_MINIPORT_PATH, ENV_RUNTIME_DIR, runtime_base
-from ksclient.cli import bench
+from ksclient.cli import bench, info, monitor, ping, play, send, watch
 from ksclient.launch import KernelStartError, kernel_command, start_kernel
 
 
@@ -81,6 +81,8 @@ def _ls(args: argparse.Namespace) -> int:
     if args.hardware:
         return _ls_hardware(args.api)
     with ksclient.connect(args.runtime, timeout=args.timeout) as client:
+        if args.json:
+            return info.run_ls_json(client)
         filters = client.filters()
         if not filters:
             print("no filters")
@@ -97,6 +99,7 @@ def _ls(args: argparse.Namespace) -> int:
                     f"  pin {pin.id}: {pin.name:<12} {kind:<10} instances {f.open_counts[pin.id]}"
                     f"/{limit}  data ranges {ranges}"
                 )
+        info.print_other_devices(client, filters)
     return 0
 
 
@@ -185,10 +188,39 @@ def _crashtest(args: argparse.Namespace) -> int:
     return 1 if report.broken_promises() else 0
 
 
+def version() -> str:
+    """The installed distribution's version, else the one pyproject.toml in this tree says."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("portcls-emu")
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        try:
+            return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
+TOOLS = {
+    "info": (info.DESCRIPTION, info.add_arguments, info.run),
+    "watch": (watch.DESCRIPTION, watch.add_arguments, watch.run),
+    "send": (send.DESCRIPTION, send.add_arguments, send.run),
+    "monitor": (monitor.DESCRIPTION, monitor.add_arguments, monitor.run),
+    "ping": (ping.DESCRIPTION, ping.add_arguments, ping.run),
+    "play": (play.PLAY_DESCRIPTION, play.add_play_arguments, play.run_play),
+    "record": (play.RECORD_DESCRIPTION, play.add_record_arguments, play.run_record),
+}
+"""The user tools, one module each: name -> (description, add_arguments, run)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="portcls", description="PortCls MIDI driver-model emulator"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run a kernel in the foreground (Ctrl-C stops it)")
     up.add_argument("config", nargs="?", type=Path, help="TOML configuration")
@@ -204,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     ls.add_argument("--hardware", action="store_true",
                     help="list the MIDI ports rtmidi sees, per API, instead (no kernel needed)")
     ls.add_argument("--api", help="with --hardware: only this rtmidi API (alsa, jack, ...)")
+    ls.add_argument("--json", action="store_true",
+                    help="filters, pins and every device's state as one JSON object")
+    for name, (description, add_arguments, _) in TOOLS.items():
+        add_arguments(sub.add_parser(name, help=description, description=description))
     demo = sub.add_parser("demo", help="start a kernel, loop a phrase through it, print the times")
     demo.add_argument("config", nargs="?", type=Path)
     demo.add_argument("--filter", default="loopback")
@@ -245,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             return _crashtest(args)
         if args.command == "bench":
             return bench.run(args)
+        if args.command in TOOLS:
+            return TOOLS[args.command][2](args)
         return _demo(args)
     except ksclient.KsError as exc:
         print(f"portcls: {exc}", file=sys.stderr)
@@ -254,4 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `portcls ... | head`
+        sys.stderr.close()
+        return 0
 
