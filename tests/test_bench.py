@@ -57,11 +57,11 @@ def _check_throughput(figures: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     doc = _run_bench(tmp_path, "--no-pinned", "--clients", "1,2", "--miniports", "1,2")
-    for key in ("loopback", "loopback_sysex_1k", "raw_zmq", "raw_ring"):
+    for key in ("loopback", "loopback_sysex_1k", "raw_zmq", "raw_ring", "floor"):
         _check_roundtrip(doc["roundtrip"][key])
     assert "rtmidi_jack" not in doc["roundtrip"]
     assert doc["skipped"]["rtmidi_jack"] == "--no-jack"
-    for key in ("loopback", "raw_ring", "raw_zmq"):
+    for key in ("loopback", "raw_ring", "raw_zmq", "floor"):
         _check_throughput(doc["throughput"][key])
     assert isinstance(doc["idle_cpu_percent"], float) and doc["idle_cpu_percent"] >= 0
     assert doc["cpu"]["idle"]["miniports"] == 3
@@ -82,8 +82,23 @@ def test_bench_pinned_child_reports_back(tmp_path: Path) -> None:
     doc = _run_bench(tmp_path, "--no-scaling")
     pinned = doc["pinned"]
     assert len(pinned["affinity"]) == 1 and pinned["affinity"] == [pinned["cpu"]]
-    for key in ("loopback", "raw_zmq", "raw_ring"):
+    for key in ("loopback", "raw_zmq", "raw_ring", "floor"):
         _check_roundtrip(pinned["roundtrip"][key])
-    for key in ("loopback", "raw_ring", "raw_zmq"):
+    for key in ("loopback", "raw_ring", "raw_zmq", "floor"):
         _check_throughput(pinned["throughput"][key])
     assert any(row["variant"] == "pinned" for row in doc["targets"])
+
+
+def test_the_floor_shares_no_code_with_the_project() -> None:
+    """The floor's processes run floor.py as a script: it may import the standard
+    library only, or a change to the project's rings would move the floor too."""
+    import ast
+
+    tree = ast.parse((ROOT / "ksclient" / "cli" / "bench" / "floor.py").read_text())
+    imported = {
+        (node.module or "").split(".")[0] if isinstance(node, ast.ImportFrom)
+        else alias.name.split(".")[0]
+        for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported

@@ -8,6 +8,9 @@
   a ring plus FIFO doorbells with armed-flag coalescing). Every wait is blocking:
   ``prepare_to_sleep()``, poll ``data_fileno()``, ``receive_many()``; nothing spins.
   No protocol, no pins, no KSSTATE: the floor the project's data path stands on.
+* :class:`Floor`: the floor every ratio is taken against: the same four hops over
+  minimal rings that share no code with the project (``floor.py``, run as a script
+  by B and C, standard library only).
 * :class:`RtmidiJackLoop`: python-rtmidi alone, ``MidiOut`` -> JACK connection ->
   ``MidiIn`` in one process, on a private ``jackd -d dummy``: what a user gets
   without this project.
@@ -47,7 +50,9 @@ from ipc.ring import Buffer, Record
 from ipc.runtime import runtime_base
 from ksclient.cli.bench.traffic import BATCH, SequenceCheck, ThroughputResult, numbered_messages
 
-__all__ = ["ENV_RUN", "RawRingChain", "RawZmqChain", "RtmidiJackLoop", "scratch_prefix"]
+__all__ = [
+    "ENV_RUN", "Floor", "RawRingChain", "RawZmqChain", "RtmidiJackLoop", "scratch_prefix"
+]
 
 ENV_RUN: Final = "PORTCLS_BENCH_RUN"
 """Names the run in everything it puts in the runtime base (set by the benchmark's
@@ -469,6 +474,35 @@ class RawRingChain:
         for name in ("ab", "bc", "cb", "ba"):
             remove_channel_files(self.dir / name)
         shutil.rmtree(self.dir, ignore_errors=True)
+        return problems
+
+
+class Floor:
+    """The floor chain (ksclient/cli/bench/floor.py) with the benchmark's interface."""
+
+    def __init__(self) -> None:
+        from ksclient.cli.bench.floor import FloorChain
+
+        self.chain = FloorChain(_scratch_dir("floor"))
+
+    def roundtrip(self, n: int, samples: array[int], message: bytes) -> None:
+        self.chain.roundtrip(n, samples, message)
+
+    def throughput(self, count: int, window: int, drain_timeout: float) -> ThroughputResult:
+        """As the raw ring chain: batches of 64 note-ons, one record each, checked."""
+        messages = numbered_messages(count)
+        check = SequenceCheck(messages)
+        payloads = [b"".join(messages[i : i + BATCH]) for i in range(0, count, BATCH)]
+        seconds = self.chain.throughput(
+            payloads, BATCH, window, check.take_run, lambda: check.done, drain_timeout
+        )
+        note = "" if check.done else f"tail not delivered within {drain_timeout:g} s"
+        return ThroughputResult.from_check(check, seconds, window, note)
+
+    def close(self) -> list[str]:
+        problems = self.chain.close()
+        with contextlib.suppress(OSError):
+            self.chain.dir.parent.rmdir()
         return problems
 
 

@@ -50,6 +50,7 @@ from ipc.runtime import runtime_base
 from ksclient.cli.bench import report
 from ksclient.cli.bench.baselines import (
     ENV_RUN,
+    Floor,
     RawRingChain,
     RawZmqChain,
     RtmidiJackLoop,
@@ -369,6 +370,7 @@ class MainRun:
         self.pins: LoopbackPins | None = None
         self.zmq_chain: RawZmqChain | None = None
         self.ring_chain: RawRingChain | None = None
+        self.floor: Floor | None = None
         self.jack: Any = None
         self.rtmidi: RtmidiJackLoop | None = None
         self.scaling_kernel: KernelProcess | None = None
@@ -394,6 +396,7 @@ class MainRun:
             idle = IdleWindow(self.kernel, s.idle_seconds)
         phases.run("start raw pyzmq chain", lambda: self._start_zmq(stack))
         phases.run("start raw ring chain", lambda: self._start_ring(stack))
+        phases.run("start the floor chain", lambda: self._start_floor(stack))
         jack_stack = stack.enter_context(contextlib.ExitStack())
         if s.jack:
             phases.run("start JACK and python-rtmidi", lambda: self._start_jack(jack_stack))
@@ -434,6 +437,8 @@ class MainRun:
         phases.run("throughput loopback", self._throughput_loopback)
         phases.run("throughput raw ring", lambda: self._throughput(
             "raw_ring", _need(self.ring_chain, "the raw ring chain").throughput))
+        phases.run("throughput floor", lambda: self._throughput(
+            "floor", _need(self.floor, "the floor chain").throughput))
         phases.run("throughput raw pyzmq", lambda: self._throughput(
             "raw_zmq", _need(self.zmq_chain, "the raw pyzmq chain").throughput))
         phases.run("paced-rate ladder", self._ladder)
@@ -451,6 +456,10 @@ class MainRun:
     def _start_ring(self, stack: contextlib.ExitStack) -> None:
         chain = self.ring_chain = RawRingChain()
         _on_exit(stack, self.problems, "the raw ring chain", chain.close)
+
+    def _start_floor(self, stack: contextlib.ExitStack) -> None:
+        chain = self.floor = Floor()
+        _on_exit(stack, self.problems, "the floor chain", chain.close)
 
     def _start_jack(self, stack: contextlib.ExitStack) -> None:
         from miniports.testing.jack import JackServer, jack_missing_reason
@@ -502,6 +511,8 @@ class MainRun:
             paths.append(RoundTripPath("raw_zmq", self.zmq_chain.roundtrip, NOTE, s.samples))
         if self.ring_chain is not None:
             paths.append(RoundTripPath("raw_ring", self.ring_chain.roundtrip, NOTE, s.samples))
+        if self.floor is not None:
+            paths.append(RoundTripPath("floor", self.floor.roundtrip, NOTE, s.samples))
         if not paths:
             raise RuntimeError("no path to measure (every start-up failed)")
         self.doc["roundtrip"].update(
@@ -689,17 +700,26 @@ def _pinned_phases(
     phases.run("start raw pyzmq chain", start_zmq)
     phases.run("start raw ring chain", start_ring)
 
+    def start_floor() -> None:
+        chain = Floor()
+        _on_exit(stack, problems, "the floor chain", chain.close)
+        holder["floor"] = chain
+
+    phases.run("start the floor chain", start_floor)
+
     def roundtrips() -> None:
         paths = [
             RoundTripPath(name, holder[key].roundtrip, NOTE, s.samples)
-            for name, key in (("loopback", "pins"), ("raw_zmq", "zmq"), ("raw_ring", "ring"))
+            for name, key in (("loopback", "pins"), ("raw_zmq", "zmq"), ("raw_ring", "ring"),
+                              ("floor", "floor"))
             if key in holder
         ]
         doc["roundtrip"].update(interleaved_roundtrips(paths, s.warmup, s.blocks, phases))
 
     phases.run("round trips", roundtrips)
     if throughput:
-        for name, key in (("loopback", "pins"), ("raw_ring", "ring"), ("raw_zmq", "zmq")):
+        for name, key in (("loopback", "pins"), ("raw_ring", "ring"), ("raw_zmq", "zmq"),
+                          ("floor", "floor")):
             def one(name: str = name, key: str = key) -> None:
                 chain = _need(holder.get(key), name)
                 count = s.messages * (1 if name == "loopback" else RAW_MESSAGES_FACTOR)
