@@ -43,6 +43,14 @@ UNLIMITED_INSTANCES: Final = 0xFFFFFFFF
 """Instance count meaning "no limit" (all ones, as in KS)."""
 
 
+RENDER_FLAG_PHYSICAL_TIME: Final = 0x0100
+"""Render record flag: its timestamp is a physical time on the shared clock, not a
+stream time (what `ksclient.now() + delay` gives)."""
+RENDER_FLAG_BUFFER_END: Final = 0x0200
+"""Render record flag: the last record of a KSMUSICFORMAT buffer the client wrote; the
+kernel reports the buffer complete when it hands this record to the miniport."""
+
+
 class KsState(IntEnum):
     """KSSTATE. Streams walk STOP→ACQUIRE→PAUSE→RUN and back, one step at a time."""
 

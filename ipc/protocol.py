@@ -283,6 +283,26 @@ class Goodbye:
     OP: ClassVar[str]
 
 
+@message("clock_time")
+@dataclass(frozen=True, slots=True)
+class ClockTime:
+    """KSPROPERTY_CLOCK_CORRELATEDTIME of a pin: its stream time and the physical time."""
+
+    handle: int
+    OP: ClassVar[str]
+
+
+@message("connection_property")
+@dataclass(frozen=True, slots=True)
+class ConnectionProperty:
+    """KSPROPSETID_Connection / stream properties of an open pin: get (value None) or set."""
+
+    handle: int
+    property: str
+    value: Any = None
+    OP: ClassVar[str]
+
+
 # Kernel -> client events.
 
 
@@ -307,6 +327,31 @@ class PinError:
     handle: int
     status: int
     message: str
+    OP: ClassVar[str]
+
+
+@message("buffers_done")
+@dataclass(frozen=True, slots=True)
+class BuffersDone:
+    """The next `count` buffers the client wrote on pin `handle` completed with `status`
+    (SUCCESS: every event handed to the miniport; CANCELLED: flushed by STOP)."""
+
+    handle: int
+    count: int
+    status: int
+    OP: ClassVar[str]
+
+
+@message("pin_event")
+@dataclass(frozen=True, slots=True)
+class PinEvent:
+    """An enabled KS event fired on pin `handle`: kind "position", "interval" or
+    "end_of_stream", `cookie` the client's id for it, `time` the stream time."""
+
+    handle: int
+    kind: str
+    cookie: int
+    time: int
     OP: ClassVar[str]
 
 

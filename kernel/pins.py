@@ -19,19 +19,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from ipc import protocol as p
 from ipc.channel import ChannelReader, ChannelWriter, remove_channel_files
-from ipc.ks import DataFormat, KsState
+from ipc.ks import RENDER_FLAG_BUFFER_END, RENDER_FLAG_PHYSICAL_TIME, DataFormat, KsState
 from ipc.ring import Record, RingError
 from ipc.status import Status, StatusError
 from kernel.dpc import Dpc, Timer
 from kernel.loop import KernelLoop
 from kernel.midiparse import MidiStreamParser
 from kernel.servicegroup import ServiceGroup
+from kernel.streamclock import StreamClock
 
 SEQUENCER_LIMIT: Final = 4096
 """Render events the sequencer holds; beyond it the client's ring (and the client) waits."""
 
 CAPTURE_BATCH: Final = 256
+FLUSH_ROUNDS: Final = 1024
+"""At most this many batches of 1024 records are dropped from a client's ring at STOP."""
 
 
 class Pin:
@@ -68,6 +72,9 @@ class Pin:
         self.released = False
         self.stats = collections.Counter[str]()
         self.parser = MidiStreamParser()
+        self.clock = StreamClock(loop.scheduler.clock)
+        self.notify_client: Callable[[Any], None] = lambda body: None
+        """Sends an event (a protocol record) to the client that owns the pin."""
 
     def open_channels(self) -> None:
         """Attach the kernel's ends of both rings (files made by the kernel beforehand)."""
@@ -93,13 +100,27 @@ class Pin:
         if not self.released:  # nobody removed the device: at least this pin goes
             self.remove(StatusError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}"))
 
-    def state_changed(self, state: KsState) -> None:
-        """The miniport stream accepted `state`; STOP flushes, RUN starts moving data."""
+    def state_changed(self, state: KsState) -> dict[str, int]:
+        """The miniport stream accepted `state`; STOP flushes and resets the stream
+        time, RUN starts the clock and moves data. Returns the correlated time at
+        the change (the client maps its capture stamps with it)."""
+        now = self.loop.scheduler.clock()
         self.state = state
+        if state == KsState.RUN:
+            self.clock.run(now)
+        else:
+            self.clock.pause(now)
         if state == KsState.STOP:
+            self.clock.reset()
             self.flush()
         elif state == KsState.RUN:
             self.request_service()
+        else:
+            self.held()
+        return self.clock.to_wire(now)
+
+    def held(self) -> None:
+        """The pin left RUN for PAUSE or ACQUIRE: its clock stands still."""
 
     def flush(self) -> None:
         self.parser.reset()
@@ -222,19 +243,23 @@ class RenderPin(Pin):
 
     def _release(self, queue: collections.deque[Record], writer: ChannelWriter) -> bool:
         """Hand the due events to the miniport in order and set the timer for the next
-        one. False if the miniport's ring filled up (the rest waits for room)."""
+        one. False if the miniport's ring filled up (the rest waits for room).
+
+        An event is due when the stream clock reaches its presentation time (or, with
+        RENDER_FLAG_PHYSICAL_TIME, the shared clock its physical time). Only the head
+        of the queue decides: a later event never overtakes an earlier one."""
         scheduler = self.loop.scheduler
         clock = scheduler.clock
+        stream = self.clock
         while True:
             now = clock()
-            if queue[-1].timestamp <= now:
-                batch = list(queue)  # the usual case: everything is due
-            else:
-                batch = []
-                for record in queue:
-                    if record.timestamp > now:
-                        break
-                    batch.append(record)
+            stream_now = stream.time(now)
+            batch: list[Record] = []
+            for record in queue:
+                due = now if record.flags & RENDER_FLAG_PHYSICAL_TIME else stream_now
+                if record.timestamp > due:
+                    break
+                batch.append(record)
             if batch:
                 sent = writer.send_many(batch)
                 if sent == len(queue):
@@ -243,15 +268,32 @@ class RenderPin(Pin):
                     for _ in range(sent):
                         queue.popleft()
                 self.stats["released"] += sent
+                ends = sum(1 for r in batch[:sent] if r.flags & RENDER_FLAG_BUFFER_END)
+                if ends:
+                    self.stats["buffers_done"] += ends
+                    self.notify_client(p.BuffersDone(self.handle, ends, 0))
+                if not queue:
+                    self.drained()
                 if sent < len(batch):
                     if writer.prepare_to_wait_for_space(len(batch[sent].data)):
                         self.waiting_miniport = True
                         self.loop.watch_fd(writer.space_fileno(), self.on_miniport_space)
                         return False
                     continue  # room appeared meanwhile
-            if queue and self.timer.due != queue[0].timestamp:
-                scheduler.set_timer(self.timer, queue[0].timestamp)
+            if queue:
+                head = queue[0]
+                deadline = (head.timestamp if head.flags & RENDER_FLAG_PHYSICAL_TIME
+                            else stream.to_physical(head.timestamp))
+                if deadline is not None and self.timer.due != deadline:
+                    scheduler.set_timer(self.timer, deadline)
             return True
+
+    def drained(self) -> None:
+        """Everything the sequencer held was handed to the miniport."""
+
+    def held(self) -> None:
+        # Nothing plays outside RUN; RUN re-arms the timer for the new deadlines.
+        self.loop.scheduler.cancel_timer(self.timer)
 
     def on_miniport_space(self) -> None:
         assert self.mp_writer is not None
@@ -264,12 +306,23 @@ class RenderPin(Pin):
         super().flush()
         self.loop.scheduler.cancel_timer(self.timer)
         self.stats["flushed"] += len(self.queue)
+        ends = sum(1 for r in self.queue if r.flags & RENDER_FLAG_BUFFER_END)
         self.queue.clear()
         if self.client_reader is not None:
             try:
-                self.stats["flushed"] += self.client_reader.discard_all()
+                # Bounded: a client that keeps writing meanwhile cannot hold the kernel.
+                for _ in range(FLUSH_ROUNDS):
+                    records = self.client_reader.receive_many(max_records=1024)
+                    if not records:
+                        break
+                    self.stats["flushed"] += len(records)
+                    ends += sum(1 for r in records if r.flags & RENDER_FLAG_BUFFER_END)
             except RingError as exc:
                 self._client_ring_fault(exc)
+        if ends:
+            # Pending buffers complete with STATUS_CANCELLED, in order, after the done ones.
+            self.stats["buffers_cancelled"] += ends
+            self.notify_client(p.BuffersDone(self.handle, ends, int(Status.CANCELLED)))
 
     def _count_lost(self) -> int:
         # What the client's ring still holds, the client works out from `released`

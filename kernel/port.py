@@ -223,7 +223,9 @@ class PortMidi:
         self.streams.pop(pin.handle, None)
 
     def set_stream_state(self, pin: Pin, target: KsState, done: Done) -> None:
-        """IMiniportMidiStream::SetState, one step of STOP-ACQUIRE-PAUSE-RUN at a time."""
+        """IMiniportMidiStream::SetState, one step of STOP-ACQUIRE-PAUSE-RUN at a time.
+
+        The pin's stream clock follows the accepted state (`pin.clock`)."""
         if pin.removed is not None:
             raise pin.removed
         if pin.changing:
@@ -268,6 +270,7 @@ class PortMidi:
             if steps:
                 state = steps.pop(0)
                 pin.state = state
+                pin.clock.pause(self.loop.scheduler.clock())
                 conn.call(p.StreamSetState(pin.handle, int(state)), step)
             else:
                 conn.call(p.CloseStream(pin.handle), finish)

@@ -84,6 +84,7 @@ class UserMode:
             p.SetState: self._set_state,
             p.GetState: lambda s, rid, body: int(self._pin(s, body.handle).pin.state),
             p.ClosePin: self._close_pin,
+            p.ClockTime: lambda s, rid, body: self._pin(s, body.handle).pin.clock.to_wire(),
             p.Stats: lambda s, rid, body: self._stats(s),
             p.Goodbye: self._goodbye,
         }
@@ -214,6 +215,9 @@ class UserMode:
                 "format": result.format.to_wire(),
             }))
 
+        def to_client(body: Any) -> None:
+            self.send(session.identity, p.encode_event(body))
+
         def pin_error(pin: Pin, error: StatusError) -> None:
             self.send(session.identity,
                       p.encode_event(p.PinError(pin.handle, error.status, error.message)))
@@ -225,6 +229,7 @@ class UserMode:
         except BaseException:
             filter_.give_back_instance(body.pin)
             raise
+        pin.notify_client = to_client
         # A removed pin stays the client's until it closes it (its I/O fails meanwhile).
         if not pin.released:
             session.pins[handle] = PinInstance(pin, filter_)
@@ -243,7 +248,9 @@ class UserMode:
             raise StatusError(Status.INVALID_PARAMETER, f"no KSSTATE {body.state}") from None
 
         def done(error: StatusError | None) -> None:
-            frame = p.encode_ok(rid) if error is None else p.encode_exception(rid, error)
+            # Success answers the correlated stream time at the change.
+            frame = (p.encode_ok(rid, pin.clock.to_wire()) if error is None
+                     else p.encode_exception(rid, error))
             self.send(session.identity, frame)
 
         instance.filter.port.set_stream_state(pin, target, done)

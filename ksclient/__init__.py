@@ -2,16 +2,19 @@
 
 from ipc.ks import DataFormat, DataRange, KsState
 from ksclient.client import (
+    BufferRequest,
     CapturePin,
     Client,
     FilterInfo,
     KernelEvent,
     MidiMessage,
+    PhysicalTime,
     Pin,
     PinInfo,
     RenderPin,
     connect,
     now,
+    physical,
 )
 from ksclient.errors import (
     AccessDeniedError,
@@ -32,6 +35,7 @@ from ksclient.errors import (
 __all__ = [
     "AccessDeniedError",
     "BrokenError",
+    "BufferRequest",
     "CapturePin",
     "Client",
     "ClosedError",
@@ -50,10 +54,12 @@ __all__ = [
     "MidiMessage",
     "NoMatchError",
     "NotFoundError",
+    "PhysicalTime",
     "Pin",
     "PinInfo",
     "RenderPin",
     "WouldBlock",
     "connect",
     "now",
+    "physical",
 ]

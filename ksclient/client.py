@@ -39,6 +39,8 @@ import zmq
 from ipc import protocol as p
 from ipc.channel import ChannelReader, ChannelWriter
 from ipc.ks import (
+    RENDER_FLAG_BUFFER_END,
+    RENDER_FLAG_PHYSICAL_TIME,
     Communication,
     DataFlow,
     DataFormat,
@@ -61,7 +63,7 @@ from ipc.runtime import (
 )
 from ipc.status import Status, StatusError
 from ipc.waiter import Waiter
-from ksclient import errors
+from ksclient import errors, ksmusic
 
 FLAG_SYSEX: Final = 0x0001
 FLAG_SYSEX_MORE: Final = 0x0002
@@ -69,19 +71,50 @@ FLAG_SYSEX_ABORTED: Final = 0x0004
 DEFAULT_CAPACITY: Final = 1 << 16
 CALL_TIMEOUT: Final = 10.0
 REOPEN_TIMEOUT: Final = 10.0
+RUN_HISTORY: Final = 64
+"""RUN periods a pin remembers to give capture stamps their stream time."""
 EVENT_CHECK_SECONDS: Final = 0.01
 """How stale a render pin's view of kernel events may get on the fast path (a check
 of the socket costs ~2 µs, too much for every send)."""
 
 
-def now() -> int:
-    """The shared clock, in 100 ns units: what `send(at=...)` and timestamps use."""
-    return now_100ns()
+class PhysicalTime(int):
+    """A time on the shared monotonic clock (100 ns units), as `now()` gives it.
+
+    Adding or subtracting a plain int keeps it physical; the difference of two
+    physical times is a plain duration. `send(at=...)` and `write(...)` take a
+    plain int as a stream time and a PhysicalTime as a physical one.
+    """
+
+    __slots__ = ()
+
+    def __add__(self, other: int) -> PhysicalTime:
+        return PhysicalTime(int(self) + other)
+
+    __radd__ = __add__
+
+    def __sub__(self, other: int) -> Any:
+        if isinstance(other, PhysicalTime):
+            return int(self) - int(other)
+        return PhysicalTime(int(self) - other)
+
+
+def now() -> PhysicalTime:
+    """The shared clock, in 100 ns units (physical time: the kernel's master clock)."""
+    return PhysicalTime(now_100ns())
+
+
+def physical(t: int) -> PhysicalTime:
+    """Mark `t` (100 ns units on the shared clock) as a physical time for `send(at=...)`."""
+    return PhysicalTime(t)
 
 
 class MidiMessage(NamedTuple):
-    """A message from a capture pin: whole MIDI bytes and the ISR time (100 ns units).
+    """A message from a capture pin: whole MIDI bytes and its capture time.
 
+    `timestamp` is the physical ISR time on the shared clock (`now()`'s clock),
+    `stream_time` the pin's stream time at that moment (KSPROPERTY_CLOCK_TIME:
+    0 at RUN after STOP, standing still in PAUSE), both in 100 ns units.
     A SysEx comes whole (F0 ... F7) unless it was cut short by another status
     byte, in which case `aborted` is True.
     """
@@ -89,6 +122,12 @@ class MidiMessage(NamedTuple):
     data: bytes
     timestamp: int
     flags: int = 0
+    stream_time: int = 0
+
+    @property
+    def physical_time(self) -> int:
+        """The physical capture time (the same as `timestamp`)."""
+        return self.timestamp
 
     @property
     def is_sysex(self) -> bool:
@@ -176,6 +215,18 @@ class FilterInfo:
                 return pin.id
         what = "capture" if capture else "render"
         raise errors.NotFoundError(Status.OBJECT_NAME_NOT_FOUND, f"{self.id} has no {what} pin")
+
+
+def _stamp(at: int | None) -> tuple[int, int]:
+    """A presentation time and the record flags that say which clock it is on."""
+    if at is None:
+        return 0, 0
+    flags = RENDER_FLAG_PHYSICAL_TIME if isinstance(at, PhysicalTime) else 0
+    stamp = int(at)
+    if stamp < 0:
+        raise ValueError("at is a stream time (pin.time() + delay) or now() + delay, "
+                         "never negative")
+    return stamp, flags
 
 
 def _to_bytes(message: Any) -> bytes:
@@ -338,6 +389,11 @@ class Client:
                 pin = self._pins.get(body.handle)
                 if pin is not None:
                     pin._on_error(errors.from_status(body.status, body.message))
+            elif isinstance(body, p.BuffersDone):
+                target = self._pins.get(body.handle)
+                if isinstance(target, RenderPin):
+                    target._buffers_done(body.count, body.status)
+                continue
             elif isinstance(body, p.KernelShutdown):
                 event = KernelEvent("kernel_shutdown")
                 self._broken = errors.KernelGoneError("the kernel shut down")
@@ -579,6 +635,9 @@ class Pin:
         """The loss of this handle's removal is counted in `lost` already."""
         self._detached = False
         """The old handle is closed and the device not back yet: no channel to use."""
+        self._runs: list[list[int]] = []
+        """The RUN periods since the last STOP, as the kernel's clock told them:
+        [physical start, stream time at start, stream time at the end (-1: running)]."""
 
     def __enter__(self) -> Self:
         return self
@@ -639,6 +698,7 @@ class Pin:
         self._error = None
         self._removed_at = None
         self.state = KsState.STOP
+        self._runs.clear()
         try:
             self.walk_to(self._target_state)
         except errors.DeviceRemovedError as exc:
@@ -685,12 +745,51 @@ class Pin:
         return isinstance(self._error, errors.BrokenError)
 
     def set_state(self, state: KsState) -> None:
-        """Move to `state`, which must be one step from the current state."""
+        """Move to `state`, which must be one step from the current state.
+
+        The stream clock follows: it runs in RUN, stands still in PAUSE and ACQUIRE
+        and returns to 0 in STOP (which also flushes what is queued)."""
         self._check()
-        self.client._call(p.SetState(self.handle, int(state)))
+        clock = self.client._call(p.SetState(self.handle, int(state)))
         self.state = KsState(state)
+        self._clock_changed(clock)
         if self.state == KsState.STOP:
             self._flushed()
+
+    def _clock_changed(self, clock: Any) -> None:
+        runs = self._runs
+        if self.state == KsState.STOP:
+            runs.clear()
+            return
+        if not isinstance(clock, dict):
+            return
+        stream, phys = int(clock.get("time", 0)), int(clock.get("physical", 0))
+        if self.state == KsState.RUN:
+            if not runs or runs[-1][2] >= 0:
+                runs.append([phys, stream, -1])
+                del runs[:-RUN_HISTORY]
+        elif runs and runs[-1][2] < 0:
+            runs[-1][2] = stream
+
+    def stream_time_at(self, physical_time: int) -> int:
+        """The stream time this pin's clock showed at `physical_time` (since the last
+        STOP; a time outside RUN maps to where the clock stood)."""
+        runs = self._runs
+        for start, stream, end in reversed(runs):
+            if physical_time >= start:
+                t = stream + (physical_time - start)
+                return t if end < 0 else min(t, end)
+        return runs[0][1] if runs else 0
+
+    def time(self) -> int:
+        """KSPROPERTY_CLOCK_TIME: the pin's stream time now, from the kernel (100 ns)."""
+        return self.correlated_time()[0]
+
+    def correlated_time(self) -> tuple[int, PhysicalTime]:
+        """KSPROPERTY_CLOCK_CORRELATEDTIME: (stream time, physical time), read together."""
+        self._check()
+        clock = self.client._call(p.ClockTime(self.handle))
+        return int(clock["time"]), PhysicalTime(clock["physical"])
 
     def _flushed(self) -> None:
         pass
@@ -746,6 +845,7 @@ class RenderPin(Pin):
         self._chunk = channel.ring.max_payload
         self._written = 0
         self._events_checked = time.monotonic()
+        self._pending: collections.deque[BufferRequest] = collections.deque()
 
     def _attach(self, channel: ChannelReader | ChannelWriter) -> None:
         assert isinstance(channel, ChannelWriter)
@@ -764,11 +864,9 @@ class RenderPin(Pin):
         data = _to_bytes(message)
         if not data:
             raise ValueError("an empty message")
-        stamp = 0 if at is None else int(at)
-        if stamp < 0:
-            raise ValueError("at is a time on the shared clock (ksclient.now()), not negative")
+        stamp, flags = _stamp(at)
         chunk = self._chunk
-        return [(stamp, 0, data[i : i + chunk]) for i in range(0, len(data), chunk)]
+        return [(stamp, flags, data[i : i + chunk]) for i in range(0, len(data), chunk)]
 
     def _ready(self, deadline: float | None = None) -> None:
         # A removal must fail the next send even if nobody looked at the events, but
@@ -786,8 +884,12 @@ class RenderPin(Pin):
     def send(self, message: Any, at: int | None = None, timeout: float | None = None) -> None:
         """Queue one message (bytes, a list of ints or a mido.Message).
 
-        `at`: presentation time on the shared clock (`ksclient.now()` + delay in
-        100 ns units); None plays at once. Blocks while the ring is full, up to
+        `at`: presentation time in 100 ns units. A plain int is a stream time: the
+        event plays when this pin's clock (`time()`) reaches it, so PAUSE holds it
+        and RUN resumes the count; `pin.time() + delay` plays `delay` from now. A
+        PhysicalTime (`ksclient.now() + delay`, or `ksclient.physical(t)`) is a
+        time on the shared clock, played once it passed and the pin is in RUN.
+        None or a past time plays at once. Blocks while the ring is full, up to
         `timeout` seconds (None: no limit). Events play in the order sent.
         """
         self.send_many([message], at, timeout)
@@ -820,6 +922,63 @@ class RenderPin(Pin):
         records: list[tuple[int, int, bytes]] = []
         for message in messages:
             records += self._records(message, at)
+        self._send_records(records, deadline)
+
+    def write(
+        self, buffer: bytes | bytearray | memoryview, presentation_time: int = 0,
+        timeout: float | None = None,
+    ) -> BufferRequest:
+        """Queue a KSMUSICFORMAT buffer (see `ksclient.ksmusic`) as one stream request.
+
+        The first event's TimeDeltaMs counts from `presentation_time` (a stream
+        time, or a PhysicalTime as for `send`), each later one from the event
+        before; a past time plays at once. Malformed framing raises
+        ksmusic.FramingError (STATUS_INVALID_PARAMETER) and queues nothing.
+        The returned request completes when every event has been handed to the
+        miniport (`data_used` = the buffer's length), or with STATUS_CANCELLED
+        when STOP flushes it first.
+        """
+        events = ksmusic.unpack(buffer)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._ready(deadline)
+        request = BufferRequest(self, len(buffer))
+        if not events:
+            request._complete(Status.SUCCESS, 0)
+            return request
+        base, flags = _stamp(presentation_time)
+        chunk = self._chunk
+        records: list[tuple[int, int, bytes]] = []
+        t = base
+        for delta, data in events:
+            t += delta * 10_000
+            records += [(t, flags, data[i : i + chunk]) for i in range(0, len(data), chunk)]
+        last = records[-1]
+        records[-1] = (last[0], last[1] | RENDER_FLAG_BUFFER_END, last[2])
+        self._pending.append(request)
+        try:
+            self._send_records(records, deadline)
+        except BaseException as exc:
+            # The end never reached the kernel: this request will never complete there.
+            self._pending.remove(request)
+            request._complete(getattr(exc, "status", Status.UNSUCCESSFUL), 0)
+            raise
+        return request
+
+    def _buffers_done(self, count: int, status: int) -> None:
+        pending = self._pending
+        for _ in range(min(count, len(pending))):
+            request = pending.popleft()
+            request._complete(status, request.size if status == Status.SUCCESS else 0)
+
+    def _fail_pending(self, status: int) -> None:
+        self._buffers_done(len(self._pending), status)
+
+    def _flushed(self) -> None:
+        # STOP answered after the kernel's cancellations: anything left is cancelled.
+        self.client.pump_events()
+        self._fail_pending(Status.CANCELLED)
+
+    def _send_records(self, records: list[tuple[int, int, bytes]], deadline: float | None) -> None:
         while records:
             # After an auto-reopen the pin has a new channel: look it up every time.
             channel = self._channel
@@ -843,8 +1002,56 @@ class RenderPin(Pin):
             channel.wait_for_space(len(records[0][2]), wait)
 
     def _close_channel(self) -> None:
+        self._fail_pending(self._error.status if self._error is not None else Status.CANCELLED)
         self.client._resources.channels.pop(id(self._channel), None)
         self._channel.close()
+
+
+class BufferRequest:
+    """A buffer written to a render pin, like a KS stream IRP: pending until the port
+    handed every event in it to the miniport (or STOP cancelled it)."""
+
+    def __init__(self, pin: RenderPin, size: int) -> None:
+        self.pin = pin
+        self.size = size
+        self.status: int | None = None
+        """None while pending; then STATUS_SUCCESS, STATUS_CANCELLED, or the error."""
+        self.data_used = 0
+
+    @property
+    def done(self) -> bool:
+        return self.status is not None
+
+    def _complete(self, status: int, data_used: int) -> None:
+        self.status = int(status)
+        self.data_used = data_used
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait until the request completes and return its status; KsTimeoutError if it
+        is still pending after `timeout` seconds. The pin's errors are raised."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        client = self.pin.client
+        while True:
+            client.pump_events()
+            if self.status is not None:
+                return self.status
+            self.pin._check(deadline)
+            remaining = 1.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise errors.KsTimeoutError("the buffer is still pending")
+            client._wait_events(min(remaining, 0.1))
+
+    def cancel(self) -> bool:
+        """Cancel the request if still pending: the pin walks to STOP, which cancels every
+        pending buffer and flushes everything queued (KS cancels a streaming pin's
+        requests that way), then back to the state it was in. True if it was pending."""
+        if self.status is not None:
+            return False
+        pin = self.pin
+        state = pin.state
+        pin.stop()
+        pin.walk_to(state)
+        return True
 
 
 class CapturePin(Pin):
@@ -858,6 +1065,8 @@ class CapturePin(Pin):
         self._ready: collections.deque[MidiMessage] = collections.deque()
         self._sysex = bytearray()
         self._sysex_time = 0
+        self._partial: tuple[int, bytes] | None = None
+        """What `read` could not fit of a message: its stream time and the rest."""
         # Waking for data costs one epoll_wait; the kernel's messages and death are
         # looked at only when their descriptors say so.
         self._waiter = Waiter()
@@ -889,6 +1098,7 @@ class CapturePin(Pin):
         super()._release_old_handle()
 
     def _flushed(self) -> None:
+        self._partial = None
         self._ready.clear()
         self._sysex.clear()
         self._channel.discard_all()
@@ -911,7 +1121,9 @@ class CapturePin(Pin):
                     continue
                 data, timestamp = bytes(self._sysex), self._sysex_time
                 self._sysex.clear()
-            self._ready.append(MidiMessage(data, timestamp, flags & ~FLAG_SYSEX_MORE))
+            self._ready.append(MidiMessage(
+                data, timestamp, flags & ~FLAG_SYSEX_MORE, self.stream_time_at(timestamp)
+            ))
         return bool(self._ready)
 
     def receive_nowait(self) -> MidiMessage:
@@ -964,6 +1176,46 @@ class CapturePin(Pin):
         if not self.poll(timeout):
             raise errors.KsTimeoutError("no MIDI message")
         return self._ready.popleft()
+
+    def read(
+        self, size: int = 4096, timeout: float | None = None
+    ) -> tuple[int, bytes]:
+        """A KSMUSICFORMAT buffer of at most `size` bytes with the messages waiting, as a
+        KS capture request returns it: (presentation time, buffer).
+
+        The presentation time is the stream time of the first event; each
+        TimeDeltaMs counts (in whole ms of stream time) from the event before.
+        Waits up to `timeout` seconds for the first message (KsTimeoutError). A
+        message longer than what is left of the buffer goes in as far as it fits
+        and continues at the start of the next read (delta 0).
+        """
+        if size < ksmusic.padded_size(1):
+            raise ValueError(f"a buffer needs at least {ksmusic.padded_size(1)} bytes")
+        if self._partial is None and not self.poll(timeout):
+            raise errors.KsTimeoutError("no MIDI message")
+        out = bytearray()
+        first: int | None = None
+        last_ms = 0
+        while len(out) + ksmusic.padded_size(1) <= size:
+            if self._partial is not None:
+                stamp, data = self._partial
+                self._partial = None
+            elif self._ready or self._fill():
+                msg = self._ready.popleft()
+                stamp, data = msg.stream_time, msg.data
+            else:
+                break
+            if first is None:
+                first, last_ms = stamp, 0
+            ms = (stamp - first) // 10_000
+            room = (size - len(out) - ksmusic.HEADER.size) & ~3
+            if len(data) > room:
+                data, rest = data[:room], data[room:]
+                self._partial = (stamp, rest)
+            out += ksmusic.pack([(max(0, ms - last_ms), data)])
+            last_ms = max(ms, last_ms)
+        assert first is not None
+        return first, bytes(out)
 
     def __iter__(self) -> Iterator[MidiMessage]:
         """Messages as they come, until the pin is closed or broken."""
