@@ -234,6 +234,8 @@ class PinProperty:
     filter: str
     pin: int
     property: str
+    value: Any = None
+    """What a set (or DATAINTERSECTION) carries; None for a plain get."""
     OP: ClassVar[str]
 
 

@@ -22,11 +22,11 @@ from typing import Any, Final
 import zmq
 
 from ipc import protocol as p
-from ipc.ks import DataFormat, KsState
+from ipc.ks import DataFormat, DataRange, KsState
 from ipc.procwatch import ProcessWatch
 from ipc.runtime import USER_SOCKET, endpoint
 from ipc.status import Status, StatusError
-from kernel.filters import Filter
+from kernel.filters import KSDATAFORMAT_SIZE, Filter, sized_format
 from kernel.loop import KernelLoop
 from kernel.pins import Pin
 from kernel.pnp import PnpManager
@@ -36,6 +36,7 @@ log = logging.getLogger("portcls.kernel")
 USER_BUDGET: Final = 64
 MIN_PIN_CAPACITY: Final = 1 << 14
 MAX_PIN_CAPACITY: Final = 1 << 26
+MAX_CLIENT_RANGES: Final = 64
 PENDING: Final = object()
 """A handler's result meaning "the reply will be sent later"."""
 
@@ -78,8 +79,8 @@ class UserMode:
         self._handles = itertools.count(1)
         self._handlers: dict[type, UserHandler] = {
             p.ListFilters: lambda s, rid, body: [f.to_wire() for f in pnp.filters.values()],
-            p.PinProperty: lambda s, rid, body: self._filter(body.filter).pin_property(
-                body.pin, body.property),
+            p.PinProperty: self._pin_property,
+            p.ConnectionProperty: self._connection_property,
             p.OpenPin: self._open_pin,
             p.SetState: self._set_state,
             p.GetState: lambda s, rid, body: int(self._pin(s, body.handle).pin.state),
@@ -236,6 +237,75 @@ class UserMode:
         else:  # failed at once: `opened` has answered already
             filter_.give_back_instance(body.pin)
         return PENDING
+
+    def _reply_later(self, session: ClientSession, rid: int,
+                     result: Callable[[], Any]) -> Callable[[StatusError | None], None]:
+        """A `done` callback that answers `rid` with `result()` or the error."""
+
+        def done(error: StatusError | None) -> None:
+            try:
+                if error is not None:
+                    raise error
+                frame = p.encode_ok(rid, result())
+            except StatusError as exc:
+                frame = p.encode_exception(rid, exc)
+            self.send(session.identity, frame)
+
+        return done
+
+    def _pin_property(self, session: ClientSession, rid: int, body: p.PinProperty) -> Any:
+        filter_ = self._filter(body.filter)
+        if body.property != "dataintersection":
+            return filter_.pin_property(body.pin, body.property, body.value)
+        desc = filter_.pin(body.pin)
+        value = body.value
+        if not isinstance(value, dict) or not isinstance(value.get("ranges"), list):
+            raise StatusError(Status.INVALID_PARAMETER,
+                              "dataintersection takes {'ranges': [...], 'size': n}")
+        size = value.get("size", KSDATAFORMAT_SIZE)
+        if type(size) is not int or size < 0:
+            raise StatusError(Status.INVALID_PARAMETER, "size must be a byte count")
+        ranges = [DataRange.from_wire(r) for r in value["ranges"][:MAX_CLIENT_RANGES]]
+
+        def intersected(result: DataFormat | StatusError) -> None:
+            try:
+                if isinstance(result, StatusError):
+                    raise result
+                frame = p.encode_ok(rid, sized_format(result, size))
+            except StatusError as exc:
+                frame = p.encode_exception(rid, exc)
+            self.send(session.identity, frame)
+
+        filter_.port.data_intersection(body.pin, desc, ranges, intersected)
+        return PENDING
+
+    def _connection_property(self, session: ClientSession, rid: int,
+                             body: p.ConnectionProperty) -> Any:
+        """KSPROPSETID_Connection STATE and DATAFORMAT (get and set) and the stream's
+        clock TIME and POSITION (get) of an open pin."""
+        instance = self._pin(session, body.handle)
+        pin = instance.pin
+        match body.property, body.value is None:
+            case "state", True:
+                return int(pin.state)
+            case "state", False:
+                return self._set_state(session, rid, p.SetState(body.handle, body.value))
+            case "dataformat", True:
+                return pin.format.to_wire()
+            case "dataformat", False:
+                fmt = DataFormat.from_wire(body.value)
+                desc = instance.filter.pin(pin.pin_id)
+                instance.filter.port.set_stream_format(
+                    pin, fmt, desc, self._reply_later(session, rid, pin.format.to_wire))
+                return PENDING
+            case "time", True:
+                return pin.clock.to_wire()
+            case "position", True:
+                moved = "delivered" if pin.capture else "released"
+                return {"events": pin.stats[moved], "time": pin.clock.time()}
+        raise StatusError(Status.NOT_SUPPORTED,
+                          f"no connection property {body.property!r} to "
+                          f"{'get' if body.value is None else 'set'}")
 
     def _set_state(self, session: ClientSession, rid: int, body: p.SetState) -> Any:
         instance = self._pin(session, body.handle)

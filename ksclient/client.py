@@ -486,10 +486,30 @@ class Client:
             with contextlib.suppress(errors.KsTimeoutError):
                 self.next_event(min(remaining, 0.5))
 
-    def pin_property(self, filter_id: str, pin: int, prop: str) -> Any:
+    def pin_property(self, filter_id: str, pin: int, prop: str, value: Any = None) -> Any:
         """KSPROPERTY_PIN_xxx by name: ctypes, dataflow, communication, dataranges,
-        cinstances, globalcinstances, necessaryinstances, name, category."""
-        return self._call(p.PinProperty(filter_id, pin, prop))
+        constraineddataranges, cinstances, globalcinstances, necessaryinstances,
+        interfaces, mediums, name, category, physicalconnection (None unless
+        registered), proposedataformat (get; set with a format wire dict: True or
+        NoMatchError), dataintersection (value {"ranges": [...], "size": n}; see
+        `data_intersection`)."""
+        return self._call(p.PinProperty(filter_id, pin, prop, value))
+
+    def data_intersection(
+        self, filter_id: str, pin: int, ranges: Iterable[DataRange], size: int | None = None
+    ) -> Any:
+        """KSPROPERTY_PIN_DATAINTERSECTION: the format the pin would take for the first of
+        `ranges` (in order) it can satisfy; NoMatchError if none.
+
+        `size` None: the format. `size=0`: the size query, answered
+        `{"status": STATUS_BUFFER_OVERFLOW, "size": n}`; a size below n raises
+        KsError(STATUS_BUFFER_TOO_SMALL); another size gives the whole answer dict.
+        """
+        value = {"ranges": [r.to_wire() for r in ranges], "size": 64 if size is None else size}
+        answer = self._call(p.PinProperty(filter_id, pin, "dataintersection", value))
+        if size is None:
+            return DataFormat.from_wire(answer["format"])
+        return answer
 
     def open_pin(
         self,
@@ -780,6 +800,25 @@ class Pin:
                 t = stream + (physical_time - start)
                 return t if end < 0 else min(t, end)
         return runs[0][1] if runs else 0
+
+    def connection_property(self, prop: str, value: Any = None) -> Any:
+        """KSPROPSETID_Connection and stream properties of this pin by name: "state"
+        (get; set walks one step, prefer `set_state`), "dataformat" (get; set: see
+        `set_format`), "time" (the correlated clock), "position" (events moved and
+        the stream time)."""
+        self._check()
+        return self.client._call(p.ConnectionProperty(self.handle, prop, value))
+
+    @property
+    def format(self) -> DataFormat:
+        """KSPROPERTY_CONNECTION_DATAFORMAT: the pin's data format."""
+        return DataFormat.from_wire(self.connection_property("dataformat"))
+
+    def set_format(self, fmt: DataFormat) -> None:
+        """Set KSPROPERTY_CONNECTION_DATAFORMAT: the miniport stream's SetFormat decides;
+        its failure is raised and the pin keeps its format."""
+        self.connection_property("dataformat", fmt.to_wire())
+        self._fmt = fmt
 
     def time(self) -> int:
         """KSPROPERTY_CLOCK_TIME: the pin's stream time now, from the kernel (100 ns)."""
