@@ -294,6 +294,28 @@ class ClockTime:
     OP: ClassVar[str]
 
 
+@message("enable_event")
+@dataclass(frozen=True, slots=True)
+class EnableEvent:
+    """Enable a KS event on pin `handle` under the client's `cookie`: kind "position"
+    (once at stream `time`), "interval" (at `time` + k * `interval`), "end_of_stream"."""
+
+    handle: int
+    kind: str
+    cookie: int
+    time: int = 0
+    interval: int = 0
+    OP: ClassVar[str]
+
+
+@message("disable_event")
+@dataclass(frozen=True, slots=True)
+class DisableEvent:
+    handle: int
+    cookie: int
+    OP: ClassVar[str]
+
+
 @message("connection_property")
 @dataclass(frozen=True, slots=True)
 class ConnectionProperty:

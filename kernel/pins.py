@@ -27,6 +27,7 @@ from ipc.status import Status, StatusError
 from kernel.dpc import Dpc, Timer
 from kernel.loop import KernelLoop
 from kernel.midiparse import MidiStreamParser
+from kernel.pinevents import PinEvents
 from kernel.servicegroup import ServiceGroup
 from kernel.streamclock import StreamClock
 
@@ -75,6 +76,10 @@ class Pin:
         self.clock = StreamClock(loop.scheduler.clock)
         self.notify_client: Callable[[Any], None] = lambda body: None
         """Sends an event (a protocol record) to the client that owns the pin."""
+        self.events = PinEvents(
+            loop, handle, self.clock, self.capture,
+            lambda body: self.notify_client(body), self.queue_empty,
+        )
 
     def open_channels(self) -> None:
         """Attach the kernel's ends of both rings (files made by the kernel beforehand)."""
@@ -108,10 +113,13 @@ class Pin:
         self.state = state
         if state == KsState.RUN:
             self.clock.run(now)
+            self.events.started()
         else:
             self.clock.pause(now)
+            if state == KsState.STOP:
+                self.clock.reset()
+            self.events.held()
         if state == KsState.STOP:
-            self.clock.reset()
             self.flush()
         elif state == KsState.RUN:
             self.request_service()
@@ -121,6 +129,10 @@ class Pin:
 
     def held(self) -> None:
         """The pin left RUN for PAUSE or ACQUIRE: its clock stands still."""
+
+    def queue_empty(self) -> bool:
+        """Nothing the client queued is waiting to be handed on."""
+        return True
 
     def flush(self) -> None:
         self.parser.reset()
@@ -144,6 +156,7 @@ class Pin:
         if self.released:
             return
         self.released = True
+        self.events.close()
         if self.group is not None:
             self.group.remove_member(self)
         readers, writers = self._channels()
@@ -290,6 +303,14 @@ class RenderPin(Pin):
 
     def drained(self) -> None:
         """Everything the sequencer held was handed to the miniport."""
+        if self.events.enabled:
+            self.events.drained()
+
+    def queue_empty(self) -> bool:
+        if self.queue:
+            return False
+        reader = self.client_reader
+        return reader is None or not reader.ring.readable()
 
     def held(self) -> None:
         # Nothing plays outside RUN; RUN re-arms the timer for the new deadlines.

@@ -81,6 +81,10 @@ class UserMode:
             p.ListFilters: lambda s, rid, body: [f.to_wire() for f in pnp.filters.values()],
             p.PinProperty: self._pin_property,
             p.ConnectionProperty: self._connection_property,
+            p.EnableEvent: lambda s, rid, body: self._pin(s, body.handle).pin.events.enable(
+                body.kind, body.cookie, body.time, body.interval),
+            p.DisableEvent: lambda s, rid, body: self._pin(s, body.handle).pin.events.disable(
+                body.cookie),
             p.OpenPin: self._open_pin,
             p.SetState: self._set_state,
             p.GetState: lambda s, rid, body: int(self._pin(s, body.handle).pin.state),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import os
 import select
 import threading
@@ -157,6 +158,16 @@ class KernelEvent:
     handle: int = 0
     status: int = 0
     lost: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PinEvent:
+    """An event enabled on a pin fired: kind "position", "interval" or "end_of_stream",
+    `cookie` the id `enable_event` returned, `time` the pin's stream time then."""
+
+    kind: str
+    cookie: int
+    time: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +400,11 @@ class Client:
                 pin = self._pins.get(body.handle)
                 if pin is not None:
                     pin._on_error(errors.from_status(body.status, body.message))
+            elif isinstance(body, p.PinEvent):
+                owner = self._pins.get(body.handle)
+                if owner is not None:
+                    owner._on_pin_event(body)
+                continue
             elif isinstance(body, p.BuffersDone):
                 target = self._pins.get(body.handle)
                 if isinstance(target, RenderPin):
@@ -655,6 +671,9 @@ class Pin:
         """The loss of this handle's removal is counted in `lost` already."""
         self._detached = False
         """The old handle is closed and the device not back yet: no channel to use."""
+        self._pin_events: collections.deque[PinEvent] = collections.deque()
+        self._event_callbacks: dict[int, Callable[[PinEvent], None] | None] = {}
+        self._cookies = itertools.count(1)
         self._runs: list[list[int]] = []
         """The RUN periods since the last STOP, as the kernel's clock told them:
         [physical start, stream time at start, stream time at the end (-1: running)]."""
@@ -801,6 +820,76 @@ class Pin:
                 return t if end < 0 else min(t, end)
         return runs[0][1] if runs else 0
 
+    def enable_event(
+        self, kind: str, time: int = 0, interval: int = 0,
+        callback: Callable[[PinEvent], None] | None = None,
+    ) -> int:
+        """Enable a KS event on this pin and return its id (for `disable_event`).
+
+        kind "position": KSEVENT_CLOCK_POSITION_MARK, once when the stream clock
+        reaches `time`; "interval": KSEVENT_CLOCK_INTERVAL_MARK, each time it passes
+        `time` + k * `interval` (at least 1 ms); "end_of_stream" (render):
+        KSEVENT_CONNECTION_ENDOFSTREAM, once nothing queued is left to play (at once
+        if nothing is queued: enable it after queueing). Events come through
+        `next_pin_event`/`pin_events`, or `callback(event)` from this client's thread
+        while it takes in kernel messages. Closing the pin cancels them.
+        """
+        self._check()
+        cookie = next(self._cookies)
+        self._event_callbacks[cookie] = callback
+        try:
+            self.client._call(p.EnableEvent(self.handle, kind, cookie, int(time), int(interval)))
+        except BaseException:
+            self._event_callbacks.pop(cookie, None)
+            raise
+        return cookie
+
+    def disable_event(self, cookie: int) -> None:
+        """Disable an enabled event; one that fired already (position, end of stream) or
+        was never enabled raises KsError(STATUS_INVALID_PARAMETER)."""
+        self._check()
+        self._event_callbacks.pop(cookie, None)
+        try:
+            self.client._call(p.DisableEvent(self.handle, cookie))
+        finally:
+            # What fired before the kernel disabled it is not delivered any more.
+            self._pin_events = collections.deque(
+                e for e in self._pin_events if e.cookie != cookie)
+
+    def _on_pin_event(self, body: p.PinEvent) -> None:
+        if body.cookie not in self._event_callbacks:
+            return  # disabled meanwhile
+        event = PinEvent(body.kind, body.cookie, body.time)
+        if body.kind != "interval":
+            callback = self._event_callbacks.pop(body.cookie)
+        else:
+            callback = self._event_callbacks[body.cookie]
+        if callback is not None:
+            callback(event)
+        else:
+            self._pin_events.append(event)
+
+    def next_pin_event(self, timeout: float | None = None) -> PinEvent:
+        """The next event enabled without a callback that fired; KsTimeoutError if none."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.client.pump_events()
+            if self._pin_events:
+                return self._pin_events.popleft()
+            self._check()
+            remaining = 1.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise errors.KsTimeoutError("no pin event")
+            self.client._wait_events(min(remaining, 0.1))
+
+    def pin_events(self) -> Iterator[PinEvent]:
+        """Events as they fire, until the pin is closed or broken."""
+        while True:
+            try:
+                yield self.next_pin_event()
+            except (errors.ClosedError, errors.BrokenError):
+                return
+
     def connection_property(self, prop: str, value: Any = None) -> Any:
         """KSPROPSETID_Connection and stream properties of this pin by name: "state"
         (get; set walks one step, prefer `set_state`), "dataformat" (get; set: see
@@ -853,6 +942,8 @@ class Pin:
         if self._closed:
             return
         self._closed = True
+        self._event_callbacks.clear()
+        self._pin_events.clear()
         if self._detached:
             return  # the old handle is closed already, and so is its channel
         if isinstance(self._error, errors.DeviceRemovedError) and not self.client._closed:
