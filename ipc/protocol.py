@@ -316,6 +316,17 @@ class DisableEvent:
     OP: ClassVar[str]
 
 
+@message("cancel_buffer")
+@dataclass(frozen=True, slots=True)
+class CancelBuffer:
+    """Cancel buffer number `buffer` of pin `handle`: True if it was still pending (its
+    events not yet handed on are dropped), False if it completed already."""
+
+    handle: int
+    buffer: int
+    OP: ClassVar[str]
+
+
 @message("connection_property")
 @dataclass(frozen=True, slots=True)
 class ConnectionProperty:
@@ -357,10 +368,12 @@ class PinError:
 @message("buffers_done")
 @dataclass(frozen=True, slots=True)
 class BuffersDone:
-    """The next `count` buffers the client wrote on pin `handle` completed with `status`
-    (SUCCESS: every event handed to the miniport; CANCELLED: flushed by STOP)."""
+    """Buffers `first` .. `first + count - 1` the client wrote on pin `handle` completed
+    with `status` (SUCCESS: every event handed to the miniport; CANCELLED: flushed by
+    STOP)."""
 
     handle: int
+    first: int
     count: int
     status: int
     OP: ClassVar[str]

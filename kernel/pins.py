@@ -1,4 +1,5 @@
-"""The pin instances clients open on filters: one base, a render pin and a capture pin.
+"""The pin instances clients open on filters: the base and the capture pin (the render
+pin, with its sequencer, is in `kernel.renderpin`).
 
 A pin is the port's half of one stream: the client's ring on one side, the
 miniport stream's ring on the other, and in between the port's work: for
@@ -19,24 +20,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from ipc import protocol as p
 from ipc.channel import ChannelReader, ChannelWriter, remove_channel_files
-from ipc.ks import RENDER_FLAG_BUFFER_END, RENDER_FLAG_PHYSICAL_TIME, DataFormat, KsState
-from ipc.ring import Record, RingError
+from ipc.ks import DataFormat, KsState
+from ipc.ring import RingError
 from ipc.status import Status, StatusError
-from kernel.dpc import Dpc, Timer
 from kernel.loop import KernelLoop
 from kernel.midiparse import MidiStreamParser
 from kernel.pinevents import PinEvents
 from kernel.servicegroup import ServiceGroup
 from kernel.streamclock import StreamClock
 
-SEQUENCER_LIMIT: Final = 4096
-"""Render events the sequencer holds; beyond it the client's ring (and the client) waits."""
-
 CAPTURE_BATCH: Final = 256
-FLUSH_ROUNDS: Final = 1024
-"""At most this many batches of 1024 records are dropped from a client's ring at STOP."""
 
 
 class Pin:
@@ -184,179 +178,6 @@ class Pin:
             "stats": dict(self.stats),
             "stray_bytes": self.parser.stray_bytes,
         }
-
-
-class RenderPin(Pin):
-    """A render pin: the sequencer between the client's ring and the miniport's."""
-
-    capture = False
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.client_reader: ChannelReader | None = None
-        self.mp_writer: ChannelWriter | None = None
-        self.queue: collections.deque[Record] = collections.deque()
-        self.timer = Timer(Dpc(self.pump))
-        self.waiting_miniport = False
-
-    def open_channels(self) -> None:
-        self.client_reader = ChannelReader.open(self.client_base)
-        self.mp_writer = ChannelWriter.open(self.miniport_base)
-        self.loop.watch_fd(self.client_reader.data_fileno(), self.on_client_data)
-
-    def _channels(self) -> tuple[list[ChannelReader | None], list[ChannelWriter | None]]:
-        return [self.client_reader], [self.mp_writer]
-
-    def request_service(self) -> None:
-        self.pump()
-
-    def on_client_data(self) -> None:
-        assert self.client_reader is not None
-        self.client_reader.end_sleep()
-        self.pump()
-
-    def pump(self) -> None:
-        """The sequencer: pull the client's events and release those that are due, in order."""
-        reader, writer = self.client_reader, self.mp_writer
-        if (
-            self.state != KsState.RUN
-            or self.removed is not None
-            or self.waiting_miniport
-            or reader is None
-            or writer is None
-        ):
-            return
-        queue = self.queue
-        if not queue and reader.asleep():
-            return  # serviced for another reason: nothing to play
-        while True:
-            room = SEQUENCER_LIMIT - len(queue)
-            try:
-                if room > 0:
-                    queue.extend(reader.receive_many(max_records=room))
-            except RingError as exc:
-                self._client_ring_fault(exc)
-                return
-            try:
-                if queue and not self._release(queue, writer):
-                    return  # the miniport's ring is full: on_miniport_space pumps again
-            except RingError as exc:
-                self._miniport_ring_fault(exc)
-                return
-            if len(queue) >= SEQUENCER_LIMIT:
-                return  # the timer set by _release pumps again; the client's ring waits
-            # Sleep only once the ring is seen empty after arming (else a record that
-            # came meanwhile would wait for the safety sweep).
-            try:
-                if reader.prepare_to_sleep():
-                    return
-            except RingError as exc:
-                self._client_ring_fault(exc)
-                return
-
-    def _release(self, queue: collections.deque[Record], writer: ChannelWriter) -> bool:
-        """Hand the due events to the miniport in order and set the timer for the next
-        one. False if the miniport's ring filled up (the rest waits for room).
-
-        An event is due when the stream clock reaches its presentation time (or, with
-        RENDER_FLAG_PHYSICAL_TIME, the shared clock its physical time). Only the head
-        of the queue decides: a later event never overtakes an earlier one."""
-        scheduler = self.loop.scheduler
-        clock = scheduler.clock
-        stream = self.clock
-        while True:
-            now = clock()
-            stream_now = stream.time(now)
-            batch: list[Record] = []
-            for record in queue:
-                due = now if record.flags & RENDER_FLAG_PHYSICAL_TIME else stream_now
-                if record.timestamp > due:
-                    break
-                batch.append(record)
-            if batch:
-                sent = writer.send_many(batch)
-                if sent == len(queue):
-                    queue.clear()
-                else:
-                    for _ in range(sent):
-                        queue.popleft()
-                self.stats["released"] += sent
-                ends = sum(1 for r in batch[:sent] if r.flags & RENDER_FLAG_BUFFER_END)
-                if ends:
-                    self.stats["buffers_done"] += ends
-                    self.notify_client(p.BuffersDone(self.handle, ends, 0))
-                if not queue:
-                    self.drained()
-                if sent < len(batch):
-                    if writer.prepare_to_wait_for_space(len(batch[sent].data)):
-                        self.waiting_miniport = True
-                        self.loop.watch_fd(writer.space_fileno(), self.on_miniport_space)
-                        return False
-                    continue  # room appeared meanwhile
-            if queue:
-                head = queue[0]
-                deadline = (head.timestamp if head.flags & RENDER_FLAG_PHYSICAL_TIME
-                            else stream.to_physical(head.timestamp))
-                if deadline is not None and self.timer.due != deadline:
-                    scheduler.set_timer(self.timer, deadline)
-            return True
-
-    def drained(self) -> None:
-        """Everything the sequencer held was handed to the miniport."""
-        if self.events.enabled:
-            self.events.drained()
-
-    def queue_empty(self) -> bool:
-        if self.queue:
-            return False
-        reader = self.client_reader
-        return reader is None or not reader.ring.readable()
-
-    def held(self) -> None:
-        # Nothing plays outside RUN; RUN re-arms the timer for the new deadlines.
-        self.loop.scheduler.cancel_timer(self.timer)
-
-    def on_miniport_space(self) -> None:
-        assert self.mp_writer is not None
-        self.loop.unwatch_fd(self.mp_writer.space_fileno())
-        self.mp_writer.end_wait_for_space()
-        self.waiting_miniport = False
-        self.pump()
-
-    def flush(self) -> None:
-        super().flush()
-        self.loop.scheduler.cancel_timer(self.timer)
-        self.stats["flushed"] += len(self.queue)
-        ends = sum(1 for r in self.queue if r.flags & RENDER_FLAG_BUFFER_END)
-        self.queue.clear()
-        if self.client_reader is not None:
-            try:
-                # Bounded: a client that keeps writing meanwhile cannot hold the kernel.
-                for _ in range(FLUSH_ROUNDS):
-                    records = self.client_reader.receive_many(max_records=1024)
-                    if not records:
-                        break
-                    self.stats["flushed"] += len(records)
-                    ends += sum(1 for r in records if r.flags & RENDER_FLAG_BUFFER_END)
-            except RingError as exc:
-                self._client_ring_fault(exc)
-        if ends:
-            # Pending buffers complete with STATUS_CANCELLED, in order, after the done ones.
-            self.stats["buffers_cancelled"] += ends
-            self.notify_client(p.BuffersDone(self.handle, ends, int(Status.CANCELLED)))
-
-    def _count_lost(self) -> int:
-        # What the client's ring still holds, the client works out from `released`
-        # and `flushed`; the sequencer's queue dies here; and of what was released,
-        # the miniport never took what is still in its ring ("undelivered").
-        if self.mp_writer is not None and not self.released:
-            with contextlib.suppress(RingError, ValueError):
-                self.stats["undelivered"] += self.mp_writer.count_unread()
-        return len(self.queue)
-
-    def release(self) -> None:
-        self.loop.scheduler.cancel_timer(self.timer)
-        super().release()
 
 
 class CapturePin(Pin):

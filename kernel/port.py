@@ -30,7 +30,8 @@ from ipc.ks import (
 from ipc.status import Status, StatusError
 from kernel.connection import MiniportConnection
 from kernel.loop import KernelLoop
-from kernel.pins import CapturePin, Pin, RenderPin
+from kernel.pins import CapturePin, Pin
+from kernel.renderpin import RenderPin
 from kernel.servicegroup import ServiceGroup
 
 CLSID_PortMidi: Final = "b4c90a43-5791-11d0-86f9-00a0c911b544"

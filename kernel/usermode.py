@@ -30,6 +30,7 @@ from kernel.filters import KSDATAFORMAT_SIZE, Filter, sized_format
 from kernel.loop import KernelLoop
 from kernel.pins import Pin
 from kernel.pnp import PnpManager
+from kernel.renderpin import RenderPin
 
 log = logging.getLogger("portcls.kernel")
 
@@ -81,6 +82,7 @@ class UserMode:
             p.ListFilters: lambda s, rid, body: [f.to_wire() for f in pnp.filters.values()],
             p.PinProperty: self._pin_property,
             p.ConnectionProperty: self._connection_property,
+            p.CancelBuffer: self._cancel_buffer,
             p.EnableEvent: lambda s, rid, body: self._pin(s, body.handle).pin.events.enable(
                 body.kind, body.cookie, body.time, body.interval),
             p.DisableEvent: lambda s, rid, body: self._pin(s, body.handle).pin.events.disable(
@@ -282,6 +284,12 @@ class UserMode:
 
         filter_.port.data_intersection(body.pin, desc, ranges, intersected)
         return PENDING
+
+    def _cancel_buffer(self, session: ClientSession, rid: int, body: p.CancelBuffer) -> Any:
+        pin = self._pin(session, body.handle).pin
+        if not isinstance(pin, RenderPin):
+            raise StatusError(Status.INVALID_DEVICE_REQUEST, "buffers are written to render pins")
+        return pin.cancel_buffer(body.buffer)
 
     def _connection_property(self, session: ClientSession, rid: int,
                              body: p.ConnectionProperty) -> Any:

@@ -40,7 +40,9 @@ import zmq
 from ipc import protocol as p
 from ipc.channel import ChannelReader, ChannelWriter
 from ipc.ks import (
+    BUFFER_MARKER,
     RENDER_FLAG_BUFFER_END,
+    RENDER_FLAG_IN_BUFFER,
     RENDER_FLAG_PHYSICAL_TIME,
     Communication,
     DataFlow,
@@ -408,7 +410,7 @@ class Client:
             elif isinstance(body, p.BuffersDone):
                 target = self._pins.get(body.handle)
                 if isinstance(target, RenderPin):
-                    target._buffers_done(body.count, body.status)
+                    target._buffers_done(body.first, body.count, body.status)
                 continue
             elif isinstance(body, p.KernelShutdown):
                 event = KernelEvent("kernel_shutdown")
@@ -975,12 +977,15 @@ class RenderPin(Pin):
         self._chunk = channel.ring.max_payload
         self._written = 0
         self._events_checked = time.monotonic()
-        self._pending: collections.deque[BufferRequest] = collections.deque()
+        self._pending: dict[int, BufferRequest] = {}
+        """Buffers written and not complete yet, by number."""
+        self._buffers_written = 0
 
     def _attach(self, channel: ChannelReader | ChannelWriter) -> None:
         assert isinstance(channel, ChannelWriter)
         self._channel = channel
         self._written = 0
+        self._buffers_written = 0
 
     def _count_lost(self, kernel_stats: dict[str, Any]) -> int:
         # Whatever this pin wrote that the kernel neither passed on nor flushed on STOP,
@@ -1066,42 +1071,62 @@ class RenderPin(Pin):
         ksmusic.FramingError (STATUS_INVALID_PARAMETER) and queues nothing.
         The returned request completes when every event has been handed to the
         miniport (`data_used` = the buffer's length), or with STATUS_CANCELLED
-        when STOP flushes it first.
+        when STOP flushes it or `cancel()` drops it first. Buffers and `send`
+        calls play in the order made.
         """
         events = ksmusic.unpack(buffer)
         deadline = None if timeout is None else time.monotonic() + timeout
         self._ready(deadline)
-        request = BufferRequest(self, len(buffer))
+        number = self._buffers_written
+        request = BufferRequest(self, len(buffer), number)
         if not events:
             request._complete(Status.SUCCESS, 0)
             return request
         base, flags = _stamp(presentation_time)
+        flags |= RENDER_FLAG_IN_BUFFER
         chunk = self._chunk
         records: list[tuple[int, int, bytes]] = []
         t = base
         for delta, data in events:
             t += delta * 10_000
             records += [(t, flags, data[i : i + chunk]) for i in range(0, len(data), chunk)]
-        last = records[-1]
-        records[-1] = (last[0], last[1] | RENDER_FLAG_BUFFER_END, last[2])
-        self._pending.append(request)
+        # The end marker: never played, it carries the buffer's number back.
+        records.append((t, RENDER_FLAG_BUFFER_END, BUFFER_MARKER.pack(number)))
+        self._buffers_written += 1
+        self._pending[number] = request
         try:
             self._send_records(records, deadline)
         except BaseException as exc:
-            # The end never reached the kernel: this request will never complete there.
-            self._pending.remove(request)
+            # The marker (last) never reached the kernel: the request cannot complete there.
+            self._pending.pop(number, None)
             request._complete(getattr(exc, "status", Status.UNSUCCESSFUL), 0)
             raise
+        self._written -= 1  # the marker is no message: `lost` counts only messages
         return request
 
-    def _buffers_done(self, count: int, status: int) -> None:
+    def _buffers_done(self, first: int, count: int, status: int) -> None:
         pending = self._pending
-        for _ in range(min(count, len(pending))):
-            request = pending.popleft()
-            request._complete(status, request.size if status == Status.SUCCESS else 0)
+        last = first + count
+        numbers = (range(first, last) if count <= len(pending)
+                   else [n for n in pending if first <= n < last])
+        for number in numbers:
+            request = pending.pop(number, None)
+            if request is not None:
+                request._complete(status, request.size if status == Status.SUCCESS else 0)
+
+    def _cancel(self, request: BufferRequest) -> bool:
+        if request.done or self._detached:
+            return False
+        self._check()
+        cancelled = bool(self.client._call(p.CancelBuffer(self.handle, request.number)))
+        if cancelled and self._pending.pop(request.number, None) is not None:
+            request._complete(Status.CANCELLED, 0)
+        return cancelled
 
     def _fail_pending(self, status: int) -> None:
-        self._buffers_done(len(self._pending), status)
+        pending, self._pending = self._pending, {}
+        for request in pending.values():
+            request._complete(status, 0)
 
     def _flushed(self) -> None:
         # STOP answered after the kernel's cancellations: anything left is cancelled.
@@ -1141,9 +1166,11 @@ class BufferRequest:
     """A buffer written to a render pin, like a KS stream IRP: pending until the port
     handed every event in it to the miniport (or STOP cancelled it)."""
 
-    def __init__(self, pin: RenderPin, size: int) -> None:
+    def __init__(self, pin: RenderPin, size: int, number: int) -> None:
         self.pin = pin
         self.size = size
+        self.number = number
+        """The buffer's number on its pin (counted from 0 per handle)."""
         self.status: int | None = None
         """None while pending; then STATUS_SUCCESS, STATUS_CANCELLED, or the error."""
         self.data_used = 0
@@ -1172,16 +1199,11 @@ class BufferRequest:
             client._wait_events(min(remaining, 0.1))
 
     def cancel(self) -> bool:
-        """Cancel the request if still pending: the pin walks to STOP, which cancels every
-        pending buffer and flushes everything queued (KS cancels a streaming pin's
-        requests that way), then back to the state it was in. True if it was pending."""
-        if self.status is not None:
-            return False
-        pin = self.pin
-        state = pin.state
-        pin.stop()
-        pin.walk_to(state)
-        return True
+        """Cancel the request (IoCancelIrp): its events not yet handed to the miniport
+        are dropped and it completes with STATUS_CANCELLED, data_used 0; the other
+        buffers and messages carry on in order. True if it was still pending; False
+        if it had completed (or completes on its own meanwhile)."""
+        return self.pin._cancel(self)
 
 
 class CapturePin(Pin):

@@ -143,3 +143,24 @@ def test_capture_buffers_reassemble_to_the_messages_sent(loopback_kernel) -> Non
         assert times == sorted(times) and times[0] > 0
         out.close()
         inp.close()
+
+
+def test_cancel_drops_one_buffer_and_keeps_the_rest_in_order(loopback_kernel) -> None:
+    with loopback_kernel.connect() as c:
+        out, inp = _open(c)
+        now = out.time()
+        first = out.write(ksmusic.pack([(0, b"\x90\x01\x01")]), now + 2_000_000)
+        stuck = out.write(ksmusic.pack([(0, b"\x90\x02\x02"), (0, b"\x90\x03\x03")]),
+                          now + 600_000_000)
+        out.send(b"\x90\x04\x04")
+        last = out.write(ksmusic.pack([(0, b"\x90\x05\x05")]))
+        assert stuck.cancel()
+        assert stuck.status == Status.CANCELLED and stuck.data_used == 0
+        assert not stuck.cancel()
+        assert _receive(inp, 3) == [b"\x90\x01\x01", b"\x90\x04\x04", b"\x90\x05\x05"]
+        assert first.wait(5) == Status.SUCCESS and last.wait(5) == Status.SUCCESS
+        assert not first.cancel()
+        with pytest.raises(ksclient.KsTimeoutError):
+            inp.receive(timeout=0.2)
+        out.close()
+        inp.close()
