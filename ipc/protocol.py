@@ -57,6 +57,9 @@ class ProtocolError(StatusError):
 
 Checker = Callable[[Any], bool]
 _REGISTRY: dict[str, tuple[type[Any], tuple[Checker, ...], tuple[str, ...]]] = {}
+_REQUIRED: dict[str, int] = {}
+"""Per op, how many leading fields have no default: a peer may leave out the others
+(fields added later, with defaults, so older peers still speak the protocol)."""
 M = TypeVar("M")
 
 
@@ -107,6 +110,10 @@ def message(op: str) -> Callable[[type[M]], type[M]]:
         hints = typing.get_type_hints(cls)
         names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
         _REGISTRY[op] = (cls, tuple(_checker(hints[n]) for n in names), names)
+        _REQUIRED[op] = sum(
+            1 for f in dataclasses.fields(cls)  # type: ignore[arg-type, misc]
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
         cls.OP = op  # type: ignore[attr-defined]
         return cls
 
@@ -201,9 +208,10 @@ def decode(frame: bytes) -> Frame:
     if entry is None:
         raise ProtocolError(f"unknown operation {str(op)[:64]!r}", rid or None)
     cls, checkers, names = entry
-    if type(values) is not list or len(values) != len(names):
+    if type(values) is not list or not _REQUIRED[op] <= len(values) <= len(names):
         raise ProtocolError(f"{op}: expected {len(names)} fields", rid or None)
-    for name, check, value in zip(names, checkers, values, strict=True):
+    n = len(values)
+    for name, check, value in zip(names[:n], checkers[:n], values, strict=True):
         if not check(value):
             raise ProtocolError(f"{op}: field {name!r} has a bad type or size", rid or None)
     body = cls(*values)
@@ -246,6 +254,26 @@ class OpenPin:
     pin: int
     format: dict[str, Any]
     capacity: int
+    instance: int = 0
+    """The filter instance (OpenFilter) to open the pin on; 0: the client's default one."""
+    OP: ClassVar[str]
+
+
+@message("open_filter")
+@dataclass(frozen=True, slots=True)
+class OpenFilter:
+    """Open an instance of a filter (a KS filter handle); answers {"instance": id}."""
+
+    filter: str
+    OP: ClassVar[str]
+
+
+@message("close_filter")
+@dataclass(frozen=True, slots=True)
+class CloseFilter:
+    """Close a filter instance, and the pins still open on it."""
+
+    instance: int
     OP: ClassVar[str]
 
 

@@ -1,4 +1,10 @@
-"""A published subdevice (PcRegisterSubdevice): what clients see and open pins on."""
+"""A published subdevice (PcRegisterSubdevice): what clients see and open pins on.
+
+The published filter is the factory; a client opens an instance of it (KS: a
+handle on the filter) and pins on that instance. A pin's per-filter instance
+limit counts the pins open on one filter instance, its global limit those on
+all of them.
+"""
 
 from __future__ import annotations
 
@@ -49,17 +55,26 @@ class Filter:
         desc = self.pin(pin_id)
         return min(desc.max_global_instances, desc.max_filter_instances)
 
-    def take_instance(self, pin_id: int) -> None:
-        """Count one more open instance of `pin_id`; INSUFFICIENT_RESOURCES at the limit."""
-        limit = self.instance_limit(pin_id)
-        if self.open_counts[pin_id] >= limit:
+    def take_instance(self, pin_id: int, instance: FilterInstance) -> None:
+        """Count one more open instance of `pin_id` on `instance`; INSUFFICIENT_RESOURCES
+        at the pin's per-filter limit (on that instance) or its global limit."""
+        desc = self.pin(pin_id)
+        if instance.counts[pin_id] >= desc.max_filter_instances:
             raise StatusError(
                 Status.INSUFFICIENT_RESOURCES,
-                f"pin {pin_id} has all {limit} instance(s) open",
+                f"pin {pin_id} has all {desc.max_filter_instances} instance(s) per filter "
+                f"open on this filter instance",
             )
+        if self.open_counts[pin_id] >= desc.max_global_instances:
+            raise StatusError(
+                Status.INSUFFICIENT_RESOURCES,
+                f"pin {pin_id} has all {desc.max_global_instances} instance(s) open",
+            )
+        instance.counts[pin_id] += 1
         self.open_counts[pin_id] += 1
 
-    def give_back_instance(self, pin_id: int) -> None:
+    def give_back_instance(self, pin_id: int, instance: FilterInstance) -> None:
+        instance.counts[pin_id] = max(0, instance.counts[pin_id] - 1)
         self.open_counts[pin_id] = max(0, self.open_counts[pin_id] - 1)
 
     def pin_property(self, pin_id: int, prop: str, value: Any = None) -> Any:
@@ -95,9 +110,8 @@ class Filter:
                 if not any(r.matches(fmt) for r in desc.data_ranges):
                     raise StatusError(Status.NO_MATCH, "the pin does not take that format")
                 return True
-            case "cinstances":
-                return {"possible": self.instance_limit(pin_id),
-                        "current": self.open_counts[pin_id]}
+            case "cinstances":  # per filter instance: `instance_property` answers it
+                return {"possible": desc.max_filter_instances, "current": 0}
             case "globalcinstances":
                 return {"possible": desc.max_global_instances,
                         "current": self.open_counts[pin_id]}
@@ -119,3 +133,17 @@ class Filter:
             "description": self.descriptor.to_wire(),
             "open": list(self.open_counts),
         }
+
+
+class FilterInstance:
+    """One client's open instance of a filter: the pins open on it, per pin id."""
+
+    def __init__(self, instance_id: int, factory: Filter) -> None:
+        self.id = instance_id
+        self.factory = factory
+        self.counts = [0] * len(factory.descriptor.pins)
+
+    def cinstances(self, pin_id: int) -> dict[str, int]:
+        """KSPROPERTY_PIN_CINSTANCES on this filter instance."""
+        desc = self.factory.pin(pin_id)
+        return {"possible": desc.max_filter_instances, "current": self.counts[pin_id]}

@@ -197,6 +197,7 @@ class RenderPin(Pin):
                 self._client_ring_fault(exc)
                 return False
         if index is None:
+            self.pump()  # records taken from the ring rang no doorbell
             return False
         first = index
         while first > 0 and queue[first - 1].flags & RENDER_FLAG_IN_BUFFER and not (
@@ -209,9 +210,10 @@ class RenderPin(Pin):
         del kept[first : index + 1]
         queue.clear()
         queue.extend(kept)
-        if first == 0:
-            self.loop.scheduler.cancel_timer(self.timer)
-            self.pump()  # the head changed: what is due now, and the timer for the next
+        # The head may have changed, and records taken from the ring here rang no
+        # doorbell: release what is due now and set the timer for the next.
+        self.loop.scheduler.cancel_timer(self.timer)
+        self.pump()
         return True
 
     def _find_marker(self, number: int, start: int = 0) -> int | None:

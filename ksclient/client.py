@@ -529,6 +529,14 @@ class Client:
             return DataFormat.from_wire(answer["format"])
         return answer
 
+    def open_filter(self, filter_id: str) -> FilterInstance:
+        """Open an instance of a filter (a KS filter handle) to open pins on: a pin's
+        per-filter instance limit counts the pins on one filter instance, its global
+        limit those on all. Pins opened on the client directly go on a default
+        instance per filter."""
+        result = self._call(p.OpenFilter(filter_id))
+        return FilterInstance(self, filter_id, int(result["instance"]))
+
     def open_pin(
         self,
         filter_id: str,
@@ -536,14 +544,17 @@ class Client:
         fmt: DataFormat | None = None,
         capacity: int = DEFAULT_CAPACITY,
         auto_reopen: bool | None = None,
+        instance: int = 0,
     ) -> RenderPin | CapturePin:
         """Open pin `pin` of a filter with a data format (default: MIDI); it starts in STOP.
 
         `auto_reopen` (default: the client's setting) reopens the pin after a
-        surprise removal; see the module docstring.
+        surprise removal (on the default filter instance: the old one went with the
+        device); see the module docstring. `instance`: a filter instance from
+        `open_filter` (`FilterInstance.open_pin` passes it); 0 the default one.
         """
         fmt = fmt or DataFormat()
-        handle, capture, channel = self._open_channel(filter_id, pin, fmt, capacity)
+        handle, capture, channel = self._open_channel(filter_id, pin, fmt, capacity, instance)
         pin_obj: RenderPin | CapturePin
         if capture:
             assert isinstance(channel, ChannelReader)
@@ -558,9 +569,9 @@ class Client:
         return pin_obj
 
     def _open_channel(
-        self, filter_id: str, pin: int, fmt: DataFormat, capacity: int
+        self, filter_id: str, pin: int, fmt: DataFormat, capacity: int, instance: int = 0
     ) -> tuple[int, bool, ChannelReader | ChannelWriter]:
-        result = self._call(p.OpenPin(filter_id, pin, fmt.to_wire(), capacity))
+        result = self._call(p.OpenPin(filter_id, pin, fmt.to_wire(), capacity, instance))
         handle, channel = int(result["handle"]), Path(result["channel"])
         try:
             capture = bool(result["capture"])
@@ -639,6 +650,54 @@ class Client:
             self._kernel_fd = None
         self._rpc.close()
         self._ctx.term()
+
+
+class FilterInstance:
+    """An open instance of a filter (`Client.open_filter`): open pins on it; closing it
+    closes them."""
+
+    def __init__(self, client: Client, filter_id: str, instance: int) -> None:
+        self.client = client
+        self.filter_id = filter_id
+        self.instance = instance
+        self.pins: list[Pin] = []
+        self._closed = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def open_pin(
+        self, pin: int, fmt: DataFormat | None = None, capacity: int = DEFAULT_CAPACITY
+    ) -> RenderPin | CapturePin:
+        """Open pin `pin` on this filter instance (see `Client.open_pin`)."""
+        if self._closed:
+            raise errors.ClosedError("the filter instance is closed")
+        opened = self.client.open_pin(self.filter_id, pin, fmt, capacity, False, self.instance)
+        self.pins.append(opened)
+        return opened
+
+    def cinstances(self, pin: int) -> dict[str, int]:
+        """KSPROPERTY_PIN_CINSTANCES on this instance: {"possible": ..., "current": ...}."""
+        result: dict[str, int] = self.client.pin_property(
+            self.filter_id, pin, "cinstances", self.instance)
+        return result
+
+    def close(self) -> None:
+        """Close the pins opened on this instance, then the instance. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for pin in self.pins:
+            with contextlib.suppress(errors.KsError):
+                pin.close()
+        with contextlib.suppress(errors.KernelGoneError, errors.ClosedError):
+            if not self.client._closed:
+                self.client._call(p.CloseFilter(self.instance))
 
 
 class Pin:

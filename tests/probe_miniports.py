@@ -253,3 +253,16 @@ class FormatProbe(LoopbackMiniport):
         if isinstance(stream, LoopbackRenderStream):
             stream.__class__ = _PickyRenderStream
         return stream, group
+
+
+class InstanceProbe(LoopbackMiniport):
+    """A loopback whose capture pin allows 3 instances in all but 2 per filter instance."""
+
+    def __init__(self) -> None:
+        super().__init__(capture_instances=3)
+
+    def get_description(self) -> FilterDescriptor:
+        desc = super().get_description()
+        capture = dataclasses.replace(desc.pins[3], max_global_instances=3,
+                                      max_filter_instances=2)
+        return dataclasses.replace(desc, pins=(*desc.pins[:3], capture))
