@@ -164,3 +164,26 @@ def test_cancel_drops_one_buffer_and_keeps_the_rest_in_order(loopback_kernel) ->
             inp.receive(timeout=0.2)
         out.close()
         inp.close()
+
+
+def test_asyncio_flavour_writes_buffers_on_stream_time(loopback_kernel) -> None:
+    import asyncio
+
+    import ksclient.aio
+
+    async def main() -> tuple[int, list[bytes]]:
+        async with await ksclient.aio.connect(loopback_kernel.runtime) as k:
+            await k.wait_for_filter("loopback")
+            inp = await k.open_capture("loopback")
+            out = await k.open_render("loopback")
+            await inp.run()
+            await out.run()
+            request = await out.write(ksmusic.pack([(0, b"\x90\x3c\x40"), (10, b"\xf8")]),
+                                      await out.time())
+            status = await out.wait(request, timeout=5)
+            got = [(await inp.receive(timeout=5)).data for _ in range(2)]
+            await out.close()
+            await inp.close()
+            return status, got
+
+    assert asyncio.run(main()) == (Status.SUCCESS, [b"\x90\x3c\x40", b"\xf8"])
