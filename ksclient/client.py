@@ -10,6 +10,14 @@
 Control requests (open, set_state, close) go to the kernel over ZeroMQ and
 get exactly one reply; MIDI travels through the pin's shared-memory ring.
 
+Each pin has a KS stream clock (`pin.time()`, 100 ns units): 0 at open,
+running only in RUN, standing still in PAUSE and ACQUIRE, back to 0 at STOP.
+`send(msg, at=T)` with a plain int plays when that clock reaches T; with a
+`PhysicalTime` (what `now()` returns) at that time on the shared clock.
+`RenderPin.write` queues a KSMUSICFORMAT buffer (`ksclient.ksmusic`) and returns
+a request that completes when the buffer was handed on; `CapturePin.read`
+returns captured messages framed the same way.
+
 When a device goes away (surprise removal), I/O on its open pins raises
 DeviceRemovedError. A pin opened with `auto_reopen=True` instead waits for the
 device to come back under the same name (up to `reopen_timeout` seconds),
