@@ -68,7 +68,7 @@ def test_end_of_stream_after_the_queue_played(loopback_kernel) -> None:
     with loopback_kernel.connect() as c:
         out, inp = _open(c)
         out.run()
-        out.send(b"\x90\x3c\x40", at=out.time() + 2_000_000)
+        out.send(b"\x90\x3c\x40", at=out.time() + 5_000_000)
         eos = out.enable_event("end_of_stream")
         with pytest.raises(ksclient.KsTimeoutError):
             out.next_pin_event(timeout=0.1)  # the note waits for its time

@@ -48,8 +48,10 @@ def test_an_event_paused_after_sending_plays_its_delay_after_run(loopback_kernel
     with loopback_kernel.connect() as c:
         out, inp = _open(c)
         out.run()
-        out.send(b"\x90\x3c\x40", at=out.time() + 3_000_000)
+        sent_at = out.time()
+        out.send(b"\x90\x3c\x40", at=sent_at + 3_000_000)
         out.pause()
+        remaining_ms = (sent_at + 3_000_000 - out.time()) / 10_000
         time.sleep(0.8)
         with pytest.raises(ksclient.KsTimeoutError):
             inp.receive(timeout=0)
@@ -57,9 +59,13 @@ def test_an_event_paused_after_sending_plays_its_delay_after_run(loopback_kernel
         out.run()
         msg = inp.receive(timeout=5)
         after_run = (msg.timestamp - run_at) / 10_000
-        print(f"played {after_run:.1f} ms after RUN (due 300 ms of stream time ahead)")
+        print(f"played {after_run:.1f} ms after RUN (due 300 ms of stream time ahead, "
+              f"{remaining_ms:.1f} ms of it left at PAUSE)")
         assert msg.data == b"\x90\x3c\x40"
-        assert 200 < after_run < 800
+        # Never before its stream time (the capture stamp comes after the release, and
+        # the kernel entered RUN after `run_at`), and not at once as before.
+        assert after_run >= remaining_ms - 1
+        assert min(200, remaining_ms - 1) < after_run < 800
         out.close()
         inp.close()
 
