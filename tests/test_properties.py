@@ -97,3 +97,34 @@ def test_connection_state_and_dataformat(start_kernel) -> None:
             out.send(b"\x90\x3c\x40")
             position = out.connection_property("position")
             assert set(position) == {"events", "time"}
+
+
+WIRED = """
+[[device]]
+name = "loopback"
+miniport = "loopback"
+physical_connections = [{ pin = 1, to = "other", to_pin = 2 }]
+
+[[device]]
+name = "other"
+miniport = "loopback"
+"""
+
+
+def test_physical_connections_the_adapter_registered(start_kernel) -> None:
+    kernel = start_kernel(WIRED)
+    with kernel.connect() as c:
+        c.wait_for_filter("loopback")
+        assert c.pin_property("loopback", 1, "physicalconnection") == {"filter": "other",
+                                                                       "pin": 2}
+        assert c.pin_property("loopback", 2, "physicalconnection") is None
+
+
+def test_bad_physical_connections_are_refused() -> None:
+    from kernel.config import ConfigError, parse
+
+    base = {"name": "a", "miniport": "loopback"}
+    for wires in ([{"pin": -1, "to": "b", "to_pin": 0}], [{"pin": 0, "to": "b"}],
+                  [{"pin": 0, "to": "b", "to_pin": 0, "extra": 1}], "x"):
+        with pytest.raises(ConfigError):
+            parse({"device": [{**base, "physical_connections": wires}]})
