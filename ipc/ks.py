@@ -8,6 +8,7 @@ type converts to and from its wire form (msgpack-friendly dicts and lists);
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Final
@@ -41,6 +42,18 @@ KSFILTER_NODE: Final = -1
 
 UNLIMITED_INSTANCES: Final = 0xFFFFFFFF
 """Instance count meaning "no limit" (all ones, as in KS)."""
+
+
+RENDER_FLAG_PHYSICAL_TIME: Final = 0x0100
+"""Render record flag: its timestamp is a physical time on the shared clock, not a
+stream time (what `ksclient.now() + delay` gives)."""
+RENDER_FLAG_BUFFER_END: Final = 0x0200
+"""Render record flag: the marker after a KSMUSICFORMAT buffer's records. Its payload is
+the buffer's number (u64, little-endian, counted per pin handle from 0); it never
+goes to the miniport: reaching it means the buffer was handed on (complete)."""
+RENDER_FLAG_IN_BUFFER: Final = 0x0400
+"""Render record flag: one of a buffer's records (so cancelling it knows where it starts)."""
+BUFFER_MARKER: Final = struct.Struct("<Q")
 
 
 class KsState(IntEnum):

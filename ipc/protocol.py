@@ -60,6 +60,9 @@ class ProtocolError(StatusError):
 
 Checker = Callable[[Any], bool]
 _REGISTRY: dict[str, tuple[type[Any], tuple[Checker, ...], tuple[str, ...]]] = {}
+_REQUIRED: dict[str, int] = {}
+"""Per op, how many leading fields have no default: a peer may leave out the others
+(fields added later, with defaults, so older peers still speak the protocol)."""
 M = TypeVar("M")
 
 
@@ -110,6 +113,10 @@ def message(op: str) -> Callable[[type[M]], type[M]]:
         hints = typing.get_type_hints(cls)
         names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
         _REGISTRY[op] = (cls, tuple(_checker(hints[n]) for n in names), names)
+        _REQUIRED[op] = sum(
+            1 for f in dataclasses.fields(cls)  # type: ignore[arg-type, misc]
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
         cls.OP = op  # type: ignore[attr-defined]
         return cls
 
@@ -204,9 +211,10 @@ def decode(frame: bytes) -> Frame:
     if entry is None:
         raise ProtocolError(f"unknown operation {str(op)[:64]!r}", rid or None)
     cls, checkers, names = entry
-    if type(values) is not list or len(values) != len(names):
+    if type(values) is not list or not _REQUIRED[op] <= len(values) <= len(names):
         raise ProtocolError(f"{op}: expected {len(names)} fields", rid or None)
-    for name, check, value in zip(names, checkers, values, strict=True):
+    n = len(values)
+    for name, check, value in zip(names[:n], checkers[:n], values, strict=True):
         if not check(value):
             raise ProtocolError(f"{op}: field {name!r} has a bad type or size", rid or None)
     body = cls(*values)
@@ -237,6 +245,8 @@ class PinProperty:
     filter: str
     pin: int
     property: str
+    value: Any = None
+    """What a set (or DATAINTERSECTION) carries; None for a plain get."""
     OP: ClassVar[str]
 
 
@@ -247,6 +257,26 @@ class OpenPin:
     pin: int
     format: dict[str, Any]
     capacity: int
+    instance: int = 0
+    """The filter instance (OpenFilter) to open the pin on; 0: the client's default one."""
+    OP: ClassVar[str]
+
+
+@message("open_filter")
+@dataclass(frozen=True, slots=True)
+class OpenFilter:
+    """Open an instance of a filter (a KS filter handle); answers {"instance": id}."""
+
+    filter: str
+    OP: ClassVar[str]
+
+
+@message("close_filter")
+@dataclass(frozen=True, slots=True)
+class CloseFilter:
+    """Close a filter instance, and the pins still open on it."""
+
+    instance: int
     OP: ClassVar[str]
 
 
@@ -286,6 +316,59 @@ class Goodbye:
     OP: ClassVar[str]
 
 
+@message("clock_time")
+@dataclass(frozen=True, slots=True)
+class ClockTime:
+    """KSPROPERTY_CLOCK_CORRELATEDTIME of a pin: its stream time and the physical time."""
+
+    handle: int
+    OP: ClassVar[str]
+
+
+@message("enable_event")
+@dataclass(frozen=True, slots=True)
+class EnableEvent:
+    """Enable a KS event on pin `handle` under the client's `cookie`: kind "position"
+    (once at stream `time`), "interval" (at `time` + k * `interval`), "end_of_stream"."""
+
+    handle: int
+    kind: str
+    cookie: int
+    time: int = 0
+    interval: int = 0
+    OP: ClassVar[str]
+
+
+@message("disable_event")
+@dataclass(frozen=True, slots=True)
+class DisableEvent:
+    handle: int
+    cookie: int
+    OP: ClassVar[str]
+
+
+@message("cancel_buffer")
+@dataclass(frozen=True, slots=True)
+class CancelBuffer:
+    """Cancel buffer number `buffer` of pin `handle`: True if it was still pending (its
+    events not yet handed on are dropped), False if it completed already."""
+
+    handle: int
+    buffer: int
+    OP: ClassVar[str]
+
+
+@message("connection_property")
+@dataclass(frozen=True, slots=True)
+class ConnectionProperty:
+    """KSPROPSETID_Connection / stream properties of an open pin: get (value None) or set."""
+
+    handle: int
+    property: str
+    value: Any = None
+    OP: ClassVar[str]
+
+
 # Kernel -> client events.
 
 
@@ -310,6 +393,33 @@ class PinError:
     handle: int
     status: int
     message: str
+    OP: ClassVar[str]
+
+
+@message("buffers_done")
+@dataclass(frozen=True, slots=True)
+class BuffersDone:
+    """Buffers `first` .. `first + count - 1` the client wrote on pin `handle` completed
+    with `status` (SUCCESS: every event handed to the miniport; CANCELLED: flushed by
+    STOP)."""
+
+    handle: int
+    first: int
+    count: int
+    status: int
+    OP: ClassVar[str]
+
+
+@message("pin_event")
+@dataclass(frozen=True, slots=True)
+class PinEvent:
+    """An enabled KS event fired on pin `handle`: kind "position", "interval" or
+    "end_of_stream", `cookie` the client's id for it, `time` the stream time."""
+
+    handle: int
+    kind: str
+    cookie: int
+    time: int
     OP: ClassVar[str]
 
 

@@ -20,6 +20,7 @@ cable looped back).
     resources = { io = [[0x330, 2]], irq = [9] }
     properties = { friendly_name = "Loopback" }
     restart = { limit = 5, window = 60.0, backoff = 0.2 }   # limit 0 (or "never"): no restart
+    physical_connections = [{ pin = 2, to = "synth", to_pin = 0 }]  # PcRegisterPhysicalConnection
 
     [[hotplug]]                  # every matching rtmidi port becomes a device while it exists
     api = "jack"                 # alsa, jack, coremidi, winmm
@@ -72,7 +73,9 @@ def _check_keys(table: dict[str, Any], known: tuple[str, ...], where: str) -> No
 _KERNEL_KEYS = ("heartbeat_interval", "heartbeat_timeout", "call_timeout", "ring_capacity",
                 "malformed_limit", "malformed_window", "stop_grace")
 _RESTART_KEYS = ("limit", "window", "backoff", "max_backoff")
-_DEVICE_KEYS = ("name", "miniport", "options", "resources", "properties", "restart")
+_DEVICE_KEYS = ("name", "miniport", "options", "resources", "properties", "restart",
+                "physical_connections")
+_CONNECTION_KEYS = ("pin", "to", "to_pin")
 _HOTPLUG_KEYS = ("api", "match", "direction", "prefix", "options", "interval", "restart")
 
 
@@ -92,6 +95,8 @@ class DeviceConfig:
     resources: dict[str, Any] = field(default_factory=dict)
     properties: dict[str, Any] = field(default_factory=dict)
     restart: RestartPolicy = RestartPolicy()
+    physical_connections: tuple[tuple[int, str, int], ...] = ()
+    """PcRegisterPhysicalConnection: (this filter's pin, other filter, its pin) wires."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +201,26 @@ def _hotplug_rules(raw_rules: Any) -> tuple[HotplugRule, ...]:
     return tuple(rules)
 
 
+def _physical_connections(raw: dict[str, Any], name: str) -> tuple[tuple[int, str, int], ...]:
+    wires = raw.get("physical_connections", [])
+    where = f"device {name!r}: physical_connections"
+    if not isinstance(wires, list):
+        raise _config_error(f"{where} must be an array of tables", "physical_connections")
+    out = []
+    for wire in wires:
+        if not isinstance(wire, dict):
+            raise _config_error(f"{where}: each is a table {{ pin, to, to_pin }}",
+                                "physical_connections")
+        _check_keys(wire, _CONNECTION_KEYS, where)
+        pin, to, to_pin = wire.get("pin"), wire.get("to"), wire.get("to_pin")
+        if (type(pin) is not int or type(to_pin) is not int or pin < 0 or to_pin < 0
+                or not isinstance(to, str) or not _NAME.match(to)):
+            raise _config_error(f"{where}: pin and to_pin are pin ids, to a device name",
+                                "physical_connections")
+        out.append((pin, to, to_pin))
+    return tuple(out)
+
+
 def parse(data: dict[str, Any]) -> KernelConfig:
     """Validate a decoded TOML document; StatusError(DEVICE_CONFIGURATION_ERROR) if wrong."""
     _check_keys(data, ("kernel", "device", "hotplug"), "top level")
@@ -226,6 +251,7 @@ def parse(data: dict[str, Any]) -> KernelConfig:
                 resources=_table(raw, "resources"),
                 properties=_table(raw, "properties"),
                 restart=_restart(raw, f"device {name!r}"),
+                physical_connections=_physical_connections(raw, name),
             )
         )
     hotplug = _hotplug_rules(data.get("hotplug", []))

@@ -1,12 +1,35 @@
-"""A published subdevice (PcRegisterSubdevice): what clients see and open pins on."""
+"""A published subdevice (PcRegisterSubdevice): what clients see and open pins on.
+
+The published filter is the factory; a client opens an instance of it (KS: a
+handle on the filter) and pins on that instance. A pin's per-filter instance
+limit counts the pins open on one filter instance, its global limit those on
+all of them.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
-from ipc.ks import FilterDescriptor, PinDescriptor
-from ipc.status import Status, StatusError
+from ipc.ks import DataFormat, FilterDescriptor, PinDescriptor
+from ipc.status import BufferTooSmall, Status, StatusError
 from kernel.port import PortMidi
+
+KSINTERFACESETID_STANDARD: Final = "1a8766a0-62ce-11cf-a5d6-28db04c10000"
+KSINTERFACE_STANDARD_STREAMING: Final = 0
+KSMEDIUMSETID_STANDARD: Final = "4747b320-62ce-11cf-a5d6-28db04c10000"
+KSMEDIUM_TYPE_ANYINSTANCE: Final = 0
+KSDATAFORMAT_SIZE: Final = 64
+"""sizeof(KSDATAFORMAT): what a DATAINTERSECTION result needs."""
+
+
+def sized_format(fmt: DataFormat, size: int) -> dict[str, Any]:
+    """A property's KSDATAFORMAT result for a caller's buffer of `size` bytes: size 0 is
+    a size query (STATUS_BUFFER_OVERFLOW and the size), too small BUFFER_TOO_SMALL."""
+    if size == 0:
+        return {"status": int(Status.BUFFER_OVERFLOW), "size": KSDATAFORMAT_SIZE}
+    if size < KSDATAFORMAT_SIZE:
+        raise BufferTooSmall(KSDATAFORMAT_SIZE)
+    return {"status": int(Status.SUCCESS), "size": KSDATAFORMAT_SIZE, "format": fmt.to_wire()}
 
 
 class Filter:
@@ -20,6 +43,8 @@ class Filter:
         self.port = port
         self.descriptor: FilterDescriptor = port.description
         self.open_counts = [0] * len(self.descriptor.pins)
+        self.physical_connections: dict[int, dict[str, Any]] = {}
+        """PcRegisterPhysicalConnection: pin id -> {"filter": ..., "pin": ...} it is wired to."""
 
     def pin(self, pin_id: int) -> PinDescriptor:
         if not 0 <= pin_id < len(self.descriptor.pins):
@@ -30,21 +55,32 @@ class Filter:
         desc = self.pin(pin_id)
         return min(desc.max_global_instances, desc.max_filter_instances)
 
-    def take_instance(self, pin_id: int) -> None:
-        """Count one more open instance of `pin_id`; INSUFFICIENT_RESOURCES at the limit."""
-        limit = self.instance_limit(pin_id)
-        if self.open_counts[pin_id] >= limit:
+    def take_instance(self, pin_id: int, instance: FilterInstance) -> None:
+        """Count one more open instance of `pin_id` on `instance`; INSUFFICIENT_RESOURCES
+        at the pin's per-filter limit (on that instance) or its global limit."""
+        desc = self.pin(pin_id)
+        if instance.counts[pin_id] >= desc.max_filter_instances:
             raise StatusError(
                 Status.INSUFFICIENT_RESOURCES,
-                f"pin {pin_id} has all {limit} instance(s) open",
+                f"pin {pin_id} has all {desc.max_filter_instances} instance(s) per filter "
+                f"open on this filter instance",
             )
+        if self.open_counts[pin_id] >= desc.max_global_instances:
+            raise StatusError(
+                Status.INSUFFICIENT_RESOURCES,
+                f"pin {pin_id} has all {desc.max_global_instances} instance(s) open",
+            )
+        instance.counts[pin_id] += 1
         self.open_counts[pin_id] += 1
 
-    def give_back_instance(self, pin_id: int) -> None:
+    def give_back_instance(self, pin_id: int, instance: FilterInstance) -> None:
+        instance.counts[pin_id] = max(0, instance.counts[pin_id] - 1)
         self.open_counts[pin_id] = max(0, self.open_counts[pin_id] - 1)
 
-    def pin_property(self, pin_id: int, prop: str) -> Any:
-        """KSPROPERTY_PIN_xxx, by lower-case name."""
+    def pin_property(self, pin_id: int, prop: str, value: Any = None) -> Any:
+        """KSPROPERTY_PIN_xxx, by lower-case name (DATAINTERSECTION, which asks the
+        miniport, is the port's: `PortMidi.data_intersection`). `value`: what a set
+        request carries (PROPOSEDATAFORMAT's format); None for a get."""
         if prop == "ctypes":
             return len(self.descriptor.pins)
         desc = self.pin(pin_id)
@@ -53,11 +89,29 @@ class Filter:
                 return int(desc.dataflow)
             case "communication":
                 return int(desc.communication)
-            case "dataranges":
+            case "dataranges" | "constraineddataranges":
+                # No range of a MIDI pin is constrained by what else is open.
                 return [r.to_wire() for r in desc.data_ranges]
-            case "cinstances":
-                return {"possible": self.instance_limit(pin_id),
-                        "current": self.open_counts[pin_id]}
+            case "interfaces":
+                if not desc.streaming:
+                    return []
+                return [{"set": KSINTERFACESETID_STANDARD, "id": KSINTERFACE_STANDARD_STREAMING,
+                         "flags": 0}]
+            case "mediums":
+                return [{"set": KSMEDIUMSETID_STANDARD, "id": KSMEDIUM_TYPE_ANYINSTANCE,
+                         "flags": 0}]
+            case "proposedataformat":
+                if value is None:  # get: the format the pin would take by default
+                    if not desc.data_ranges:
+                        raise StatusError(Status.NOT_SUPPORTED, f"pin {pin_id} takes no data")
+                    r = desc.data_ranges[0]
+                    return DataFormat(r.major_format, r.sub_format, r.specifier).to_wire()
+                fmt = DataFormat.from_wire(value)
+                if not any(r.matches(fmt) for r in desc.data_ranges):
+                    raise StatusError(Status.NO_MATCH, "the pin does not take that format")
+                return True
+            case "cinstances":  # per filter instance: `instance_property` answers it
+                return {"possible": desc.max_filter_instances, "current": 0}
             case "globalcinstances":
                 return {"possible": desc.max_global_instances,
                         "current": self.open_counts[pin_id]}
@@ -68,7 +122,7 @@ class Filter:
             case "category":
                 return desc.category
             case "physicalconnection":
-                return None
+                return self.physical_connections.get(pin_id)
         raise StatusError(Status.NOT_SUPPORTED, f"no pin property {prop!r}")
 
     def to_wire(self) -> dict[str, Any]:
@@ -79,3 +133,17 @@ class Filter:
             "description": self.descriptor.to_wire(),
             "open": list(self.open_counts),
         }
+
+
+class FilterInstance:
+    """One client's open instance of a filter: the pins open on it, per pin id."""
+
+    def __init__(self, instance_id: int, factory: Filter) -> None:
+        self.id = instance_id
+        self.factory = factory
+        self.counts = [0] * len(factory.descriptor.pins)
+
+    def cinstances(self, pin_id: int) -> dict[str, int]:
+        """KSPROPERTY_PIN_CINSTANCES on this filter instance."""
+        desc = self.factory.pin(pin_id)
+        return {"possible": desc.max_filter_instances, "current": self.counts[pin_id]}

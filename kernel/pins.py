@@ -1,4 +1,5 @@
-"""The pin instances clients open on filters: one base, a render pin and a capture pin.
+"""The pin instances clients open on filters: the base and the capture pin (the render
+pin, with its sequencer, is in `kernel.renderpin`).
 
 A pin is the port's half of one stream: the client's ring on one side, the
 miniport stream's ring on the other, and in between the port's work: for
@@ -21,15 +22,13 @@ from typing import Any, Final
 
 from ipc.channel import ChannelReader, ChannelWriter, remove_channel_files
 from ipc.ks import DataFormat, KsState
-from ipc.ring import Record, RingError
+from ipc.ring import RingError
 from ipc.status import Status, StatusError
-from kernel.dpc import Dpc, Timer
 from kernel.loop import KernelLoop
 from kernel.midiparse import MidiStreamParser
+from kernel.pinevents import PinEvents
 from kernel.servicegroup import ServiceGroup
-
-SEQUENCER_LIMIT: Final = 4096
-"""Render events the sequencer holds; beyond it the client's ring (and the client) waits."""
+from kernel.streamclock import StreamClock
 
 CAPTURE_BATCH: Final = 256
 
@@ -68,6 +67,13 @@ class Pin:
         self.released = False
         self.stats = collections.Counter[str]()
         self.parser = MidiStreamParser()
+        self.clock = StreamClock(loop.scheduler.clock)
+        self.notify_client: Callable[[Any], None] = lambda body: None
+        """Sends an event (a protocol record) to the client that owns the pin."""
+        self.events = PinEvents(
+            loop, handle, self.clock, self.capture,
+            lambda body: self.notify_client(body), self.queue_empty,
+        )
 
     def open_channels(self) -> None:
         """Attach the kernel's ends of both rings (files made by the kernel beforehand)."""
@@ -93,13 +99,34 @@ class Pin:
         if not self.released:  # nobody removed the device: at least this pin goes
             self.remove(StatusError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}"))
 
-    def state_changed(self, state: KsState) -> None:
-        """The miniport stream accepted `state`; STOP flushes, RUN starts moving data."""
+    def state_changed(self, state: KsState) -> dict[str, int]:
+        """The miniport stream accepted `state`; STOP flushes and resets the stream
+        time, RUN starts the clock and moves data. Returns the correlated time at
+        the change (the client maps its capture stamps with it)."""
+        now = self.loop.scheduler.clock()
         self.state = state
+        if state == KsState.RUN:
+            self.clock.run(now)
+            self.events.started()
+        else:
+            self.clock.pause(now)
+            if state == KsState.STOP:
+                self.clock.reset()
+            self.events.held()
         if state == KsState.STOP:
             self.flush()
         elif state == KsState.RUN:
             self.request_service()
+        else:
+            self.held()
+        return self.clock.to_wire(now)
+
+    def held(self) -> None:
+        """The pin left RUN for PAUSE or ACQUIRE: its clock stands still."""
+
+    def queue_empty(self) -> bool:
+        """Nothing the client queued is waiting to be handed on."""
+        return True
 
     def flush(self) -> None:
         self.parser.reset()
@@ -123,6 +150,7 @@ class Pin:
         if self.released:
             return
         self.released = True
+        self.events.close()
         if self.group is not None:
             self.group.remove_member(self)
         readers, writers = self._channels()
@@ -150,139 +178,6 @@ class Pin:
             "stats": dict(self.stats),
             "stray_bytes": self.parser.stray_bytes,
         }
-
-
-class RenderPin(Pin):
-    """A render pin: the sequencer between the client's ring and the miniport's."""
-
-    capture = False
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.client_reader: ChannelReader | None = None
-        self.mp_writer: ChannelWriter | None = None
-        self.queue: collections.deque[Record] = collections.deque()
-        self.timer = Timer(Dpc(self.pump))
-        self.waiting_miniport = False
-
-    def open_channels(self) -> None:
-        self.client_reader = ChannelReader.open(self.client_base)
-        self.mp_writer = ChannelWriter.open(self.miniport_base)
-        self.loop.watch_fd(self.client_reader.data_fileno(), self.on_client_data)
-
-    def _channels(self) -> tuple[list[ChannelReader | None], list[ChannelWriter | None]]:
-        return [self.client_reader], [self.mp_writer]
-
-    def request_service(self) -> None:
-        self.pump()
-
-    def on_client_data(self) -> None:
-        assert self.client_reader is not None
-        self.client_reader.end_sleep()
-        self.pump()
-
-    def pump(self) -> None:
-        """The sequencer: pull the client's events and release those that are due, in order."""
-        reader, writer = self.client_reader, self.mp_writer
-        if (
-            self.state != KsState.RUN
-            or self.removed is not None
-            or self.waiting_miniport
-            or reader is None
-            or writer is None
-        ):
-            return
-        queue = self.queue
-        if not queue and reader.asleep():
-            return  # serviced for another reason: nothing to play
-        while True:
-            room = SEQUENCER_LIMIT - len(queue)
-            try:
-                if room > 0:
-                    queue.extend(reader.receive_many(max_records=room))
-            except RingError as exc:
-                self._client_ring_fault(exc)
-                return
-            try:
-                if queue and not self._release(queue, writer):
-                    return  # the miniport's ring is full: on_miniport_space pumps again
-            except RingError as exc:
-                self._miniport_ring_fault(exc)
-                return
-            if len(queue) >= SEQUENCER_LIMIT:
-                return  # the timer set by _release pumps again; the client's ring waits
-            # Sleep only once the ring is seen empty after arming (else a record that
-            # came meanwhile would wait for the safety sweep).
-            try:
-                if reader.prepare_to_sleep():
-                    return
-            except RingError as exc:
-                self._client_ring_fault(exc)
-                return
-
-    def _release(self, queue: collections.deque[Record], writer: ChannelWriter) -> bool:
-        """Hand the due events to the miniport in order and set the timer for the next
-        one. False if the miniport's ring filled up (the rest waits for room)."""
-        scheduler = self.loop.scheduler
-        clock = scheduler.clock
-        while True:
-            now = clock()
-            if queue[-1].timestamp <= now:
-                batch = list(queue)  # the usual case: everything is due
-            else:
-                batch = []
-                for record in queue:
-                    if record.timestamp > now:
-                        break
-                    batch.append(record)
-            if batch:
-                sent = writer.send_many(batch)
-                if sent == len(queue):
-                    queue.clear()
-                else:
-                    for _ in range(sent):
-                        queue.popleft()
-                self.stats["released"] += sent
-                if sent < len(batch):
-                    if writer.prepare_to_wait_for_space(len(batch[sent].data)):
-                        self.waiting_miniport = True
-                        self.loop.watch_fd(writer.space_fileno(), self.on_miniport_space)
-                        return False
-                    continue  # room appeared meanwhile
-            if queue and self.timer.due != queue[0].timestamp:
-                scheduler.set_timer(self.timer, queue[0].timestamp)
-            return True
-
-    def on_miniport_space(self) -> None:
-        assert self.mp_writer is not None
-        self.loop.unwatch_fd(self.mp_writer.space_fileno())
-        self.mp_writer.end_wait_for_space()
-        self.waiting_miniport = False
-        self.pump()
-
-    def flush(self) -> None:
-        super().flush()
-        self.loop.scheduler.cancel_timer(self.timer)
-        self.stats["flushed"] += len(self.queue)
-        self.queue.clear()
-        if self.client_reader is not None:
-            try:
-                self.stats["flushed"] += self.client_reader.discard_all()
-            except RingError as exc:
-                self._client_ring_fault(exc)
-
-    def _count_lost(self) -> int:
-        # What the client's ring still holds, the client works out from `released`
-        # and `flushed`; the sequencer's queue dies here; and of what was released,
-        # the miniport never took what is still in its ring ("undelivered").
-        if self.mp_writer is not None and not self.released:
-            with contextlib.suppress(RingError, ValueError):
-                self.stats["undelivered"] += self.mp_writer.count_unread()
-        return len(self.queue)
-
-    def release(self) -> None:
-        self.loop.scheduler.cancel_timer(self.timer)
-        super().release()
 
 
 class CapturePin(Pin):

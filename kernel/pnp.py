@@ -218,6 +218,9 @@ class PnpManager:
         if fid in self.filters:
             raise StatusError(Status.OBJECT_NAME_COLLISION, f"filter {fid} exists")
         filter_ = Filter(fid, device.config.name, name, port)
+        for pin, to, to_pin in device.config.physical_connections:
+            # KSPROPERTY_PIN_PHYSICALCONNECTION: the wire the adapter registered.
+            filter_.physical_connections[pin] = {"filter": to, "pin": to_pin}
         self.filters[fid] = filter_
         device.filter = filter_
         device.state = "running"

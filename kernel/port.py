@@ -11,17 +11,27 @@ walks the stream back down to STOP first.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 from ipc import protocol as p
 from ipc.channel import create_channel_files
-from ipc.ks import DataFlow, DataFormat, FilterDescriptor, KsState, PinDescriptor
+from ipc.ks import (
+    KSDATAFORMAT_TYPE_WILDCARD,
+    DataFlow,
+    DataFormat,
+    DataRange,
+    FilterDescriptor,
+    KsState,
+    PinDescriptor,
+)
 from ipc.status import Status, StatusError
 from kernel.connection import MiniportConnection
 from kernel.loop import KernelLoop
-from kernel.pins import CapturePin, Pin, RenderPin
+from kernel.pins import CapturePin, Pin
+from kernel.renderpin import RenderPin
 from kernel.servicegroup import ServiceGroup
 
 CLSID_PortMidi: Final = "b4c90a43-5791-11d0-86f9-00a0c911b544"
@@ -218,11 +228,81 @@ class PortMidi:
             intersected(p.Reply(0, False, status=Status.NOT_IMPLEMENTED))
         return pin
 
+    def data_intersection(
+        self, pin_id: int, desc: PinDescriptor, client_ranges: list[DataRange],
+        done: Callable[[DataFormat | StatusError], None],
+    ) -> None:
+        """KSPROPERTY_PIN_DATAINTERSECTION: for each of the client's ranges in order, each
+        of the pin's ranges, ask the miniport's DataRangeIntersection; on
+        STATUS_NOT_IMPLEMENTED (or a miniport without one) use the port's default.
+        `done(the first format chosen, or StatusError(NO_MATCH))`."""
+        conn = self.conn
+        if conn is None or conn.closed:
+            raise StatusError(Status.DEVICE_REMOVED, "the device is gone")
+        pairs = [(c, ours) for c in client_ranges for ours in desc.data_ranges]
+
+        def next_pair(_: p.Reply | None = None) -> None:
+            while pairs:
+                client_range, ours = pairs.pop(0)
+                if conn.custom_intersection and not conn.closed:
+                    ask = DataFormat(client_range.major_format, client_range.sub_format,
+                                     client_range.specifier)
+                    conn.call(p.DataRangeIntersection(pin_id, ask.to_wire(), ours.to_wire()),
+                              functools.partial(answered, client_range=client_range, ours=ours))
+                    return
+                chosen = default_intersection(client_range, ours)
+                if chosen is not None:
+                    done(chosen)
+                    return
+            done(StatusError(Status.NO_MATCH, "no data range of the pin matches the client's"))
+
+        def answered(reply: p.Reply, *, client_range: DataRange, ours: DataRange) -> None:
+            if reply.ok:
+                try:
+                    done(DataFormat.from_wire(reply.result))
+                except StatusError as exc:
+                    done(exc)
+                return
+            if reply.status == Status.NOT_IMPLEMENTED:
+                chosen = default_intersection(client_range, ours)
+                if chosen is not None:
+                    done(chosen)
+                    return
+            elif reply.status != Status.NO_MATCH:
+                done(StatusError(reply.status, reply.message))
+                return
+            next_pair()
+
+        next_pair()
+
+    def set_stream_format(self, pin: Pin, fmt: DataFormat, desc: PinDescriptor,
+                          done: Done) -> None:
+        """KSPROPERTY_CONNECTION_DATAFORMAT set: the miniport stream's SetFormat; its
+        failure goes back to the caller and the pin keeps its format."""
+        if pin.removed is not None:
+            raise pin.removed
+        if not any(r.matches(fmt) for r in desc.data_ranges):
+            raise StatusError(Status.NO_MATCH, "the format matches none of the pin's data ranges")
+        conn = self.conn
+        if conn is None or conn.closed:
+            raise StatusError(Status.DEVICE_REMOVED, "the device is gone")
+
+        def answered(reply: p.Reply) -> None:
+            if not reply.ok:
+                done(StatusError(reply.status, reply.message))
+                return
+            pin.format = fmt
+            done(None)
+
+        conn.call(p.StreamSetFormat(pin.handle, fmt.to_wire()), answered)
+
     def _forget(self, pin: Pin) -> None:
         self.streams.pop(pin.handle, None)
 
     def set_stream_state(self, pin: Pin, target: KsState, done: Done) -> None:
-        """IMiniportMidiStream::SetState, one step of STOP-ACQUIRE-PAUSE-RUN at a time."""
+        """IMiniportMidiStream::SetState, one step of STOP-ACQUIRE-PAUSE-RUN at a time.
+
+        The pin's stream clock follows the accepted state (`pin.clock`)."""
         if pin.removed is not None:
             raise pin.removed
         if pin.changing:
@@ -267,6 +347,7 @@ class PortMidi:
             if steps:
                 state = steps.pop(0)
                 pin.state = state
+                pin.clock.pause(self.loop.scheduler.clock())
                 conn.call(p.StreamSetState(pin.handle, int(state)), step)
             else:
                 conn.call(p.CloseStream(pin.handle), finish)
@@ -283,6 +364,21 @@ class PortMidi:
             pin.release()
         self.streams.clear()
         self.group = None
+
+
+def default_intersection(client: DataRange, ours: DataRange) -> DataFormat | None:
+    """The port's own intersection: major, sub-format and specifier agree or one side is
+    a wildcard; the format takes the specific side of each."""
+    fmt = DataFormat(client.major_format, client.sub_format, client.specifier)
+    if not ours.matches(fmt):
+        return None
+
+    def pick(theirs: str, mine: str) -> str:
+        return mine if theirs == KSDATAFORMAT_TYPE_WILDCARD else theirs
+
+    return DataFormat(pick(client.major_format, ours.major_format),
+                      pick(client.sub_format, ours.sub_format),
+                      pick(client.specifier, ours.specifier))
 
 
 def pc_new_port(

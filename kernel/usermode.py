@@ -22,30 +22,35 @@ from typing import Any, Final
 import zmq
 
 from ipc import protocol as p
-from ipc.ks import DataFormat, KsState
+from ipc.ks import DataFormat, DataRange, KsState
 from ipc.procwatch import ProcessWatch
 from ipc.runtime import USER_SOCKET, endpoint
 from ipc.status import Status, StatusError
-from kernel.filters import Filter
+from kernel.filters import KSDATAFORMAT_SIZE, Filter, FilterInstance, sized_format
 from kernel.loop import KernelLoop
 from kernel.pins import Pin
 from kernel.pnp import PnpManager
+from kernel.renderpin import RenderPin
 
 log = logging.getLogger("portcls.kernel")
 
 USER_BUDGET: Final = 64
 MIN_PIN_CAPACITY: Final = 1 << 14
 MAX_PIN_CAPACITY: Final = 1 << 26
+MAX_CLIENT_RANGES: Final = 64
+MAX_FILTER_INSTANCES: Final = 1024
+"""Filter instances one client may hold open."""
 PENDING: Final = object()
 """A handler's result meaning "the reply will be sent later"."""
 
 
 @dataclass(eq=False)
 class PinInstance:
-    """A pin a client opened, and the filter it was opened on."""
+    """A pin a client opened, the filter it was opened on, and the filter instance."""
 
     pin: Pin
     filter: Filter
+    instance: FilterInstance
 
 
 @dataclass(eq=False)
@@ -55,6 +60,9 @@ class ClientSession:
     name: str
     watch: ProcessWatch | None = None
     pins: dict[int, PinInstance] = field(default_factory=dict)
+    filters: dict[int, FilterInstance] = field(default_factory=dict)
+    default_filters: dict[str, FilterInstance] = field(default_factory=dict)
+    """The instance a pin opened without one goes on, per filter id."""
 
 
 UserHandler = Callable[[ClientSession, int, Any], Any]
@@ -78,12 +86,21 @@ class UserMode:
         self._handles = itertools.count(1)
         self._handlers: dict[type, UserHandler] = {
             p.ListFilters: lambda s, rid, body: [f.to_wire() for f in pnp.filters.values()],
-            p.PinProperty: lambda s, rid, body: self._filter(body.filter).pin_property(
-                body.pin, body.property),
+            p.PinProperty: self._pin_property,
+            p.ConnectionProperty: self._connection_property,
+            p.CancelBuffer: self._cancel_buffer,
+            p.EnableEvent: lambda s, rid, body: self._pin(s, body.handle).pin.events.enable(
+                body.kind, body.cookie, body.time, body.interval),
+            p.DisableEvent: lambda s, rid, body: self._pin(s, body.handle).pin.events.disable(
+                body.cookie),
             p.OpenPin: self._open_pin,
+            p.OpenFilter: lambda s, rid, body: {"instance": self._new_instance(
+                s, self._filter(body.filter)).id},
+            p.CloseFilter: self._close_filter,
             p.SetState: self._set_state,
             p.GetState: lambda s, rid, body: int(self._pin(s, body.handle).pin.state),
             p.ClosePin: self._close_pin,
+            p.ClockTime: lambda s, rid, body: self._pin(s, body.handle).pin.clock.to_wire(),
             p.Stats: lambda s, rid, body: self._stats(s),
             p.Goodbye: self._goodbye,
         }
@@ -185,9 +202,58 @@ class UserMode:
             raise StatusError(Status.INVALID_PARAMETER, f"no open pin {handle}")
         return instance
 
+    def _new_instance(self, session: ClientSession, filter_: Filter) -> FilterInstance:
+        if len(session.filters) >= MAX_FILTER_INSTANCES:
+            raise StatusError(Status.INSUFFICIENT_RESOURCES,
+                              f"{MAX_FILTER_INSTANCES} filter instances open")
+        instance = FilterInstance(next(self._handles), filter_)
+        session.filters[instance.id] = instance
+        return instance
+
+    def _filter_instance(self, session: ClientSession, filter_: Filter,
+                         instance_id: int, create: bool = True) -> FilterInstance | None:
+        """The filter instance `instance_id` of `filter_` (0: the session's default one,
+        made on first use; a default left over from a removed device is replaced)."""
+        if instance_id:
+            instance = session.filters.get(instance_id)
+            if instance is None:
+                raise StatusError(Status.INVALID_PARAMETER,
+                                  f"no open filter instance {instance_id}")
+            if instance.factory is not filter_:
+                raise StatusError(Status.INVALID_PARAMETER,
+                                  f"filter instance {instance_id} is not of {filter_.fid}")
+            return instance
+        instance = session.default_filters.get(filter_.fid)
+        if (instance is None or instance.factory is not filter_) and create:
+            instance = self._new_instance(session, filter_)
+            session.default_filters[filter_.fid] = instance
+        return instance
+
+    def _close_filter(self, session: ClientSession, rid: int, body: p.CloseFilter) -> Any:
+        instance = session.filters.pop(body.instance, None)
+        if instance is None:
+            raise StatusError(Status.INVALID_PARAMETER, f"no open filter instance {body.instance}")
+        if session.default_filters.get(instance.factory.fid) is instance:
+            del session.default_filters[instance.factory.fid]
+        on_it = [i for i in session.pins.values() if i.instance is instance]
+        remaining = [len(on_it)]
+
+        def closed() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                self.send(session.identity, p.encode_ok(rid))
+
+        if not on_it:
+            return None
+        for pin_instance in on_it:
+            self._close(session, pin_instance, closed)
+        return PENDING
+
     def _open_pin(self, session: ClientSession, rid: int, body: p.OpenPin) -> Any:
         filter_ = self._filter(body.filter)
         desc = filter_.pin(body.pin)
+        instance = self._filter_instance(session, filter_, body.instance)
+        assert instance is not None
         if not desc.streaming:
             raise StatusError(Status.INVALID_DEVICE_REQUEST, f"pin {body.pin} is a bridge pin")
         if not MIN_PIN_CAPACITY <= body.capacity <= MAX_PIN_CAPACITY or (
@@ -198,13 +264,13 @@ class UserMode:
                 f"capacity must be a power of two in [{MIN_PIN_CAPACITY}, {MAX_PIN_CAPACITY}]",
             )
         fmt = DataFormat.from_wire(body.format)
-        filter_.take_instance(body.pin)
+        filter_.take_instance(body.pin, instance)
         handle = next(self._handles)
 
         def opened(result: Pin | StatusError) -> None:
             if isinstance(result, StatusError):
                 if session.pins.pop(handle, None) is not None:
-                    filter_.give_back_instance(body.pin)
+                    filter_.give_back_instance(body.pin, instance)
                 self.send(session.identity, p.encode_exception(rid, result))
                 return
             self.send(session.identity, p.encode_ok(rid, {
@@ -213,6 +279,9 @@ class UserMode:
                 "capture": result.capture,
                 "format": result.format.to_wire(),
             }))
+
+        def to_client(body: Any) -> None:
+            self.send(session.identity, p.encode_event(body))
 
         def pin_error(pin: Pin, error: StatusError) -> None:
             self.send(session.identity,
@@ -223,14 +292,97 @@ class UserMode:
                 handle, filter_.fid, body.pin, desc, fmt, body.capacity, pin_error, opened
             )
         except BaseException:
-            filter_.give_back_instance(body.pin)
+            filter_.give_back_instance(body.pin, instance)
             raise
+        pin.notify_client = to_client
         # A removed pin stays the client's until it closes it (its I/O fails meanwhile).
         if not pin.released:
-            session.pins[handle] = PinInstance(pin, filter_)
+            session.pins[handle] = PinInstance(pin, filter_, instance)
         else:  # failed at once: `opened` has answered already
-            filter_.give_back_instance(body.pin)
+            filter_.give_back_instance(body.pin, instance)
         return PENDING
+
+    def _reply_later(self, session: ClientSession, rid: int,
+                     result: Callable[[], Any]) -> Callable[[StatusError | None], None]:
+        """A `done` callback that answers `rid` with `result()` or the error."""
+
+        def done(error: StatusError | None) -> None:
+            try:
+                if error is not None:
+                    raise error
+                frame = p.encode_ok(rid, result())
+            except StatusError as exc:
+                frame = p.encode_exception(rid, exc)
+            self.send(session.identity, frame)
+
+        return done
+
+    def _pin_property(self, session: ClientSession, rid: int, body: p.PinProperty) -> Any:
+        filter_ = self._filter(body.filter)
+        if body.property == "cinstances":
+            # Per filter instance: `value` names one; None asks about the default one.
+            instance_id = body.value if type(body.value) is int else 0
+            instance = self._filter_instance(session, filter_, instance_id, create=False)
+            if instance is None:
+                return filter_.pin_property(body.pin, body.property)
+            return instance.cinstances(body.pin)
+        if body.property != "dataintersection":
+            return filter_.pin_property(body.pin, body.property, body.value)
+        desc = filter_.pin(body.pin)
+        value = body.value
+        if not isinstance(value, dict) or not isinstance(value.get("ranges"), list):
+            raise StatusError(Status.INVALID_PARAMETER,
+                              "dataintersection takes {'ranges': [...], 'size': n}")
+        size = value.get("size", KSDATAFORMAT_SIZE)
+        if type(size) is not int or size < 0:
+            raise StatusError(Status.INVALID_PARAMETER, "size must be a byte count")
+        ranges = [DataRange.from_wire(r) for r in value["ranges"][:MAX_CLIENT_RANGES]]
+
+        def intersected(result: DataFormat | StatusError) -> None:
+            try:
+                if isinstance(result, StatusError):
+                    raise result
+                frame = p.encode_ok(rid, sized_format(result, size))
+            except StatusError as exc:
+                frame = p.encode_exception(rid, exc)
+            self.send(session.identity, frame)
+
+        filter_.port.data_intersection(body.pin, desc, ranges, intersected)
+        return PENDING
+
+    def _cancel_buffer(self, session: ClientSession, rid: int, body: p.CancelBuffer) -> Any:
+        pin = self._pin(session, body.handle).pin
+        if not isinstance(pin, RenderPin):
+            raise StatusError(Status.INVALID_DEVICE_REQUEST, "buffers are written to render pins")
+        return pin.cancel_buffer(body.buffer)
+
+    def _connection_property(self, session: ClientSession, rid: int,
+                             body: p.ConnectionProperty) -> Any:
+        """KSPROPSETID_Connection STATE and DATAFORMAT (get and set) and the stream's
+        clock TIME and POSITION (get) of an open pin."""
+        instance = self._pin(session, body.handle)
+        pin = instance.pin
+        match body.property, body.value is None:
+            case "state", True:
+                return int(pin.state)
+            case "state", False:
+                return self._set_state(session, rid, p.SetState(body.handle, body.value))
+            case "dataformat", True:
+                return pin.format.to_wire()
+            case "dataformat", False:
+                fmt = DataFormat.from_wire(body.value)
+                desc = instance.filter.pin(pin.pin_id)
+                instance.filter.port.set_stream_format(
+                    pin, fmt, desc, self._reply_later(session, rid, pin.format.to_wire))
+                return PENDING
+            case "time", True:
+                return pin.clock.to_wire()
+            case "position", True:
+                moved = "delivered" if pin.capture else "released"
+                return {"events": pin.stats[moved], "time": pin.clock.time()}
+        raise StatusError(Status.NOT_SUPPORTED,
+                          f"no connection property {body.property!r} to "
+                          f"{'get' if body.value is None else 'set'}")
 
     def _set_state(self, session: ClientSession, rid: int, body: p.SetState) -> Any:
         instance = self._pin(session, body.handle)
@@ -243,7 +395,9 @@ class UserMode:
             raise StatusError(Status.INVALID_PARAMETER, f"no KSSTATE {body.state}") from None
 
         def done(error: StatusError | None) -> None:
-            frame = p.encode_ok(rid) if error is None else p.encode_exception(rid, error)
+            # Success answers the correlated stream time at the change.
+            frame = (p.encode_ok(rid, pin.clock.to_wire()) if error is None
+                     else p.encode_exception(rid, error))
             self.send(session.identity, frame)
 
         instance.filter.port.set_stream_state(pin, target, done)
@@ -260,7 +414,7 @@ class UserMode:
         # the miniport stream down.
         pin = instance.pin
         if session.pins.pop(pin.handle, None) is not None:
-            instance.filter.give_back_instance(pin.pin_id)
+            instance.filter.give_back_instance(pin.pin_id, instance.instance)
         instance.filter.port.close_stream(pin, done)
 
     def _stats(self, session: ClientSession) -> Any:

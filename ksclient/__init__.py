@@ -3,16 +3,21 @@
 from ipc.ks import DataFormat, DataRange, KsState
 from ipc.midi import InvalidMessage
 from ksclient.client import (
+    BufferRequest,
     CapturePin,
     Client,
     FilterInfo,
+    FilterInstance,
     KernelEvent,
     MidiMessage,
+    PhysicalTime,
     Pin,
+    PinEvent,
     PinInfo,
     RenderPin,
     connect,
     now,
+    physical,
 )
 from ksclient.errors import (
     AccessDeniedError,
@@ -33,6 +38,7 @@ from ksclient.errors import (
 __all__ = [
     "AccessDeniedError",
     "BrokenError",
+    "BufferRequest",
     "CapturePin",
     "Client",
     "ClosedError",
@@ -41,6 +47,7 @@ __all__ = [
     "DeviceError",
     "DeviceRemovedError",
     "FilterInfo",
+    "FilterInstance",
     "InstancesExhaustedError",
     "InvalidMessage",
     "InvalidStateError",
@@ -52,10 +59,13 @@ __all__ = [
     "MidiMessage",
     "NoMatchError",
     "NotFoundError",
+    "PhysicalTime",
     "Pin",
+    "PinEvent",
     "PinInfo",
     "RenderPin",
     "WouldBlock",
     "connect",
     "now",
+    "physical",
 ]

@@ -24,6 +24,7 @@ from ipc.ks import DataFormat
 from ksclient import errors
 from ksclient.client import (
     DEFAULT_CAPACITY,
+    BufferRequest,
     CapturePin,
     Client,
     FilterInfo,
@@ -110,6 +111,10 @@ class _AsyncPin:
     async def close(self) -> None:
         await self.client._run(self.sync.close)
 
+    async def time(self) -> int:
+        """The pin's stream time (KSPROPERTY_CLOCK_TIME), from the kernel."""
+        return await self.client._run(self.sync.time)
+
 
 class AsyncRenderPin(_AsyncPin):
     sync: RenderPin
@@ -123,6 +128,14 @@ class AsyncRenderPin(_AsyncPin):
 
     async def send_many(self, messages: list[Any], at: int | None = None) -> None:
         await self.client._run(self.sync.send_many, messages, at)
+
+    async def write(self, buffer: bytes, presentation_time: int = 0) -> BufferRequest:
+        """Queue a KSMUSICFORMAT buffer (see RenderPin.write); `await wait(request)`."""
+        return await self.client._run(self.sync.write, buffer, presentation_time)
+
+    async def wait(self, request: BufferRequest, timeout: float | None = None) -> int:
+        """The request's status once it completed (KsTimeoutError after `timeout`)."""
+        return await self.client._run(request.wait, timeout)
 
 
 class AsyncCapturePin(_AsyncPin):

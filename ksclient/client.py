@@ -10,6 +10,14 @@
 Control requests (open, set_state, close) go to the kernel over ZeroMQ and
 get exactly one reply; MIDI travels through the pin's shared-memory ring.
 
+Each pin has a KS stream clock (`pin.time()`, 100 ns units): 0 at open,
+running only in RUN, standing still in PAUSE and ACQUIRE, back to 0 at STOP.
+`send(msg, at=T)` with a plain int plays when that clock reaches T; with a
+`PhysicalTime` (what `now()` returns) at that time on the shared clock.
+`RenderPin.write` queues a KSMUSICFORMAT buffer (`ksclient.ksmusic`) and returns
+a request that completes when the buffer was handed on; `CapturePin.read`
+returns captured messages framed the same way.
+
 When a device goes away (surprise removal), I/O on its open pins raises
 DeviceRemovedError. A pin opened with `auto_reopen=True` instead waits for the
 device to come back under the same name (up to `reopen_timeout` seconds),
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import os
 import select
 import threading
@@ -39,6 +48,10 @@ import zmq
 from ipc import protocol as p
 from ipc.channel import ChannelReader, ChannelWriter
 from ipc.ks import (
+    BUFFER_MARKER,
+    RENDER_FLAG_BUFFER_END,
+    RENDER_FLAG_IN_BUFFER,
+    RENDER_FLAG_PHYSICAL_TIME,
     Communication,
     DataFlow,
     DataFormat,
@@ -65,24 +78,55 @@ from ipc.runtime import (
 )
 from ipc.status import Status, StatusError
 from ipc.waiter import Waiter
-from ksclient import errors
+from ksclient import errors, ksmusic
 
 DEFAULT_CAPACITY: Final = 1 << 16
 CALL_TIMEOUT: Final = 10.0
 REOPEN_TIMEOUT: Final = 10.0
+RUN_HISTORY: Final = 64
+"""RUN periods a pin remembers to give capture stamps their stream time."""
 EVENT_CHECK_SECONDS: Final = 0.01
 """How stale a render pin's view of kernel events may get on the fast path (a check
 of the socket costs ~2 µs, too much for every send)."""
 
 
-def now() -> int:
-    """The shared clock, in 100 ns units: what `send(at=...)` and timestamps use."""
-    return now_100ns()
+class PhysicalTime(int):
+    """A time on the shared monotonic clock (100 ns units), as `now()` gives it.
+
+    Adding or subtracting a plain int keeps it physical; the difference of two
+    physical times is a plain duration. `send(at=...)` and `write(...)` take a
+    plain int as a stream time and a PhysicalTime as a physical one.
+    """
+
+    __slots__ = ()
+
+    def __add__(self, other: int) -> PhysicalTime:
+        return PhysicalTime(int(self) + other)
+
+    __radd__ = __add__
+
+    def __sub__(self, other: int) -> Any:
+        if isinstance(other, PhysicalTime):
+            return int(self) - int(other)
+        return PhysicalTime(int(self) - other)
+
+
+def now() -> PhysicalTime:
+    """The shared clock, in 100 ns units (physical time: the kernel's master clock)."""
+    return PhysicalTime(now_100ns())
+
+
+def physical(t: int) -> PhysicalTime:
+    """Mark `t` (100 ns units on the shared clock) as a physical time for `send(at=...)`."""
+    return PhysicalTime(t)
 
 
 class MidiMessage(NamedTuple):
-    """A message from a capture pin: whole MIDI bytes and the ISR time (100 ns units).
+    """A message from a capture pin: whole MIDI bytes and its capture time.
 
+    `timestamp` is the physical ISR time on the shared clock (`now()`'s clock),
+    `stream_time` the pin's stream time at that moment (KSPROPERTY_CLOCK_TIME:
+    0 at RUN after STOP, standing still in PAUSE), both in 100 ns units.
     A SysEx comes whole (F0 ... F7) unless it was cut short by another status
     byte, in which case `aborted` is True.
     """
@@ -90,6 +134,12 @@ class MidiMessage(NamedTuple):
     data: bytes
     timestamp: int
     flags: int = 0
+    stream_time: int = 0
+
+    @property
+    def physical_time(self) -> int:
+        """The physical capture time (the same as `timestamp`)."""
+        return self.timestamp
 
     @property
     def is_sysex(self) -> bool:
@@ -119,6 +169,16 @@ class KernelEvent:
     handle: int = 0
     status: int = 0
     lost: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PinEvent:
+    """An event enabled on a pin fired: kind "position", "interval" or "end_of_stream",
+    `cookie` the id `enable_event` returned, `time` the pin's stream time then."""
+
+    kind: str
+    cookie: int
+    time: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +237,18 @@ class FilterInfo:
                 return pin.id
         what = "capture" if capture else "render"
         raise errors.NotFoundError(Status.OBJECT_NAME_NOT_FOUND, f"{self.id} has no {what} pin")
+
+
+def _stamp(at: int | None) -> tuple[int, int]:
+    """A presentation time and the record flags that say which clock it is on."""
+    if at is None:
+        return 0, 0
+    flags = RENDER_FLAG_PHYSICAL_TIME if isinstance(at, PhysicalTime) else 0
+    stamp = int(at)
+    if stamp < 0:
+        raise ValueError("at is a stream time (pin.time() + delay) or now() + delay, "
+                         "never negative")
+    return stamp, flags
 
 
 def _to_bytes(message: Any) -> bytes:
@@ -345,6 +417,16 @@ class Client:
                 pin = self._pins.get(body.handle)
                 if pin is not None:
                     pin._on_error(errors.from_status(body.status, body.message))
+            elif isinstance(body, p.PinEvent):
+                owner = self._pins.get(body.handle)
+                if owner is not None:
+                    owner._on_pin_event(body)
+                continue
+            elif isinstance(body, p.BuffersDone):
+                target = self._pins.get(body.handle)
+                if isinstance(target, RenderPin):
+                    target._buffers_done(body.first, body.count, body.status)
+                continue
             elif isinstance(body, p.KernelShutdown):
                 event = KernelEvent("kernel_shutdown")
                 self._broken = errors.KernelGoneError("the kernel shut down")
@@ -437,10 +519,38 @@ class Client:
             with contextlib.suppress(errors.KsTimeoutError):
                 self.next_event(min(remaining, 0.5))
 
-    def pin_property(self, filter_id: str, pin: int, prop: str) -> Any:
+    def pin_property(self, filter_id: str, pin: int, prop: str, value: Any = None) -> Any:
         """KSPROPERTY_PIN_xxx by name: ctypes, dataflow, communication, dataranges,
-        cinstances, globalcinstances, necessaryinstances, name, category."""
-        return self._call(p.PinProperty(filter_id, pin, prop))
+        constraineddataranges, cinstances, globalcinstances, necessaryinstances,
+        interfaces, mediums, name, category, physicalconnection (None unless
+        registered), proposedataformat (get; set with a format wire dict: True or
+        NoMatchError), dataintersection (value {"ranges": [...], "size": n}; see
+        `data_intersection`)."""
+        return self._call(p.PinProperty(filter_id, pin, prop, value))
+
+    def data_intersection(
+        self, filter_id: str, pin: int, ranges: Iterable[DataRange], size: int | None = None
+    ) -> Any:
+        """KSPROPERTY_PIN_DATAINTERSECTION: the format the pin would take for the first of
+        `ranges` (in order) it can satisfy; NoMatchError if none.
+
+        `size` None: the format. `size=0`: the size query, answered
+        `{"status": STATUS_BUFFER_OVERFLOW, "size": n}`; a size below n raises
+        KsError(STATUS_BUFFER_TOO_SMALL); another size gives the whole answer dict.
+        """
+        value = {"ranges": [r.to_wire() for r in ranges], "size": 64 if size is None else size}
+        answer = self._call(p.PinProperty(filter_id, pin, "dataintersection", value))
+        if size is None:
+            return DataFormat.from_wire(answer["format"])
+        return answer
+
+    def open_filter(self, filter_id: str) -> FilterInstance:
+        """Open an instance of a filter (a KS filter handle) to open pins on: a pin's
+        per-filter instance limit counts the pins on one filter instance, its global
+        limit those on all. Pins opened on the client directly go on a default
+        instance per filter."""
+        result = self._call(p.OpenFilter(filter_id))
+        return FilterInstance(self, filter_id, int(result["instance"]))
 
     def open_pin(
         self,
@@ -449,14 +559,17 @@ class Client:
         fmt: DataFormat | None = None,
         capacity: int = DEFAULT_CAPACITY,
         auto_reopen: bool | None = None,
+        instance: int = 0,
     ) -> RenderPin | CapturePin:
         """Open pin `pin` of a filter with a data format (default: MIDI); it starts in STOP.
 
         `auto_reopen` (default: the client's setting) reopens the pin after a
-        surprise removal; see the module docstring.
+        surprise removal (on the default filter instance: the old one went with the
+        device); see the module docstring. `instance`: a filter instance from
+        `open_filter` (`FilterInstance.open_pin` passes it); 0 the default one.
         """
         fmt = fmt or DataFormat()
-        handle, capture, channel = self._open_channel(filter_id, pin, fmt, capacity)
+        handle, capture, channel = self._open_channel(filter_id, pin, fmt, capacity, instance)
         pin_obj: RenderPin | CapturePin
         if capture:
             assert isinstance(channel, ChannelReader)
@@ -471,9 +584,9 @@ class Client:
         return pin_obj
 
     def _open_channel(
-        self, filter_id: str, pin: int, fmt: DataFormat, capacity: int
+        self, filter_id: str, pin: int, fmt: DataFormat, capacity: int, instance: int = 0
     ) -> tuple[int, bool, ChannelReader | ChannelWriter]:
-        result = self._call(p.OpenPin(filter_id, pin, fmt.to_wire(), capacity))
+        result = self._call(p.OpenPin(filter_id, pin, fmt.to_wire(), capacity, instance))
         handle, channel = int(result["handle"]), Path(result["channel"])
         try:
             capture = bool(result["capture"])
@@ -554,6 +667,54 @@ class Client:
         self._ctx.term()
 
 
+class FilterInstance:
+    """An open instance of a filter (`Client.open_filter`): open pins on it; closing it
+    closes them."""
+
+    def __init__(self, client: Client, filter_id: str, instance: int) -> None:
+        self.client = client
+        self.filter_id = filter_id
+        self.instance = instance
+        self.pins: list[Pin] = []
+        self._closed = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def open_pin(
+        self, pin: int, fmt: DataFormat | None = None, capacity: int = DEFAULT_CAPACITY
+    ) -> RenderPin | CapturePin:
+        """Open pin `pin` on this filter instance (see `Client.open_pin`)."""
+        if self._closed:
+            raise errors.ClosedError("the filter instance is closed")
+        opened = self.client.open_pin(self.filter_id, pin, fmt, capacity, False, self.instance)
+        self.pins.append(opened)
+        return opened
+
+    def cinstances(self, pin: int) -> dict[str, int]:
+        """KSPROPERTY_PIN_CINSTANCES on this instance: {"possible": ..., "current": ...}."""
+        result: dict[str, int] = self.client.pin_property(
+            self.filter_id, pin, "cinstances", self.instance)
+        return result
+
+    def close(self) -> None:
+        """Close the pins opened on this instance, then the instance. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for pin in self.pins:
+            with contextlib.suppress(errors.KsError):
+                pin.close()
+        with contextlib.suppress(errors.KernelGoneError, errors.ClosedError):
+            if not self.client._closed:
+                self.client._call(p.CloseFilter(self.instance))
+
+
 class Pin:
     """An open pin. Walk its state one step at a time, or use run()/pause()/stop().
 
@@ -586,6 +747,12 @@ class Pin:
         """The loss of this handle's removal is counted in `lost` already."""
         self._detached = False
         """The old handle is closed and the device not back yet: no channel to use."""
+        self._pin_events: collections.deque[PinEvent] = collections.deque()
+        self._event_callbacks: dict[int, Callable[[PinEvent], None] | None] = {}
+        self._cookies = itertools.count(1)
+        self._runs: list[list[int]] = []
+        """The RUN periods since the last STOP, as the kernel's clock told them:
+        [physical start, stream time at start, stream time at the end (-1: running)]."""
 
     def __enter__(self) -> Self:
         return self
@@ -646,6 +813,7 @@ class Pin:
         self._error = None
         self._removed_at = None
         self.state = KsState.STOP
+        self._runs.clear()
         try:
             self.walk_to(self._target_state)
         except errors.DeviceRemovedError as exc:
@@ -692,12 +860,140 @@ class Pin:
         return isinstance(self._error, errors.BrokenError)
 
     def set_state(self, state: KsState) -> None:
-        """Move to `state`, which must be one step from the current state."""
+        """Move to `state`, which must be one step from the current state.
+
+        The stream clock follows: it runs in RUN, stands still in PAUSE and ACQUIRE
+        and returns to 0 in STOP (which also flushes what is queued)."""
         self._check()
-        self.client._call(p.SetState(self.handle, int(state)))
+        clock = self.client._call(p.SetState(self.handle, int(state)))
         self.state = KsState(state)
+        self._clock_changed(clock)
         if self.state == KsState.STOP:
             self._flushed()
+
+    def _clock_changed(self, clock: Any) -> None:
+        runs = self._runs
+        if self.state == KsState.STOP:
+            runs.clear()
+            return
+        if not isinstance(clock, dict):
+            return
+        stream, phys = int(clock.get("time", 0)), int(clock.get("physical", 0))
+        if self.state == KsState.RUN:
+            if not runs or runs[-1][2] >= 0:
+                runs.append([phys, stream, -1])
+                del runs[:-RUN_HISTORY]
+        elif runs and runs[-1][2] < 0:
+            runs[-1][2] = stream
+
+    def stream_time_at(self, physical_time: int) -> int:
+        """The stream time this pin's clock showed at `physical_time` (since the last
+        STOP; a time outside RUN maps to where the clock stood)."""
+        runs = self._runs
+        for start, stream, end in reversed(runs):
+            if physical_time >= start:
+                t = stream + (physical_time - start)
+                return t if end < 0 else min(t, end)
+        return runs[0][1] if runs else 0
+
+    def enable_event(
+        self, kind: str, time: int = 0, interval: int = 0,
+        callback: Callable[[PinEvent], None] | None = None,
+    ) -> int:
+        """Enable a KS event on this pin and return its id (for `disable_event`).
+
+        kind "position": KSEVENT_CLOCK_POSITION_MARK, once when the stream clock
+        reaches `time`; "interval": KSEVENT_CLOCK_INTERVAL_MARK, each time it passes
+        `time` + k * `interval` (at least 1 ms); "end_of_stream" (render):
+        KSEVENT_CONNECTION_ENDOFSTREAM, once nothing queued is left to play (at once
+        if nothing is queued: enable it after queueing). Events come through
+        `next_pin_event`/`pin_events`, or `callback(event)` from this client's thread
+        while it takes in kernel messages. Closing the pin cancels them.
+        """
+        self._check()
+        cookie = next(self._cookies)
+        self._event_callbacks[cookie] = callback
+        try:
+            self.client._call(p.EnableEvent(self.handle, kind, cookie, int(time), int(interval)))
+        except BaseException:
+            self._event_callbacks.pop(cookie, None)
+            raise
+        return cookie
+
+    def disable_event(self, cookie: int) -> None:
+        """Disable an enabled event; one that fired already (position, end of stream) or
+        was never enabled raises KsError(STATUS_INVALID_PARAMETER)."""
+        self._check()
+        self._event_callbacks.pop(cookie, None)
+        try:
+            self.client._call(p.DisableEvent(self.handle, cookie))
+        finally:
+            # What fired before the kernel disabled it is not delivered any more.
+            self._pin_events = collections.deque(
+                e for e in self._pin_events if e.cookie != cookie)
+
+    def _on_pin_event(self, body: p.PinEvent) -> None:
+        if body.cookie not in self._event_callbacks:
+            return  # disabled meanwhile
+        event = PinEvent(body.kind, body.cookie, body.time)
+        if body.kind != "interval":
+            callback = self._event_callbacks.pop(body.cookie)
+        else:
+            callback = self._event_callbacks[body.cookie]
+        if callback is not None:
+            callback(event)
+        else:
+            self._pin_events.append(event)
+
+    def next_pin_event(self, timeout: float | None = None) -> PinEvent:
+        """The next event enabled without a callback that fired; KsTimeoutError if none."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.client.pump_events()
+            if self._pin_events:
+                return self._pin_events.popleft()
+            self._check()
+            remaining = 1.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise errors.KsTimeoutError("no pin event")
+            self.client._wait_events(min(remaining, 0.1))
+
+    def pin_events(self) -> Iterator[PinEvent]:
+        """Events as they fire, until the pin is closed or broken."""
+        while True:
+            try:
+                yield self.next_pin_event()
+            except (errors.ClosedError, errors.BrokenError):
+                return
+
+    def connection_property(self, prop: str, value: Any = None) -> Any:
+        """KSPROPSETID_Connection and stream properties of this pin by name: "state"
+        (get; set walks one step, prefer `set_state`), "dataformat" (get; set: see
+        `set_format`), "time" (the correlated clock), "position" (events moved and
+        the stream time)."""
+        self._check()
+        return self.client._call(p.ConnectionProperty(self.handle, prop, value))
+
+    @property
+    def format(self) -> DataFormat:
+        """KSPROPERTY_CONNECTION_DATAFORMAT: the pin's data format."""
+        return DataFormat.from_wire(self.connection_property("dataformat"))
+
+    def set_format(self, fmt: DataFormat) -> None:
+        """Set KSPROPERTY_CONNECTION_DATAFORMAT: the miniport stream's SetFormat decides;
+        its failure is raised and the pin keeps its format."""
+        self.connection_property("dataformat", fmt.to_wire())
+        self._fmt = fmt
+
+    def time(self) -> int:
+        """KSPROPERTY_CLOCK_TIME: the pin's stream time now, from the kernel (100 ns)."""
+        return self.correlated_time()[0]
+
+    def correlated_time(self) -> tuple[int, PhysicalTime]:
+        """KSPROPERTY_CLOCK_CORRELATEDTIME: (stream time, physical time), read together."""
+        self._check()
+        clock = self.client._call(p.ClockTime(self.handle))
+        return int(clock["time"]), PhysicalTime(clock["physical"])
 
     def _flushed(self) -> None:
         pass
@@ -722,6 +1018,8 @@ class Pin:
         if self._closed:
             return
         self._closed = True
+        self._event_callbacks.clear()
+        self._pin_events.clear()
         if self._detached:
             return  # the old handle is closed already, and so is its channel
         if isinstance(self._error, errors.DeviceRemovedError) and not self.client._closed:
@@ -753,11 +1051,15 @@ class RenderPin(Pin):
         self._chunk = channel.ring.max_payload
         self._written = 0
         self._events_checked = time.monotonic()
+        self._pending: dict[int, BufferRequest] = {}
+        """Buffers written and not complete yet, by number."""
+        self._buffers_written = 0
 
     def _attach(self, channel: ChannelReader | ChannelWriter) -> None:
         assert isinstance(channel, ChannelWriter)
         self._channel = channel
         self._written = 0
+        self._buffers_written = 0
 
     def _count_lost(self, kernel_stats: dict[str, Any]) -> int:
         # Whatever this pin wrote that the kernel neither passed on nor flushed on STOP,
@@ -775,11 +1077,9 @@ class RenderPin(Pin):
             raise InvalidMessage("an empty message")
         if not raw:
             check_message(data)
-        stamp = 0 if at is None else int(at)
-        if stamp < 0:
-            raise ValueError("at is a time on the shared clock (ksclient.now()), not negative")
+        stamp, flags = _stamp(at)
         chunk = self._chunk
-        return [(stamp, 0, data[i : i + chunk]) for i in range(0, len(data), chunk)]
+        return [(stamp, flags, data[i : i + chunk]) for i in range(0, len(data), chunk)]
 
     def _ready(self, deadline: float | None = None) -> None:
         # A removal must fail the next send even if nobody looked at the events, but
@@ -797,8 +1097,12 @@ class RenderPin(Pin):
     def send(self, message: Any, at: int | None = None, timeout: float | None = None) -> None:
         """Queue one message (bytes, a list of ints or a mido.Message).
 
-        `at`: presentation time on the shared clock (`ksclient.now()` + delay in
-        100 ns units); None plays at once. Blocks while the ring is full, up to
+        `at`: presentation time in 100 ns units. A plain int is a stream time: the
+        event plays when this pin's clock (`time()`) reaches it, so PAUSE holds it
+        and RUN resumes the count; `pin.time() + delay` plays `delay` from now. A
+        PhysicalTime (`ksclient.now() + delay`, or `ksclient.physical(t)`) is a
+        time on the shared clock, played once it passed and the pin is in RUN.
+        None or a past time plays at once. Blocks while the ring is full, up to
         `timeout` seconds (None: no limit). Events play in the order sent.
         InvalidMessage (a ValueError), sending nothing, unless the message is exactly
         one valid MIDI 1.0 message; `send_raw` sends any bytes.
@@ -841,6 +1145,83 @@ class RenderPin(Pin):
         records: list[tuple[int, int, bytes]] = []
         for message in messages:
             records += self._records(message, at, raw)
+        self._send_records(records, deadline)
+
+    def write(
+        self, buffer: bytes | bytearray | memoryview, presentation_time: int = 0,
+        timeout: float | None = None,
+    ) -> BufferRequest:
+        """Queue a KSMUSICFORMAT buffer (see `ksclient.ksmusic`) as one stream request.
+
+        The first event's TimeDeltaMs counts from `presentation_time` (a stream
+        time, or a PhysicalTime as for `send`), each later one from the event
+        before; a past time plays at once. Malformed framing raises
+        ksmusic.FramingError (STATUS_INVALID_PARAMETER) and queues nothing.
+        The returned request completes when every event has been handed to the
+        miniport (`data_used` = the buffer's length), or with STATUS_CANCELLED
+        when STOP flushes it or `cancel()` drops it first. Buffers and `send`
+        calls play in the order made.
+        """
+        events = ksmusic.unpack(buffer)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._ready(deadline)
+        number = self._buffers_written
+        request = BufferRequest(self, len(buffer), number)
+        if not events:
+            request._complete(Status.SUCCESS, 0)
+            return request
+        base, flags = _stamp(presentation_time)
+        flags |= RENDER_FLAG_IN_BUFFER
+        chunk = self._chunk
+        records: list[tuple[int, int, bytes]] = []
+        t = base
+        for delta, data in events:
+            t += delta * 10_000
+            records += [(t, flags, data[i : i + chunk]) for i in range(0, len(data), chunk)]
+        # The end marker: never played, it carries the buffer's number back.
+        records.append((t, RENDER_FLAG_BUFFER_END, BUFFER_MARKER.pack(number)))
+        self._buffers_written += 1
+        self._pending[number] = request
+        try:
+            self._send_records(records, deadline)
+        except BaseException as exc:
+            # The marker (last) never reached the kernel: the request cannot complete there.
+            self._pending.pop(number, None)
+            request._complete(getattr(exc, "status", Status.UNSUCCESSFUL), 0)
+            raise
+        self._written -= 1  # the marker is no message: `lost` counts only messages
+        return request
+
+    def _buffers_done(self, first: int, count: int, status: int) -> None:
+        pending = self._pending
+        last = first + count
+        numbers = (range(first, last) if count <= len(pending)
+                   else [n for n in pending if first <= n < last])
+        for number in numbers:
+            request = pending.pop(number, None)
+            if request is not None:
+                request._complete(status, request.size if status == Status.SUCCESS else 0)
+
+    def _cancel(self, request: BufferRequest) -> bool:
+        if request.done or self._detached:
+            return False
+        self._check()
+        cancelled = bool(self.client._call(p.CancelBuffer(self.handle, request.number)))
+        if cancelled and self._pending.pop(request.number, None) is not None:
+            request._complete(Status.CANCELLED, 0)
+        return cancelled
+
+    def _fail_pending(self, status: int) -> None:
+        pending, self._pending = self._pending, {}
+        for request in pending.values():
+            request._complete(status, 0)
+
+    def _flushed(self) -> None:
+        # STOP answered after the kernel's cancellations: anything left is cancelled.
+        self.client.pump_events()
+        self._fail_pending(Status.CANCELLED)
+
+    def _send_records(self, records: list[tuple[int, int, bytes]], deadline: float | None) -> None:
         while records:
             # After an auto-reopen the pin has a new channel: look it up every time.
             channel = self._channel
@@ -864,8 +1245,53 @@ class RenderPin(Pin):
             channel.wait_for_space(len(records[0][2]), wait)
 
     def _close_channel(self) -> None:
+        self._fail_pending(self._error.status if self._error is not None else Status.CANCELLED)
         self.client._resources.channels.pop(id(self._channel), None)
         self._channel.close()
+
+
+class BufferRequest:
+    """A buffer written to a render pin, like a KS stream IRP: pending until the port
+    handed every event in it to the miniport (or STOP cancelled it)."""
+
+    def __init__(self, pin: RenderPin, size: int, number: int) -> None:
+        self.pin = pin
+        self.size = size
+        self.number = number
+        """The buffer's number on its pin (counted from 0 per handle)."""
+        self.status: int | None = None
+        """None while pending; then STATUS_SUCCESS, STATUS_CANCELLED, or the error."""
+        self.data_used = 0
+
+    @property
+    def done(self) -> bool:
+        return self.status is not None
+
+    def _complete(self, status: int, data_used: int) -> None:
+        self.status = int(status)
+        self.data_used = data_used
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait until the request completes and return its status; KsTimeoutError if it
+        is still pending after `timeout` seconds. The pin's errors are raised."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        client = self.pin.client
+        while True:
+            client.pump_events()
+            if self.status is not None:
+                return self.status
+            self.pin._check(deadline)
+            remaining = 1.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise errors.KsTimeoutError("the buffer is still pending")
+            client._wait_events(min(remaining, 0.1))
+
+    def cancel(self) -> bool:
+        """Cancel the request (IoCancelIrp): its events not yet handed to the miniport
+        are dropped and it completes with STATUS_CANCELLED, data_used 0; the other
+        buffers and messages carry on in order. True if it was still pending; False
+        if it had completed (or completes on its own meanwhile)."""
+        return self.pin._cancel(self)
 
 
 class CapturePin(Pin):
@@ -879,6 +1305,8 @@ class CapturePin(Pin):
         self._ready: collections.deque[MidiMessage] = collections.deque()
         self._sysex = bytearray()
         self._sysex_time = 0
+        self._partial: tuple[int, bytes] | None = None
+        """What `read` could not fit of a message: its stream time and the rest."""
         # Waking for data costs one epoll_wait; the kernel's messages and death are
         # looked at only when their descriptors say so.
         self._waiter = Waiter()
@@ -910,6 +1338,7 @@ class CapturePin(Pin):
         super()._release_old_handle()
 
     def _flushed(self) -> None:
+        self._partial = None
         self._ready.clear()
         self._sysex.clear()
         self._channel.discard_all()
@@ -932,7 +1361,9 @@ class CapturePin(Pin):
                     continue
                 data, timestamp = bytes(self._sysex), self._sysex_time
                 self._sysex.clear()
-            self._ready.append(MidiMessage(data, timestamp, flags & ~FLAG_SYSEX_MORE))
+            self._ready.append(MidiMessage(
+                data, timestamp, flags & ~FLAG_SYSEX_MORE, self.stream_time_at(timestamp)
+            ))
         return bool(self._ready)
 
     def receive_nowait(self) -> MidiMessage:
@@ -985,6 +1416,46 @@ class CapturePin(Pin):
         if not self.poll(timeout):
             raise errors.KsTimeoutError("no MIDI message")
         return self._ready.popleft()
+
+    def read(
+        self, size: int = 4096, timeout: float | None = None
+    ) -> tuple[int, bytes]:
+        """A KSMUSICFORMAT buffer of at most `size` bytes with the messages waiting, as a
+        KS capture request returns it: (presentation time, buffer).
+
+        The presentation time is the stream time of the first event; each
+        TimeDeltaMs counts (in whole ms of stream time) from the event before.
+        Waits up to `timeout` seconds for the first message (KsTimeoutError). A
+        message longer than what is left of the buffer goes in as far as it fits
+        and continues at the start of the next read (delta 0).
+        """
+        if size < ksmusic.padded_size(1):
+            raise ValueError(f"a buffer needs at least {ksmusic.padded_size(1)} bytes")
+        if self._partial is None and not self.poll(timeout):
+            raise errors.KsTimeoutError("no MIDI message")
+        out = bytearray()
+        first: int | None = None
+        last_ms = 0
+        while len(out) + ksmusic.padded_size(1) <= size:
+            if self._partial is not None:
+                stamp, data = self._partial
+                self._partial = None
+            elif self._ready or self._fill():
+                msg = self._ready.popleft()
+                stamp, data = msg.stream_time, msg.data
+            else:
+                break
+            if first is None:
+                first, last_ms = stamp, 0
+            ms = (stamp - first) // 10_000
+            room = (size - len(out) - ksmusic.HEADER.size) & ~3
+            if len(data) > room:
+                data, rest = data[:room], data[room:]
+                self._partial = (stamp, rest)
+            out += ksmusic.pack([(max(0, ms - last_ms), data)])
+            last_ms = max(ms, last_ms)
+        assert first is not None
+        return first, bytes(out)
 
     def __iter__(self) -> Iterator[MidiMessage]:
         """Messages as they come, until the pin is closed or broken."""

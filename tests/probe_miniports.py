@@ -8,7 +8,16 @@ outside, through real processes.
 
 from __future__ import annotations
 
-from ipc.ks import DataFlow, FilterDescriptor, PinDescriptor
+import dataclasses
+
+from ipc.ks import (
+    KSDATAFORMAT_SUBTYPE_MIDI_BUS,
+    KSDATAFORMAT_TYPE_WILDCARD,
+    DataFlow,
+    DataRange,
+    FilterDescriptor,
+    PinDescriptor,
+)
 from ipc.runtime import now_100ns
 from miniports.base import (
     DataFormat,
@@ -22,7 +31,7 @@ from miniports.base import (
     Status,
     StatusError,
 )
-from miniports.loopback import LoopbackMiniport
+from miniports.loopback import LoopbackMiniport, LoopbackRenderStream
 
 DESCRIPTION = FilterDescriptor(
     pins=(PinDescriptor("Commands", DataFlow.IN), PinDescriptor("Reports", DataFlow.OUT))
@@ -209,3 +218,51 @@ class DroppingLoopback(LoopbackMiniport):
         if len(data) > 64:
             return len(data)
         return super().cable_send(data)
+
+
+class _PickyRenderStream(LoopbackRenderStream):
+    def set_format(self, fmt: DataFormat) -> None:
+        if fmt.sub_format == KSDATAFORMAT_SUBTYPE_MIDI_BUS:
+            raise StatusError(Status.NOT_SUPPORTED, "this stream plays MIDI only")
+
+
+class FormatProbe(LoopbackMiniport):
+    """A loopback whose render pin also lists MIDI_BUS, which its stream's set_format
+    refuses, and with its own DataRangeIntersection: a DirectMusic range does not
+    match, a wildcard sub-format is left to the port's default (NOT_IMPLEMENTED)."""
+
+    def get_description(self) -> FilterDescriptor:
+        desc = super().get_description()
+        bus = DataRange(sub_format=KSDATAFORMAT_SUBTYPE_MIDI_BUS)
+        render = dataclasses.replace(desc.pins[0], data_ranges=(DataRange(), bus))
+        return dataclasses.replace(desc, pins=(render, *desc.pins[1:]))
+
+    def data_range_intersection(
+        self, pin: int, client_format: DataFormat, miniport_range: DataRange
+    ) -> DataFormat:
+        if client_format.sub_format == KSDATAFORMAT_TYPE_WILDCARD:
+            raise StatusError(Status.NOT_IMPLEMENTED)
+        if client_format.sub_format != miniport_range.sub_format:
+            raise StatusError(Status.NO_MATCH)
+        return DataFormat(sub_format=miniport_range.sub_format)
+
+    def new_stream(
+        self, pin: int, capture: bool, fmt: DataFormat
+    ) -> tuple[MiniportMidiStream, PortServiceGroup | None]:
+        stream, group = super().new_stream(pin, capture, fmt)
+        if isinstance(stream, LoopbackRenderStream):
+            stream.__class__ = _PickyRenderStream
+        return stream, group
+
+
+class InstanceProbe(LoopbackMiniport):
+    """A loopback whose capture pin allows 3 instances in all but 2 per filter instance."""
+
+    def __init__(self) -> None:
+        super().__init__(capture_instances=3)
+
+    def get_description(self) -> FilterDescriptor:
+        desc = super().get_description()
+        capture = dataclasses.replace(desc.pins[3], max_global_instances=3,
+                                      max_filter_instances=2)
+        return dataclasses.replace(desc, pins=(*desc.pins[:3], capture))
