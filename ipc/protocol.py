@@ -302,6 +302,26 @@ class ClosePin:
     OP: ClassVar[str]
 
 
+@message("open_monitor")
+@dataclass(frozen=True, slots=True)
+class OpenMonitor:
+    """Watch what every instance of a pin renders or captures, without taking one:
+    the reply names a ring the kernel copies each message into (dropped, and counted,
+    when the monitor falls behind)."""
+
+    filter: str
+    pin: int
+    capacity: int
+    OP: ClassVar[str]
+
+
+@message("close_monitor")
+@dataclass(frozen=True, slots=True)
+class CloseMonitor:
+    handle: int
+    OP: ClassVar[str]
+
+
 @message("stats")
 @dataclass(frozen=True, slots=True)
 class Stats:

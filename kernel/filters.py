@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from ipc.ks import DataFormat, FilterDescriptor, PinDescriptor
 from ipc.status import BufferTooSmall, Status, StatusError
+from kernel.monitor import MonitorTap
 from kernel.port import PortMidi
 
 KSINTERFACESETID_STANDARD: Final = "1a8766a0-62ce-11cf-a5d6-28db04c10000"
@@ -43,6 +44,8 @@ class Filter:
         self.port = port
         self.descriptor: FilterDescriptor = port.description
         self.open_counts = [0] * len(self.descriptor.pins)
+        self.taps: list[list[MonitorTap]] = [[] for _ in self.descriptor.pins]
+        """Per pin id: the monitors watching every instance of that pin."""
         self.physical_connections: dict[int, dict[str, Any]] = {}
         """PcRegisterPhysicalConnection: pin id -> {"filter": ..., "pin": ...} it is wired to."""
 

@@ -26,6 +26,7 @@ from ipc.ring import RingError
 from ipc.status import Status, StatusError
 from kernel.loop import KernelLoop
 from kernel.midiparse import MidiStreamParser
+from kernel.monitor import MonitorTap, copy_to
 from kernel.pinevents import PinEvents
 from kernel.servicegroup import ServiceGroup
 from kernel.streamclock import StreamClock
@@ -67,6 +68,8 @@ class Pin:
         self.released = False
         self.stats = collections.Counter[str]()
         self.parser = MidiStreamParser()
+        self.taps: list[MonitorTap] = []
+        """The monitors of this pin (shared with its filter): copies of what it passes."""
         self.clock = StreamClock(loop.scheduler.clock)
         self.notify_client: Callable[[Any], None] = lambda body: None
         """Sends an event (a protocol record) to the client that owns the pin."""
@@ -223,6 +226,8 @@ class CapturePin(Pin):
             if self.state != KsState.RUN:
                 self.stats["dropped"] += len(messages)
             else:
+                if self.taps:
+                    copy_to(self.taps, messages)
                 self.backlog = messages
                 if not self._flush_backlog():
                     return

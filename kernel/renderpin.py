@@ -24,6 +24,7 @@ from ipc.ks import (
 from ipc.ring import Record, RingError
 from ipc.status import Status
 from kernel.dpc import Dpc, Timer
+from kernel.monitor import copy_to
 from kernel.pins import Pin
 
 SEQUENCER_LIMIT: Final = 4096
@@ -138,6 +139,9 @@ class RenderPin(Pin):
                     for _ in range(sent):
                         queue.popleft()
                 self.stats["released"] += sent
+                if self.taps and sent:
+                    # As played: the shared-clock time it went to the miniport.
+                    copy_to(self.taps, [(now, 0, r.data) for r in batch[:sent]])
                 if sent < len(batch):
                     if writer.prepare_to_wait_for_space(len(batch[sent].data)):
                         self.waiting_miniport = True

@@ -28,6 +28,7 @@ from ipc.runtime import USER_SOCKET, endpoint
 from ipc.status import Status, StatusError
 from kernel.filters import KSDATAFORMAT_SIZE, Filter, FilterInstance, sized_format
 from kernel.loop import KernelLoop
+from kernel.monitor import Monitors
 from kernel.pins import Pin
 from kernel.pnp import PnpManager
 from kernel.renderpin import RenderPin
@@ -83,6 +84,7 @@ class UserMode:
         self.sock.bind(endpoint(runtime_dir, USER_SOCKET))
         (runtime_dir / USER_SOCKET).chmod(0o600)
         self.sessions: dict[bytes, ClientSession] = {}
+        self.monitors = Monitors(runtime_dir)
         self._handles = itertools.count(1)
         self._handlers: dict[type, UserHandler] = {
             p.ListFilters: lambda s, rid, body: [f.to_wire() for f in pnp.filters.values()],
@@ -103,6 +105,8 @@ class UserMode:
             p.ClockTime: lambda s, rid, body: self._pin(s, body.handle).pin.clock.to_wire(),
             p.Stats: lambda s, rid, body: self._stats(s),
             p.Goodbye: self._goodbye,
+            p.OpenMonitor: self._open_monitor,
+            p.CloseMonitor: lambda s, rid, body: self.monitors.close(s.identity, body.handle),
         }
         pnp.on_event = self.broadcast
         loop.add_socket(self.sock, self.drain, interrupt=False)
@@ -188,6 +192,7 @@ class UserMode:
         session.watch = None
         for instance in tuple(session.pins.values()):
             self._close(session, instance, lambda: None)
+        self.monitors.close_all(session.identity)
         log.debug("session %s ended: %s", session.name, why)
 
     def _filter(self, fid: str) -> Filter:
@@ -256,13 +261,7 @@ class UserMode:
         assert instance is not None
         if not desc.streaming:
             raise StatusError(Status.INVALID_DEVICE_REQUEST, f"pin {body.pin} is a bridge pin")
-        if not MIN_PIN_CAPACITY <= body.capacity <= MAX_PIN_CAPACITY or (
-            body.capacity & (body.capacity - 1)
-        ):
-            raise StatusError(
-                Status.INVALID_PARAMETER,
-                f"capacity must be a power of two in [{MIN_PIN_CAPACITY}, {MAX_PIN_CAPACITY}]",
-            )
+        self._check_capacity(body.capacity)
         fmt = DataFormat.from_wire(body.format)
         filter_.take_instance(body.pin, instance)
         handle = next(self._handles)
@@ -294,13 +293,30 @@ class UserMode:
         except BaseException:
             filter_.give_back_instance(body.pin, instance)
             raise
-        pin.notify_client = to_client
+        pin.notify_client, pin.taps = to_client, filter_.taps[body.pin]
         # A removed pin stays the client's until it closes it (its I/O fails meanwhile).
         if not pin.released:
             session.pins[handle] = PinInstance(pin, filter_, instance)
         else:  # failed at once: `opened` has answered already
             filter_.give_back_instance(body.pin, instance)
         return PENDING
+
+    @staticmethod
+    def _check_capacity(capacity: int) -> None:
+        if not MIN_PIN_CAPACITY <= capacity <= MAX_PIN_CAPACITY or capacity & (capacity - 1):
+            raise StatusError(
+                Status.INVALID_PARAMETER,
+                f"capacity must be a power of two in [{MIN_PIN_CAPACITY}, {MAX_PIN_CAPACITY}]",
+            )
+
+    def _open_monitor(self, session: ClientSession, rid: int, body: p.OpenMonitor) -> Any:
+        filter_ = self._filter(body.filter)
+        if not filter_.pin(body.pin).streaming:
+            raise StatusError(Status.INVALID_DEVICE_REQUEST, f"pin {body.pin} is a bridge pin")
+        self._check_capacity(body.capacity)
+        tap = self.monitors.open(session.identity, next(self._handles), filter_.fid, body.pin,
+                                 filter_.taps[body.pin], body.capacity)
+        return {"handle": tap.handle, "channel": str(tap.base)}
 
     def _reply_later(self, session: ClientSession, rid: int,
                      result: Callable[[], Any]) -> Callable[[StatusError | None], None]:
@@ -425,6 +441,7 @@ class UserMode:
             "dpc_errors": scheduler.dpc_errors,
             "devices": self.pnp.statistics(),
             "pins": [instance.pin.info() for instance in session.pins.values()],
+            "monitors": self.monitors.info(session.identity),
         }
 
     def close(self) -> None:

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Self
 
 import zmq
 
@@ -79,6 +79,9 @@ from ipc.runtime import (
 from ipc.status import Status, StatusError
 from ipc.waiter import Waiter
 from ksclient import errors, ksmusic
+
+if TYPE_CHECKING:
+    from ksclient.monitor import Monitor
 
 DEFAULT_CAPACITY: Final = 1 << 16
 CALL_TIMEOUT: Final = 10.0
@@ -640,6 +643,25 @@ class Client:
         )
         assert isinstance(opened, CapturePin)
         return opened
+
+    def open_monitor(
+        self, filter_id: str, pin: int | None = None, capacity: int = DEFAULT_CAPACITY,
+        *, capture: bool = False,
+    ) -> Monitor:
+        """Watch what every instance of a pin renders or captures, without taking an
+        instance (see `ksclient.monitor`). `pin` None: the filter's first render pin
+        (`capture=True`: its first capture pin)."""
+        from ksclient.monitor import Monitor
+
+        if pin is None:
+            pin = self.filter(filter_id).find_pin(capture)
+        result = self._call(p.OpenMonitor(filter_id, pin, capacity))
+        try:
+            return Monitor(self, int(result["handle"]), filter_id, pin, Path(result["channel"]))
+        except BaseException:
+            with contextlib.suppress(errors.KsError):
+                self._call(p.CloseMonitor(int(result["handle"])))
+            raise
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call(p.Stats())

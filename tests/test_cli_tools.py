@@ -252,3 +252,49 @@ def test_play_interrupted_silences_the_device(
         mon.send_signal(signal.SIGINT)
     silenced = [(m["channel"], m["control"]) for m in seen if m["type"] == "control_change"]
     assert sorted(silenced) == [(ch, cc) for ch in range(16) for cc in (120, 123)]
+
+
+def test_monitor_watches_what_a_render_pin_plays_without_taking_it(
+    loopback_kernel: KernelProcess,
+) -> None:
+    # The loopback's render pin has one instance: the client below holds it, and the
+    # monitor still sees what it plays, beside what the capture pin receives.
+    with loopback_kernel.connect() as c:
+        out = c.open_render("loopback")
+        out.run()
+        with background(loopback_kernel, "monitor", "loopback", "--all", "--json",
+                        "--count", "4") as mon:
+            out.send(b"\x90\x3c\x40")
+            out.send(b"\x80\x3c\x00")
+            text, _ = mon.communicate(timeout=TIMEOUT)
+    by_direction: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        record = json.loads(line)
+        by_direction.setdefault(record["direction"], []).append(record["hex"])
+    assert by_direction == {"render": ["90 3c 40", "80 3c 00"],
+                            "capture": ["90 3c 40", "80 3c 00"]}
+
+
+def test_a_slow_monitor_never_slows_or_loses_the_pins_data(
+    loopback_kernel: KernelProcess,
+) -> None:
+    with loopback_kernel.connect() as c:
+        out, inp = c.open_render("loopback"), c.open_capture("loopback")
+        inp.run()
+        out.run()
+        with c.open_monitor("loopback", capacity=1 << 14) as render_tap, \
+                c.open_monitor("loopback", capture=True, capacity=1 << 14) as capture_tap:
+            messages = [bytes([0x90, i % 128, 1 + i % 100]) for i in range(20_000)]
+            got = []
+            for start in range(0, len(messages), 1000):  # nobody reads the monitors
+                out.send_many(messages[start:start + 1000])
+                while len(got) < start + 1000:
+                    got.append(inp.receive(timeout=10).data)
+            assert got == messages  # the pins lost nothing and kept the order
+            for tap in (render_tap, capture_tap):
+                stats = tap.statistics()
+                assert stats["dropped"] > 0 and stats["copied"] + stats["dropped"] == 20_000
+                copies = []
+                while tap.poll(0):
+                    copies.append(tap.receive_nowait().data)
+                assert copies == messages[:len(copies)]  # the first that fitted, in order
