@@ -274,6 +274,33 @@ def _to_bytes(message: Any) -> bytes:
         raise TypeError(f"cannot send {type(message).__name__} as MIDI bytes") from exc
 
 
+class SysexJoiner:
+    """Joins the chunks of a long SysEx (FLAG_SYSEX_MORE) back into one message, across
+    reads; every other record passes as it is."""
+
+    def __init__(self) -> None:
+        self._sysex = bytearray()
+        self._time = 0
+
+    def join(self, records: Iterable[tuple[int, int, bytes]]) -> list[tuple[int, int, bytes]]:
+        """(timestamp, flags, data) of each whole message in `records`."""
+        out = []
+        for timestamp, flags, data in records:
+            if flags & FLAG_SYSEX:
+                if not self._sysex:
+                    self._time = timestamp
+                self._sysex += data
+                if flags & FLAG_SYSEX_MORE:
+                    continue
+                data, timestamp = bytes(self._sysex), self._time
+                self._sysex.clear()
+            out.append((timestamp, flags & ~FLAG_SYSEX_MORE, data))
+        return out
+
+    def clear(self) -> None:
+        self._sysex.clear()
+
+
 class _Resources:
     """What a client holds outside Python's heap. `close()` releases it in order; a client
     dropped without `close()` has it released by a finalizer, which must not refer back
@@ -1325,8 +1352,7 @@ class CapturePin(Pin):
         super().__init__(client, handle, filter_id, pin_id)
         self._channel = channel
         self._ready: collections.deque[MidiMessage] = collections.deque()
-        self._sysex = bytearray()
-        self._sysex_time = 0
+        self._sysex = SysexJoiner()
         self._partial: tuple[int, bytes] | None = None
         """What `read` could not fit of a message: its stream time and the rest."""
         # Waking for data costs one epoll_wait; the kernel's messages and death are
@@ -1374,18 +1400,9 @@ class CapturePin(Pin):
             records = self._channel.receive_many(1024)
         except RingError as exc:
             raise errors.BrokenError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}") from exc
-        for timestamp, flags, data in records:
-            if flags & FLAG_SYSEX:
-                if not self._sysex:
-                    self._sysex_time = timestamp
-                self._sysex += data
-                if flags & FLAG_SYSEX_MORE:
-                    continue
-                data, timestamp = bytes(self._sysex), self._sysex_time
-                self._sysex.clear()
-            self._ready.append(MidiMessage(
-                data, timestamp, flags & ~FLAG_SYSEX_MORE, self.stream_time_at(timestamp)
-            ))
+        stream_time = self.stream_time_at
+        self._ready.extend(MidiMessage(data, timestamp, flags, stream_time(timestamp))
+                           for timestamp, flags, data in self._sysex.join(records))
         return bool(self._ready)
 
     def receive_nowait(self) -> MidiMessage:

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any, Self
 
 from ipc import protocol as p
 from ipc.channel import ChannelReader
-from ipc.midi import FLAG_SYSEX, FLAG_SYSEX_MORE
 from ipc.ring import RingError
 from ipc.status import Status
 from ksclient import errors
+from ksclient.client import MidiMessage, SysexJoiner
 
 if TYPE_CHECKING:
-    from ksclient.client import Client, MidiMessage
+    from ksclient.client import Client
 
 
 class Monitor:
@@ -45,29 +45,18 @@ class Monitor:
         self._poller = select.poll()
         self._poller.register(self._channel.data_fileno(), select.POLLIN)
         self._ready: collections.deque[MidiMessage] = collections.deque()
-        self._sysex = bytearray()
-        self._sysex_time = 0
+        self._sysex = SysexJoiner()
         self._closed = False
 
     def _fill(self) -> bool:
-        from ksclient.client import MidiMessage
-
         if self._closed:
             raise errors.ClosedError("the monitor is closed")
         try:
             records = self._channel.receive_many(1024)
         except RingError as exc:
             raise errors.BrokenError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}") from exc
-        for timestamp, flags, data in records:
-            if flags & FLAG_SYSEX:
-                if not self._sysex:
-                    self._sysex_time = timestamp
-                self._sysex += data
-                if flags & FLAG_SYSEX_MORE:
-                    continue
-                data, timestamp = bytes(self._sysex), self._sysex_time
-                self._sysex.clear()
-            self._ready.append(MidiMessage(data, timestamp, flags & ~FLAG_SYSEX_MORE))
+        self._ready.extend(MidiMessage(data, timestamp, flags)
+                           for timestamp, flags, data in self._sysex.join(records))
         return bool(self._ready)
 
     def receive_nowait(self) -> MidiMessage:
