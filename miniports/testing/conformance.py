@@ -46,6 +46,7 @@ import psutil
 import ksclient
 from ipc.ks import DataFormat, KsState
 from ipc.runtime import runtime_base
+from ipc.status import Status
 from ksclient.launch import (
     READY_TIMEOUT,
     STOP_GRACE,
@@ -211,6 +212,61 @@ class _Suite:
                 continue
             raise AssertionError(f"pin {pin.id} opened with a format outside its data ranges")
 
+    def intersection(self) -> None:
+        """KSPROPERTY_PIN_DATAINTERSECTION through the miniport's data_range_intersection
+        (or the port's default): the size query, a buffer too small, the pin's own
+        ranges giving a format that opens the pin, a foreign range refused."""
+        bogus = ksclient.DataRange(major_format=str(uuid.uuid4()))
+        for pin in self.info.pins:
+            if not pin.streaming:
+                continue
+            query = self.client.data_intersection(DEVICE, pin.id, pin.data_ranges, size=0)
+            if query.get("status") != Status.BUFFER_OVERFLOW or not query.get("size"):
+                raise AssertionError(f"pin {pin.id}: the size query answered {query!r}")
+            try:
+                self.client.data_intersection(DEVICE, pin.id, pin.data_ranges,
+                                              size=int(query["size"]) - 1)
+            except ksclient.KsError as exc:
+                if exc.status != Status.BUFFER_TOO_SMALL:
+                    raise AssertionError(f"pin {pin.id}: a short buffer gave {exc}") from exc
+            else:
+                raise AssertionError(f"pin {pin.id}: a buffer too small was accepted")
+            fmt = self.client.data_intersection(DEVICE, pin.id, pin.data_ranges)
+            if not any(r.matches(fmt) for r in pin.data_ranges):
+                raise AssertionError(f"pin {pin.id}: intersection gave {fmt}, outside its ranges")
+            self.client.open_pin(DEVICE, pin.id, fmt).close()
+            try:
+                self.client.data_intersection(DEVICE, pin.id, [bogus])
+            except ksclient.NoMatchError:
+                continue
+            raise AssertionError(f"pin {pin.id}: a foreign data range intersected")
+
+    def set_format(self) -> None:
+        """KSPROPERTY_CONNECTION_DATAFORMAT set reaches the stream's set_format: the
+        pin's own format is taken; a refusal comes back as an error and changes nothing;
+        the stream still plays afterwards."""
+        if not self.loop:
+            raise _Skip("no loop from render to capture (loop=False)")
+        if self.render is None or self.capture is None:
+            raise _Skip("the filter lacks a render or a capture pin")
+        out = self.client.open_render(DEVICE, self.render)
+        try:
+            inp = self.client.open_capture(DEVICE, self.capture)
+        except BaseException:
+            out.close()
+            raise
+        try:
+            out.set_format(out.format)  # in STOP, as a KS client sets a connection's format
+            inp.set_format(inp.format)
+            inp.run()
+            out.run()
+            marker = b"\x90\x3c\x41"
+            out.send(marker)
+            self._expect(inp, [marker])
+        finally:
+            out.close()
+            inp.close()
+
     def instances(self) -> None:
         checked = 0
         for pin in self.info.pins:
@@ -370,7 +426,8 @@ class _Suite:
 
 
 CHECKS: tuple[str, ...] = (
-    "descriptor", "format", "instances", "states", "roundtrip", "first_interrupt",
+    "descriptor", "format", "intersection", "instances", "states", "set_format", "roundtrip",
+    "first_interrupt",
     "timestamps", "sysex_realtime", "burst", "stop_flush", "shutdown",
 )
 
