@@ -1456,6 +1456,27 @@ class CapturePin(Pin):
             raise errors.KsTimeoutError("no MIDI message")
         return self._ready.popleft()
 
+    def receive_many(
+        self, max_messages: int = 1024, timeout: float | None = None
+    ) -> list[MidiMessage]:
+        """Every message waiting now, up to `max_messages`, in order: the batch path (one
+        ring read and no wait per message). Waits up to `timeout` seconds (None:
+        forever) for the first; an empty list when none came in time."""
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        if not self.poll(timeout):
+            return []
+        ready = self._ready
+        while len(ready) < max_messages and self._fill_more():
+            pass
+        n = min(max_messages, len(ready))
+        return [ready.popleft() for _ in range(n)]
+
+    def _fill_more(self) -> bool:
+        before = len(self._ready)
+        self._fill()
+        return len(self._ready) > before
+
     def read(
         self, size: int = 4096, timeout: float | None = None
     ) -> tuple[int, bytes]:

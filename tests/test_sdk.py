@@ -175,3 +175,19 @@ def test_blocked_receive_notices_the_kernel_is_gone(loopback_kernel) -> None:
     loopback_kernel.proc.wait()
     c.close()
     shutil.rmtree(loopback_kernel.runtime, ignore_errors=True)
+
+
+def test_receive_many_takes_a_batch_in_order(loopback_kernel) -> None:
+    with loopback_kernel.connect() as c:
+        out, inp = c.open_render("loopback"), c.open_capture("loopback")
+        inp.run()
+        out.run()
+        messages = [bytes([0x90, i % 128, 1 + i % 100]) for i in range(3000)]
+        out.send_many(messages)
+        got: list[bytes] = []
+        while len(got) < len(messages):
+            batch = inp.receive_many(1000, timeout=10)
+            assert 0 < len(batch) <= 1000
+            got += [m.data for m in batch]
+        assert got == messages
+        assert inp.receive_many(timeout=0.05) == []
