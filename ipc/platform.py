@@ -9,7 +9,6 @@ be this project's own: PyPI has unrelated distributions called `kernel` and
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 from typing import Final
@@ -33,11 +32,12 @@ def check_own_packages() -> None:
     """PlatformError if one of the project's top-level packages is found somewhere else
     than beside this one (another distribution of the same name shadows it)."""
     home = Path(__file__).resolve().parent.parent
-    # As the project's child processes see it (python -P): the working directory is
-    # not on the path, so a kernel.py lying there is not "the" kernel package.
-    cwd = {"", ".", os.getcwd()}
+    # As the project's child processes see it (python -P): without the implicit first
+    # entry (the working directory for -m and -c, the script's directory), so a
+    # kernel.py lying there is not "the" kernel package; PYTHONPATH entries stay.
     saved = sys.path[:]
-    sys.path[:] = [entry for entry in saved if entry not in cwd]
+    if not sys.flags.safe_path and saved:
+        sys.path[:] = saved[1:]
     try:
         origins = {}
         for name in OWN_PACKAGES:
