@@ -26,6 +26,7 @@ from ipc.ks import DataFormat, KsState
 from ipc.procwatch import ProcessWatch
 from ipc.runtime import USER_SOCKET, endpoint
 from ipc.status import Status, StatusError
+from kernel import activity
 from kernel.filters import Filter
 from kernel.loop import KernelLoop
 from kernel.pins import Pin
@@ -156,6 +157,7 @@ class UserMode:
             self.loop.watch_process(
                 session.watch, lambda: self.end_session(session, "client exited")
             )
+        activity.client_hello(body.name, body.pid)
         return {"kernel_pid": os.getpid(), "version": p.PROTOCOL_VERSION}
 
     def _goodbye(self, session: ClientSession, rid: int, body: Any) -> Any:
@@ -171,7 +173,7 @@ class UserMode:
         session.watch = None
         for instance in tuple(session.pins.values()):
             self._close(session, instance, lambda: None)
-        log.debug("session %s ended: %s", session.name, why)
+        activity.client_goodbye(session.name, session.pid, why)
 
     def _filter(self, fid: str) -> Filter:
         filter_ = self.pnp.filters.get(fid)
@@ -207,6 +209,8 @@ class UserMode:
                     filter_.give_back_instance(body.pin)
                 self.send(session.identity, p.encode_exception(rid, result))
                 return
+            activity.pin_opened(session.name, handle, filter_.fid, body.pin, result.capture,
+                                result.format)
             self.send(session.identity, p.encode_ok(rid, {
                 "handle": handle,
                 "channel": str(result.client_base),
@@ -243,6 +247,8 @@ class UserMode:
             raise StatusError(Status.INVALID_PARAMETER, f"no KSSTATE {body.state}") from None
 
         def done(error: StatusError | None) -> None:
+            if error is None:
+                activity.pin_state(pin.handle, target)
             frame = p.encode_ok(rid) if error is None else p.encode_exception(rid, error)
             self.send(session.identity, frame)
 
@@ -261,6 +267,7 @@ class UserMode:
         pin = instance.pin
         if session.pins.pop(pin.handle, None) is not None:
             instance.filter.give_back_instance(pin.pin_id)
+            activity.pin_closed(pin.handle, dict(pin.stats))
         instance.filter.port.close_stream(pin, done)
 
     def _stats(self, session: ClientSession) -> Any:

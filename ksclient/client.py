@@ -37,6 +37,7 @@ from typing import Any, Final, NamedTuple, Self
 import zmq
 
 from ipc import protocol as p
+from ipc import trace
 from ipc.channel import ChannelReader, ChannelWriter
 from ipc.ks import (
     Communication,
@@ -65,7 +66,7 @@ from ipc.runtime import (
 )
 from ipc.status import Status, StatusError
 from ipc.waiter import Waiter
-from ksclient import errors
+from ksclient import errors, tracing
 
 DEFAULT_CAPACITY: Final = 1 << 16
 CALL_TIMEOUT: Final = 10.0
@@ -817,7 +818,10 @@ class RenderPin(Pin):
         except errors.KsTimeoutError:
             raise errors.WouldBlock("the device is away; the pin will reopen") from None
         records = self._records(message, at)
+        start = trace.now() if trace.ON else 0
         sent = self._channel.send_many(records)
+        if trace.ON:
+            tracing.sent(start, self.handle, self._written, sent)
         self._written += sent
         if sent == len(records):
             return
@@ -844,10 +848,13 @@ class RenderPin(Pin):
         while records:
             # After an auto-reopen the pin has a new channel: look it up every time.
             channel = self._channel
+            start = trace.now() if trace.ON else 0
             try:
                 sent = channel.send_many(records)
             except RingError as exc:
                 raise errors.BrokenError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}") from exc
+            if trace.ON:
+                tracing.sent(start, self.handle, self._written, sent)
             self._written += sent
             del records[:sent]
             if not records:
@@ -923,6 +930,8 @@ class CapturePin(Pin):
             records = self._channel.receive_many(1024)
         except RingError as exc:
             raise errors.BrokenError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}") from exc
+        if trace.ON:
+            tracing.received(self.handle, records)
         for timestamp, flags, data in records:
             if flags & FLAG_SYSEX:
                 if not self._sysex:
