@@ -26,18 +26,22 @@ SUBFORMAT_NAMES = {
 }
 
 
+def _client(name: str, pid: int) -> str:
+    return name if name.endswith(str(pid)) else f"{name} (pid {pid})"
+
+
 def _pin_event(name: str, handle: int, **args: object) -> None:
     trace.instant(name, "pin", {"pin": handle, **args})
 
 
 def client_hello(name: str, pid: int) -> None:
-    log.info("client %s (pid %d): hello", name, pid)
+    log.info("client %s: hello", _client(name, pid))
     if trace.ON:
         trace.instant("client hello", "client", {"client": name, "pid": pid})
 
 
 def client_goodbye(name: str, pid: int, why: str) -> None:
-    log.info("client %s (pid %d): session ended: %s", name, pid, why)
+    log.info("client %s: session ended: %s", _client(name, pid), why)
     if trace.ON:
         trace.instant("client goodbye", "client", {"client": name, "pid": pid, "why": why})
 
