@@ -86,6 +86,7 @@ class UserMode:
             p.GetState: lambda s, rid, body: int(self._pin(s, body.handle).pin.state),
             p.ClosePin: self._close_pin,
             p.Stats: lambda s, rid, body: self._stats(s),
+            p.DeviceRegistry: lambda s, rid, body: self._device_registry(body.device),
             p.Goodbye: self._goodbye,
         }
         pnp.on_event = self.broadcast
@@ -269,6 +270,14 @@ class UserMode:
             instance.filter.give_back_instance(pin.pin_id)
             activity.pin_closed(pin.handle, dict(pin.stats))
         instance.filter.port.close_stream(pin, done)
+
+    def _device_registry(self, name: str) -> Any:
+        device = self.pnp.devices.get(name)
+        if device is None and name in self.pnp.filters:
+            device = self.pnp.devices.get(self.pnp.filters[name].device)
+        if device is None:
+            raise StatusError(Status.OBJECT_NAME_NOT_FOUND, f"no device {name!r}")
+        return device.store.registry_snapshot()
 
     def _stats(self, session: ClientSession) -> Any:
         scheduler = self.loop.scheduler

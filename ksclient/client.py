@@ -529,6 +529,12 @@ class Client:
         assert isinstance(opened, CapturePin)
         return opened
 
+    def device_registry(self, device: str) -> list[dict[str, Any]]:
+        """The registry keys of `device` (its name or its filter's id), read-only: a list
+        of {"type": "DEVICE", "path": "Statistics", "values": {name: value}}."""
+        result: list[dict[str, Any]] = self._call(p.DeviceRegistry(device))
+        return result
+
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call(p.Stats())
         return result
