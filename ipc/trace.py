@@ -109,6 +109,13 @@ def set_process_name(name: str) -> None:
     _process_name = name
 
 
+def name_process_once(name: str) -> None:
+    """Label this process's track unless it has a label already (a client's first
+    connection names it; `portcls trace` names itself first)."""
+    if not _process_name:
+        set_process_name(name)
+
+
 def statistics() -> dict[str, int]:
     """Events recorded so far, those kept, those dropped for room."""
     return {"recorded": _appended, "kept": len(_ring), "dropped": _appended - len(_ring)}

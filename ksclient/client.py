@@ -242,6 +242,8 @@ class Client:
     ) -> None:
         self.runtime_dir = runtime_dir
         self.name = name
+        if trace.ON:
+            trace.name_process_once(f"client {name}")
         self.auto_reopen = auto_reopen
         self.reopen_timeout = reopen_timeout
         self._ctx: zmq.Context[Any] = zmq.Context()
