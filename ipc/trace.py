@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 ENV_TRACE: Final = "PORTCLS_TRACE"
 ENV_TRACE_EVENTS: Final = "PORTCLS_TRACE_EVENTS"
@@ -121,9 +121,8 @@ def statistics() -> dict[str, int]:
     return {"recorded": _appended, "kept": len(_ring), "dropped": _appended - len(_ring)}
 
 
-def events() -> list[dict[str, Any]]:
-    """This process's events in Trace Event Format (ts and dur in µs), with its
-    process and thread names as metadata."""
+def _metadata() -> list[dict[str, Any]]:
+    """The process's and its threads' names, and the overflow if there was one."""
     pid = os.getpid()
     name = _process_name or Path(sys.argv[0] or "python").name
     stats = statistics()
@@ -137,6 +136,14 @@ def events() -> list[dict[str, Any]]:
     for tid, tname in tuple(_threads.items()):
         out.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "ts": 0,
                     "args": {"name": tname}})
+    return out
+
+
+def events() -> list[dict[str, Any]]:
+    """This process's events in Trace Event Format (ts and dur in µs), with its
+    process and thread names as metadata."""
+    pid = os.getpid()
+    out = _metadata()
     for ph, ename, cat, ts, dur, tid, args, fid in tuple(_ring):
         event: dict[str, Any] = {"ph": ph, "name": ename, "cat": cat, "ts": ts / 1000,
                                  "pid": pid, "tid": tid}
@@ -153,6 +160,35 @@ def events() -> list[dict[str, Any]]:
     return out
 
 
+def _write_json(out: TextIO) -> None:
+    """`events()` as a JSON array, written line by line: a process writes this while it
+    exits (its owner may kill it soon), so it formats the common fields itself."""
+    pid = os.getpid()
+    dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
+    names: dict[str, str] = {}
+
+    def quoted(text: str) -> str:
+        if text not in names:
+            names[text] = dumps(text)
+        return names[text]
+
+    out.write("[\n")
+    out.write(",\n".join(dumps(e) for e in _metadata()))
+    for ph, ename, cat, ts, dur, tid, args, fid in tuple(_ring):
+        head = (f',\n{{"ph":"{ph}","name":{quoted(ename)},"cat":{quoted(cat)},'
+                f'"ts":{ts / 1000:.3f},"pid":{pid},"tid":{tid}')
+        if ph == "X":
+            tail = f',"dur":{dur / 1000:.3f}'
+        elif ph == "i":
+            tail = ',"s":"t"'
+        else:
+            tail = f',"id":{int(fid)},"bp":"e"'
+        if args:
+            tail += f',"args":{dumps(args)}'
+        out.write(head + tail + "}")
+    out.write("\n]\n")
+
+
 def dump() -> Path | None:
     """Write this process's events to `<dir>/<pid>.json` (once); the path, or None
     when tracing is off or the directory is gone."""
@@ -163,7 +199,8 @@ def dump() -> Path | None:
     path = _directory / f"{os.getpid()}.json"
     tmp = path.with_suffix(".tmp")
     try:
-        tmp.write_text(json.dumps(events(), separators=(",", ":")))
+        with tmp.open("w") as out:
+            _write_json(out)
         tmp.replace(path)
     except OSError:
         return None
