@@ -105,5 +105,14 @@ def trace_run(group: ServiceGroup, members: tuple[ServiceSink, ...]) -> None:
     finally:
         trace.complete("service group run", "dpc", start, {
             "group": group.name,
-            "members": [getattr(m, "name", None) or type(m).__name__ for m in members],
+            "members": [_member_name(m) for m in members],
         })
+
+
+def _member_name(member: ServiceSink) -> str:
+    """A member as a trace names it: a group by its name, a pin by its handle."""
+    if isinstance(member, ServiceGroup):
+        return f"group {member.name}"
+    handle = getattr(member, "handle", None)
+    kind = type(member).__name__
+    return kind if handle is None else f"{kind} {handle}"

@@ -317,8 +317,19 @@ class ServiceGroups:
         finally:
             trace.complete("service group run", "dpc", start, {
                 "group": group.gid, "when": when,
-                "members": [_member_name(m, self._port_sink) for m, _ in members],
+                "members": [self._member_name(m) for m, _ in members],
             })
+
+    def _member_name(self, member: object) -> str:
+        """A group member as a trace names it."""
+        if member is self._port_sink:
+            return "port"
+        if isinstance(member, HostServiceGroup):
+            return f"group {member.gid}"
+        for sid, (_, stream_member) in self._stream_groups.items():
+            if stream_member is member:
+                return f"stream {sid}"
+        return type(member).__name__
 
     def _take(self, gid: int, when: int) -> None:
         if gid != NOTIFY_ALL:
@@ -332,13 +343,3 @@ class ServiceGroups:
         for group, _ in tuple(self._stream_groups.values()):
             self.queue(group, when)
 
-
-def _member_name(member: object, port_sink: object) -> str:
-    """A group member as a trace names it."""
-    if member is port_sink:
-        return "port"
-    if isinstance(member, HostServiceGroup):
-        return f"group {member.gid}"
-    if type(member) is object:
-        return "stream"
-    return type(member).__name__
