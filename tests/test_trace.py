@@ -222,3 +222,51 @@ def test_up_quiet_hides_the_activity(runtime_dir: Path, tmp_path: Path) -> None:
             up.kill()
             up.communicate()
     assert "hello" not in err and "opened by" not in err
+
+
+RECORDING = {"instant", "complete", "set_process_name", "name_process_once", "now"}
+"""The calls of ipc.trace that record or cost something (`trace.now()` reads a clock)."""
+GUARDED_MODULES = ("kernel", "miniports", "ksclient")
+HELPERS = {"ksclient/tracing.py", "kernel/activity.py"}
+"""Modules of trace helpers: their callers guard the calls; activity.py logs as well and
+guards its own trace calls."""
+
+
+def test_every_trace_point_is_free_when_off() -> None:
+    """A trace point outside ipc/trace.py sits under `if trace.ON` (or in a helper that
+    only such a branch calls, or is `trace.now() if trace.ON else 0`): off, it costs one
+    test of a module boolean."""
+    import ast
+
+    def guarded(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+        while node in parents:
+            parent = parents[node]
+            test = getattr(parent, "test", None)
+            if isinstance(parent, (ast.If, ast.IfExp)) and isinstance(test, ast.BoolOp):
+                test = test.values[0]
+            if (isinstance(parent, (ast.If, ast.IfExp)) and isinstance(test, ast.Attribute)
+                    and test.attr == "ON" and node is not test):
+                return True
+            if isinstance(parent, ast.FunctionDef) and parent.name.startswith(
+                    ("trace_", "_trace", "_traced")):
+                return True
+            node = parent
+        return False
+
+    unguarded = []
+    for package in GUARDED_MODULES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel in HELPERS or rel.startswith("ksclient/cli/"):
+                continue
+            tree = ast.parse(path.read_text())
+            parents = {child: node for node in ast.walk(tree)
+                       for child in ast.iter_child_nodes(node)}
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and isinstance(node.func.value, ast.Name)
+                        and node.func.value.id in ("trace", "tracing")
+                        and (node.func.attr in RECORDING or node.func.value.id == "tracing")
+                        and not guarded(node, parents)):
+                    unguarded.append(f"{rel}:{node.lineno}")
+    assert not unguarded
