@@ -328,6 +328,16 @@ class Stats:
     OP: ClassVar[str]
 
 
+@message("device_registry")
+@dataclass(frozen=True, slots=True)
+class DeviceRegistry:
+    """Read a device's registry keys and their values (read-only); the device by its
+    name or its filter's id. Reply: [{"type": name, "path": str, "values": {...}}]."""
+
+    device: str
+    OP: ClassVar[str]
+
+
 @message("goodbye")
 @dataclass(frozen=True, slots=True)
 class Goodbye:

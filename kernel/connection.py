@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ipc import protocol as p
+from ipc import trace
 from ipc.channel import ChannelReader, create_channel_files, remove_channel_files
 from ipc.ring import MIN_CAPACITY, RingError
 from ipc.status import Status, StatusError
@@ -120,6 +121,8 @@ class MiniportConnection:
     def interrupt(self, groups: list[int]) -> None:
         """The miniport's ISR ran: notify each group (NOTIFY_ALL: every group)."""
         self.loop.stats["interrupts"] += 1
+        if trace.ON:
+            trace.instant("interrupt", "interrupt", {"device": self.device, "groups": groups})
         for gid in groups:
             if gid != p.NOTIFY_ALL:
                 self.group(gid)  # unknown groups are the miniport's error

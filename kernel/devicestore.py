@@ -79,6 +79,8 @@ class DeviceStore:
                 ) from None
         self.properties = props
         self.keys: dict[tuple[int, str], dict[str, Any]] = {}
+        self.key_names: dict[tuple[int, str], str] = {}
+        """Each key's path as it was first created (lookups ignore case)."""
 
     def get_property(self, prop: int) -> bytes:
         """The property's value as Windows encodes it; the caller compares buffer sizes."""
@@ -87,6 +89,15 @@ class DeviceStore:
         except ValueError:
             raise StatusError(Status.INVALID_PARAMETER, f"unknown device property {prop}") from None
         return _encode_property(which, self.properties[which])
+
+    def registry_snapshot(self) -> list[dict[str, Any]]:
+        """Every key with its values, for a reader (a copy: nothing here can change them)."""
+        return [
+            {"type": RegistryKeyType(key_type).name,
+             "path": self.key_names.get((key_type, path), path),
+             "values": {name: value for name, value in values.values()}}
+            for (key_type, path), values in sorted(self.keys.items())
+        ]
 
     def registry(self, key_type: int, path: str, action: str, name: str, value: Any) -> Any:
         """One operation on a key: create, query, set, delete, enumerate, delete_key."""
@@ -99,6 +110,7 @@ class DeviceStore:
         key = (key_type, path.lower())
         if action == "create":
             self.keys.setdefault(key, {})
+            self.key_names.setdefault(key, path)
             return None
         values = self.keys.get(key)
         if values is None:

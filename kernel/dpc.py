@@ -12,6 +12,7 @@ import heapq
 import itertools
 from collections.abc import Callable
 
+from ipc import trace
 from ipc.runtime import now_100ns
 
 
@@ -81,7 +82,10 @@ class Scheduler:
             dpc.queued = False
             ran += 1
             try:
-                dpc.routine()
+                if trace.ON:
+                    trace_dpc(dpc.routine)
+                else:
+                    dpc.routine()
             except Exception as exc:  # a faulty DPC must not take the kernel down
                 self.dpc_errors += 1
                 if self.on_dpc_error is not None:
@@ -126,3 +130,12 @@ class Scheduler:
             timer._generation += 1
             self.queue_dpc(timer.dpc)
             fired += 1
+
+
+def trace_dpc(routine: Callable[[], None]) -> None:
+    """Run a DPC's routine as a trace slice named after it."""
+    start = trace.now()
+    try:
+        routine()
+    finally:
+        trace.complete("DPC", "dpc", start, {"routine": getattr(routine, "__qualname__", "?")})

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from ipc import trace
 from ipc.platform import PlatformError, check_platform
 from ipc.runtime import default_runtime_dir
 from ipc.status import StatusError
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m kernel") -> int:
     except StatusError as exc:
         print(f"portcls: bad configuration: {exc}", file=sys.stderr)
         return 2
+    if trace.ON:
+        trace.set_process_name("kernel")
     runtime = args.runtime or default_runtime_dir()
     kernel = Kernel(runtime, config)
     try:

@@ -20,9 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from ipc import trace
 from ipc.channel import ChannelReader, ChannelWriter, remove_channel_files
 from ipc.ks import DataFormat, KsState
-from ipc.ring import RingError
+from ipc.ring import Record, RingError
 from ipc.status import Status, StatusError
 from kernel.loop import KernelLoop
 from kernel.midiparse import MidiStreamParser
@@ -223,6 +224,8 @@ class CapturePin(Pin):
             messages: list[tuple[int, int, bytes]] = []
             for record in records:
                 messages += parser.feed(record.data, record.timestamp)
+            if trace.ON:
+                trace_captured(self.handle, records)
             if self.state != KsState.RUN:
                 self.stats["dropped"] += len(messages)
             else:
@@ -279,3 +282,21 @@ class CapturePin(Pin):
             with contextlib.suppress(RingError, ValueError):
                 lost += self.mp_reader.discard_all()
         return lost
+
+
+def trace_released(start: int, handle: int, first: int, count: int) -> None:
+    """The sequencer released records `first`.. of render pin `handle` to the miniport
+    (the ring write began at `start`)."""
+    trace.complete(
+        "sequencer release", "render", start, {"pin": handle, "records": count},
+        [trace.render_flow_id(handle, first + i) for i in range(count)],
+    )
+
+
+def trace_captured(handle: int, records: list[Record]) -> None:
+    """The port parsed what the miniport captured, for capture pin `handle`."""
+    stamps = dict.fromkeys(r.timestamp for r in records)
+    trace.complete(
+        "parse capture", "capture", trace.now(), {"pin": handle, "records": len(records)},
+        [trace.capture_flow_id(t) for t in stamps],
+    )

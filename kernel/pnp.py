@@ -335,6 +335,7 @@ class PnpManager:
         if filter_ is not None:
             del self.filters[filter_.fid]
             device.filter = None
+            log.info("device %s: filter withdrawn: %s", filter_.fid, reason)
             self.on_event(p.DeviceRemoval(filter_.fid, reason))
         if device.port is not None:
             device.port.remove_streams(removed)

@@ -13,6 +13,7 @@ import contextlib
 from typing import Any, Final
 
 from ipc import protocol as p
+from ipc import trace
 from ipc.channel import ChannelReader, ChannelWriter
 from ipc.ks import (
     BUFFER_MARKER,
@@ -25,7 +26,7 @@ from ipc.ring import Record, RingError
 from ipc.status import Status
 from kernel.dpc import Dpc, Timer
 from kernel.monitor import copy_to
-from kernel.pins import Pin
+from kernel.pins import Pin, trace_released
 
 SEQUENCER_LIMIT: Final = 4096
 """Render events the sequencer holds; beyond it the client's ring (and the client) waits."""
@@ -132,7 +133,10 @@ class RenderPin(Pin):
                     break
                 batch.append(record)
             if batch:
+                start = trace.now() if trace.ON else 0
                 sent = writer.send_many(batch)
+                if trace.ON:
+                    trace_released(start, self.handle, self.stats["released"], sent)
                 if sent == len(queue):
                     queue.clear()
                 else:

@@ -15,61 +15,38 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import zmq
 
 from ipc import protocol as p
-from ipc.ks import DataFormat, DataRange, KsState
+from ipc.ks import DataFormat, KsState
 from ipc.procwatch import ProcessWatch
 from ipc.runtime import USER_SOCKET, endpoint
 from ipc.status import Status, StatusError
-from kernel.filters import KSDATAFORMAT_SIZE, Filter, FilterInstance, sized_format
+from kernel import activity
+from kernel.filters import Filter, FilterInstance
 from kernel.loop import KernelLoop
 from kernel.monitor import Monitors
 from kernel.pins import Pin
 from kernel.pnp import PnpManager
-from kernel.renderpin import RenderPin
+from kernel.properties import PENDING, KsPropertyRequests
+from kernel.sessions import ClientSession, PinInstance
 
 log = logging.getLogger("portcls.kernel")
 
 USER_BUDGET: Final = 64
 MIN_PIN_CAPACITY: Final = 1 << 14
 MAX_PIN_CAPACITY: Final = 1 << 26
-MAX_CLIENT_RANGES: Final = 64
 MAX_FILTER_INSTANCES: Final = 1024
 """Filter instances one client may hold open."""
-PENDING: Final = object()
-"""A handler's result meaning "the reply will be sent later"."""
-
-
-@dataclass(eq=False)
-class PinInstance:
-    """A pin a client opened, the filter it was opened on, and the filter instance."""
-
-    pin: Pin
-    filter: Filter
-    instance: FilterInstance
-
-
-@dataclass(eq=False)
-class ClientSession:
-    identity: bytes
-    pid: int
-    name: str
-    watch: ProcessWatch | None = None
-    pins: dict[int, PinInstance] = field(default_factory=dict)
-    filters: dict[int, FilterInstance] = field(default_factory=dict)
-    default_filters: dict[str, FilterInstance] = field(default_factory=dict)
-    """The instance a pin opened without one goes on, per filter id."""
 
 
 UserHandler = Callable[[ClientSession, int, Any], Any]
 
 
-class UserMode:
+class UserMode(KsPropertyRequests):
     """Receives clients' requests, keeps their sessions, sends replies and events."""
 
     def __init__(
@@ -104,6 +81,7 @@ class UserMode:
             p.ClosePin: self._close_pin,
             p.ClockTime: lambda s, rid, body: self._pin(s, body.handle).pin.clock.to_wire(),
             p.Stats: lambda s, rid, body: self._stats(s),
+            p.DeviceRegistry: lambda s, rid, body: self._device_registry(body.device),
             p.Goodbye: self._goodbye,
             p.OpenMonitor: self._open_monitor,
             p.CloseMonitor: lambda s, rid, body: self.monitors.close(s.identity, body.handle),
@@ -177,6 +155,7 @@ class UserMode:
             self.loop.watch_process(
                 session.watch, lambda: self.end_session(session, "client exited")
             )
+        activity.client_hello(body.name, body.pid)
         return {"kernel_pid": os.getpid(), "version": p.PROTOCOL_VERSION}
 
     def _goodbye(self, session: ClientSession, rid: int, body: Any) -> Any:
@@ -193,7 +172,7 @@ class UserMode:
         for instance in tuple(session.pins.values()):
             self._close(session, instance, lambda: None)
         self.monitors.close_all(session.identity)
-        log.debug("session %s ended: %s", session.name, why)
+        activity.client_goodbye(session.name, session.pid, why)
 
     def _filter(self, fid: str) -> Filter:
         filter_ = self.pnp.filters.get(fid)
@@ -272,6 +251,8 @@ class UserMode:
                     filter_.give_back_instance(body.pin, instance)
                 self.send(session.identity, p.encode_exception(rid, result))
                 return
+            activity.pin_opened(session.name, handle, filter_.fid, body.pin, result.capture,
+                                result.format)
             self.send(session.identity, p.encode_ok(rid, {
                 "handle": handle,
                 "channel": str(result.client_base),
@@ -318,88 +299,6 @@ class UserMode:
                                  filter_.taps[body.pin], body.capacity)
         return {"handle": tap.handle, "channel": str(tap.base)}
 
-    def _reply_later(self, session: ClientSession, rid: int,
-                     result: Callable[[], Any]) -> Callable[[StatusError | None], None]:
-        """A `done` callback that answers `rid` with `result()` or the error."""
-
-        def done(error: StatusError | None) -> None:
-            try:
-                if error is not None:
-                    raise error
-                frame = p.encode_ok(rid, result())
-            except StatusError as exc:
-                frame = p.encode_exception(rid, exc)
-            self.send(session.identity, frame)
-
-        return done
-
-    def _pin_property(self, session: ClientSession, rid: int, body: p.PinProperty) -> Any:
-        filter_ = self._filter(body.filter)
-        if body.property == "cinstances":
-            # Per filter instance: `value` names one; None asks about the default one.
-            instance_id = body.value if type(body.value) is int else 0
-            instance = self._filter_instance(session, filter_, instance_id, create=False)
-            if instance is None:
-                return filter_.pin_property(body.pin, body.property)
-            return instance.cinstances(body.pin)
-        if body.property != "dataintersection":
-            return filter_.pin_property(body.pin, body.property, body.value)
-        desc = filter_.pin(body.pin)
-        value = body.value
-        if not isinstance(value, dict) or not isinstance(value.get("ranges"), list):
-            raise StatusError(Status.INVALID_PARAMETER,
-                              "dataintersection takes {'ranges': [...], 'size': n}")
-        size = value.get("size", KSDATAFORMAT_SIZE)
-        if type(size) is not int or size < 0:
-            raise StatusError(Status.INVALID_PARAMETER, "size must be a byte count")
-        ranges = [DataRange.from_wire(r) for r in value["ranges"][:MAX_CLIENT_RANGES]]
-
-        def intersected(result: DataFormat | StatusError) -> None:
-            try:
-                if isinstance(result, StatusError):
-                    raise result
-                frame = p.encode_ok(rid, sized_format(result, size))
-            except StatusError as exc:
-                frame = p.encode_exception(rid, exc)
-            self.send(session.identity, frame)
-
-        filter_.port.data_intersection(body.pin, desc, ranges, intersected)
-        return PENDING
-
-    def _cancel_buffer(self, session: ClientSession, rid: int, body: p.CancelBuffer) -> Any:
-        pin = self._pin(session, body.handle).pin
-        if not isinstance(pin, RenderPin):
-            raise StatusError(Status.INVALID_DEVICE_REQUEST, "buffers are written to render pins")
-        return pin.cancel_buffer(body.buffer)
-
-    def _connection_property(self, session: ClientSession, rid: int,
-                             body: p.ConnectionProperty) -> Any:
-        """KSPROPSETID_Connection STATE and DATAFORMAT (get and set) and the stream's
-        clock TIME and POSITION (get) of an open pin."""
-        instance = self._pin(session, body.handle)
-        pin = instance.pin
-        match body.property, body.value is None:
-            case "state", True:
-                return int(pin.state)
-            case "state", False:
-                return self._set_state(session, rid, p.SetState(body.handle, body.value))
-            case "dataformat", True:
-                return pin.format.to_wire()
-            case "dataformat", False:
-                fmt = DataFormat.from_wire(body.value)
-                desc = instance.filter.pin(pin.pin_id)
-                instance.filter.port.set_stream_format(
-                    pin, fmt, desc, self._reply_later(session, rid, pin.format.to_wire))
-                return PENDING
-            case "time", True:
-                return pin.clock.to_wire()
-            case "position", True:
-                moved = "delivered" if pin.capture else "released"
-                return {"events": pin.stats[moved], "time": pin.clock.time()}
-        raise StatusError(Status.NOT_SUPPORTED,
-                          f"no connection property {body.property!r} to "
-                          f"{'get' if body.value is None else 'set'}")
-
     def _set_state(self, session: ClientSession, rid: int, body: p.SetState) -> Any:
         instance = self._pin(session, body.handle)
         pin = instance.pin
@@ -411,6 +310,8 @@ class UserMode:
             raise StatusError(Status.INVALID_PARAMETER, f"no KSSTATE {body.state}") from None
 
         def done(error: StatusError | None) -> None:
+            if error is None:
+                activity.pin_state(pin.handle, target)
             # Success answers the correlated stream time at the change.
             frame = (p.encode_ok(rid, pin.clock.to_wire()) if error is None
                      else p.encode_exception(rid, error))
@@ -431,6 +332,7 @@ class UserMode:
         pin = instance.pin
         if session.pins.pop(pin.handle, None) is not None:
             instance.filter.give_back_instance(pin.pin_id, instance.instance)
+            activity.pin_closed(pin.handle, dict(pin.stats))
         instance.filter.port.close_stream(pin, done)
 
     def _stats(self, session: ClientSession) -> Any:

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, Self
 import zmq
 
 from ipc import protocol as p
+from ipc import trace
 from ipc.channel import ChannelReader, ChannelWriter
 from ipc.ks import (
     BUFFER_MARKER,
@@ -78,7 +79,7 @@ from ipc.runtime import (
 )
 from ipc.status import Status, StatusError
 from ipc.waiter import Waiter
-from ksclient import errors, ksmusic
+from ksclient import errors, ksmusic, tracing
 
 if TYPE_CHECKING:
     from ksclient.monitor import Monitor
@@ -343,6 +344,8 @@ class Client:
     ) -> None:
         self.runtime_dir = runtime_dir
         self.name = name
+        if trace.ON:
+            trace.name_process_once(f"client {name}")
         self.auto_reopen = auto_reopen
         self.reopen_timeout = reopen_timeout
         self._ctx: zmq.Context[Any] = zmq.Context()
@@ -689,6 +692,12 @@ class Client:
             with contextlib.suppress(errors.KsError):
                 self._call(p.CloseMonitor(int(result["handle"])))
             raise
+
+    def device_registry(self, device: str) -> list[dict[str, Any]]:
+        """The registry keys of `device` (its name or its filter's id), read-only: a list
+        of {"type": "DEVICE", "path": "Statistics", "values": {name: value}}."""
+        result: list[dict[str, Any]] = self._call(p.DeviceRegistry(device))
+        return result
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call(p.Stats())
@@ -1170,7 +1179,10 @@ class RenderPin(Pin):
         except errors.KsTimeoutError:
             raise errors.WouldBlock("the device is away; the pin will reopen") from None
         records = self._records(message, at)
+        start = trace.now() if trace.ON else 0
         sent = self._channel.send_many(records)
+        if trace.ON:
+            tracing.sent(start, self.handle, self._written, sent)
         self._written += sent
         if sent == len(records):
             return
@@ -1274,10 +1286,13 @@ class RenderPin(Pin):
         while records:
             # After an auto-reopen the pin has a new channel: look it up every time.
             channel = self._channel
+            start = trace.now() if trace.ON else 0
             try:
                 sent = channel.send_many(records)
             except RingError as exc:
                 raise errors.BrokenError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}") from exc
+            if trace.ON:
+                tracing.sent(start, self.handle, self._written, sent)
             self._written += sent
             del records[:sent]
             if not records:
@@ -1400,6 +1415,8 @@ class CapturePin(Pin):
             records = self._channel.receive_many(1024)
         except RingError as exc:
             raise errors.BrokenError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}") from exc
+        if trace.ON:
+            tracing.received(self.handle, records)
         stream_time = self.stream_time_at
         self._ready.extend(MidiMessage(data, timestamp, flags, stream_time(timestamp))
                            for timestamp, flags, data in self._sysex.join(records))

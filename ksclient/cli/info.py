@@ -63,7 +63,10 @@ def run(args: argparse.Namespace) -> int:
     with common.connect(args) as client:
         f = client.filter(args.target)
         devices = client.stats().get("devices", {})
+        registry = client.device_registry(f.device)
     record = filter_record(f, devices)
+    record["registry"] = [{**key, "values": {name: _json_value(value) for name, value
+                                             in key["values"].items()}} for key in registry]
     if args.json:
         print(json.dumps(record))
         return 0
@@ -80,7 +83,18 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(str(pin["id"]), pin["name"], pin["kind"], pin["category"] or "",
                       f"{pin['open']}/{limit}", ", ".join(pin["data_ranges"]) or "-")
     out.print(table)
+    for key in record["registry"]:
+        out.print(f"  registry key {key['type']}\\{key['path']}", highlight=False)
+        for name, value in key["values"].items():
+            out.print(f"    {name} = {value}", highlight=False, markup=False)
+        if not key["values"]:
+            out.print("    (no values)")
     return 0
+
+
+def _json_value(value: Any) -> Any:
+    """A registry value as JSON holds it: binary data as hex."""
+    return value.hex(" ") if isinstance(value, bytes) else value
 
 
 def _state(state: str) -> str:

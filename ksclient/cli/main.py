@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,10 +15,11 @@ import tempfile
 from pathlib import Path
 
 import ksclient
+from ipc import trace as ipc_trace
 from ipc.ks import Communication, DataFlow
 from ipc.platform import PlatformError, check_platform
 from ipc.runtime import ENV_MINIPORT_PATH, ENV_RUNTIME_DIR, runtime_base
-from ksclient.cli import bench, info, monitor, ping, play, send, watch
+from ksclient.cli import bench, info, monitor, ping, play, send, trace, watch
 from ksclient.launch import KernelStartError, kernel_command, start_kernel
 
 
@@ -31,6 +33,24 @@ def _up(args: argparse.Namespace) -> int:
     env[ENV_MINIPORT_PATH] = os.pathsep.join(
         filter(None, [env.get(ENV_MINIPORT_PATH), os.getcwd()])
     )
+    if args.trace is None:
+        return _run_kernel(argv, env)
+    # `up --trace FILE`: the kernel and its miniports record (a client joins when run with
+    # the same PORTCLS_TRACE); their files are merged into FILE once they have exited.
+    directory = Path(tempfile.mkdtemp(prefix="portcls-trace-"))
+    env[ipc_trace.ENV_TRACE] = str(directory)
+    print(f"portcls: tracing; clients join with {ipc_trace.ENV_TRACE}={directory}",
+          file=sys.stderr, flush=True)
+    try:
+        return _run_kernel(argv, env)
+    finally:
+        events = ipc_trace.write_merged(directory, args.trace)
+        shutil.rmtree(directory, ignore_errors=True)
+        print(f"portcls: wrote {len(events)} trace events to {args.trace}",
+              file=sys.stderr, flush=True)
+
+
+def _run_kernel(argv: list[str], env: dict[str, str]) -> int:
     # Its own process group: a terminal's Ctrl-C reaches this process alone, which
     # passes exactly one signal on (a second Ctrl-C, a second signal: kill at once).
     kernel = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env, process_group=0)
@@ -212,6 +232,7 @@ TOOLS = {
     "ping": (ping.DESCRIPTION, ping.add_arguments, ping.run),
     "play": (play.PLAY_DESCRIPTION, play.add_play_arguments, play.run_play),
     "record": (play.RECORD_DESCRIPTION, play.add_record_arguments, play.run_record),
+    "trace": (trace.DESCRIPTION, trace.add_arguments, trace.run),
 }
 """The user tools, one module each: name -> (description, add_arguments, run)."""
 
@@ -225,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="run a kernel in the foreground (Ctrl-C stops it)")
     up.add_argument("config", nargs="?", type=Path, help="TOML configuration")
     up.add_argument("--runtime", type=Path, help=f"runtime directory (${ENV_RUNTIME_DIR})")
-    up.add_argument("--quiet", action="store_true")
+    up.add_argument("--quiet", action="store_true",
+                    help="print only warnings and errors, not what clients and devices do")
+    up.add_argument("--trace", type=Path, metavar="FILE",
+                    help="record what every process does; Trace Event Format JSON for Perfetto")
     up.add_argument(
         "--cpus", help="pin the kernel and its miniports to these CPUs, e.g. 0 or 0-1 "
         "($PORTCLS_CPUS); on small VMs one CPU can halve the latency",

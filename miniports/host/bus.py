@@ -20,6 +20,7 @@ from typing import Any
 import zmq
 
 from ipc import protocol as p
+from ipc import trace
 from ipc.channel import ChannelWriter
 from ipc.ring import RingError
 from ipc.rpc import RpcEndpoint
@@ -96,6 +97,8 @@ class KernelBus:
 
     def raise_interrupt(self, groups: list[int], isr_time: int = 0) -> None:
         """Tell the kernel to service `groups` (-1: Notify(NULL))."""
+        if trace.ON:
+            trace.instant("raise interrupt", "interrupt", {"groups": groups, "isr_time": isr_time})
         channel = self._interrupts
         if (
             channel is not None

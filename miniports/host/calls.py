@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
+from ipc import trace
 from ipc.status import StatusError
 
 __all__ = ["MiniportFault", "call_miniport", "call_miniport_hook"]
@@ -28,6 +29,8 @@ def call_miniport(what: str, method: Callable[P, T], *args: P.args, **kwargs: P.
     become an error reply or a stream error); anything else it raises is a
     MiniportFault (a MiniportFault from a nested call passes as it is).
     """
+    if trace.ON:
+        return _traced(what, False, method, *args, **kwargs)
     try:
         return method(*args, **kwargs)
     except (StatusError, MiniportFault):
@@ -39,9 +42,48 @@ def call_miniport(what: str, method: Callable[P, T], *args: P.args, **kwargs: P.
 def call_miniport_hook(what: str, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Call a miniport method that has no status to report (`service`, a sink's
     `request_service`, a stream's `close`): whatever it raises is a MiniportFault."""
+    if trace.ON:
+        return _traced(what, True, method, *args, **kwargs)
     try:
         return method(*args, **kwargs)
     except MiniportFault:
         raise
     except Exception as exc:
         raise MiniportFault(f"{what} raised") from exc
+
+
+def _traced(
+    what: str, hook: bool, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """A miniport call as a trace slice, with its result (or status, or fault);
+    `hook`: a StatusError is a fault too, as in `call_miniport_hook`."""
+    start = trace.now()
+    outcome: object = None
+    try:
+        result = method(*args, **kwargs)
+    except StatusError as exc:
+        if hook:
+            outcome = "fault"
+            raise MiniportFault(f"{what} raised") from exc
+        outcome = exc.status.name if hasattr(exc.status, "name") else exc.status
+        raise
+    except MiniportFault:
+        outcome = "fault"
+        raise
+    except Exception as exc:
+        outcome = "fault"
+        raise MiniportFault(f"{what} raised") from exc
+    else:
+        outcome = _summary(result)
+        return result
+    finally:
+        trace.complete(what, "miniport", start, {"result": outcome})
+
+
+def _summary(result: object) -> object:
+    """What a trace shows of a result: a number as it is, bytes as their count."""
+    if result is None or isinstance(result, (bool, int, float, str)):
+        return result
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return f"{len(result)} bytes"
+    return type(result).__name__

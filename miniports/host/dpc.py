@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Final
 
 from ipc import protocol as p
+from ipc import trace
 from ipc.runtime import now_100ns
 from ipc.status import Status, StatusError
 from miniports.contract import PortServiceGroup, ServiceSink
@@ -216,6 +217,8 @@ class ServiceGroups:
         A request made by a member during a run queues at once, as a DPC would."""
         when = now_100ns() if when is None else when
         on_loop = threading.get_ident() == self._thread
+        if trace.ON:
+            trace.instant("notify", "interrupt", {"group": gid, "when": when})
         if on_loop and self._running:
             self._take(gid, when)
             return
@@ -296,11 +299,37 @@ class ServiceGroups:
                     if group is not self._port_alone:
                         self._ran.setdefault(group.gid, when)
                     # A copy: members added or removed during the run count from the next.
+                    if trace.ON:
+                        self._traced_run(group, when)
+                        continue
                     for _, action in tuple(group.members):
                         action(when)
         finally:
             self._running = False
         return self._ran
+
+    def _traced_run(self, group: HostServiceGroup, when: int) -> None:
+        start = trace.now()
+        members = tuple(group.members)
+        try:
+            for _, action in members:
+                action(when)
+        finally:
+            trace.complete("service group run", "dpc", start, {
+                "group": group.gid, "when": when,
+                "members": [self._member_name(m) for m, _ in members],
+            })
+
+    def _member_name(self, member: object) -> str:
+        """A group member as a trace names it."""
+        if member is self._port_sink:
+            return "port"
+        if isinstance(member, HostServiceGroup):
+            return f"group {member.gid}"
+        for sid, (_, stream_member) in self._stream_groups.items():
+            if stream_member is member:
+                return f"stream {sid}"
+        return type(member).__name__
 
     def _take(self, gid: int, when: int) -> None:
         if gid != NOTIFY_ALL:
@@ -313,3 +342,4 @@ class ServiceGroups:
         self.queue(self.port_group or self._port_alone, when)
         for group, _ in tuple(self._stream_groups.values()):
             self.queue(group, when)
+

@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 
 from ipc import protocol as p
+from ipc import trace
 from ipc.ks import DataFormat, DataRange, KsState
 from ipc.procwatch import ProcessWatch
 from ipc.rpc import RpcEndpoint
@@ -357,5 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         if not _report_load_failure(args.runtime, args.device, exc.message):
             print(f"miniport host {args.device}: {exc.message}", file=sys.stderr)
         return p.EXIT_CONFIG_ERROR
+    if trace.ON:
+        trace.set_process_name(f"miniport {args.device}")
     host = MiniportHost(args.runtime, args.device, args.miniport, miniport)
     return host.run()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ipc import protocol as p
+from ipc import trace
 from ipc.channel import ChannelReader, ChannelWriter
 from ipc.ks import KsState
 from ipc.status import Status, StatusError
@@ -54,6 +55,8 @@ class HostStream:
     isr_time: int = 0
     """Capture: the stamp of what is read now (the time of the interrupt)."""
     waiting_space: bool = False
+    traced_records: int = 0
+    """Render: records read from the ring so far, while tracing (the flow ids' seq)."""
 
     def set_state(self, state: KsState) -> None:
         """The miniport stream's `set_state`; STOP drops what the host holds for it."""
@@ -80,6 +83,8 @@ class HostStream:
                         return
                     continue
                 data = b"".join(r.data for r in records)
+                if trace.ON:
+                    self._trace_render(len(records))
                 if not data:
                     continue
             try:
@@ -123,6 +128,7 @@ class HostStream:
                     raise MiniportFault(f"read returned {type(data).__name__} of bad size")
                 if not data:
                     return moved
+            start = trace.now() if trace.ON else 0
             if not writer.send(bytes(data), self.isr_time, 0):
                 self.held = bytes(data)
                 if writer.prepare_to_wait_for_space(len(data)):
@@ -130,6 +136,19 @@ class HostStream:
                     return moved
                 continue
             moved = True
+            if trace.ON:
+                trace.complete("captured", "capture", start, {"bytes": len(data)},
+                               (trace.capture_flow_id(self.isr_time),), "s")
+
+
+    def _trace_render(self, count: int) -> None:
+        """The records the kernel released reach the miniport: the end of their flows."""
+        first = self.traced_records
+        self.traced_records += count
+        trace.complete(
+            "to miniport", "render", trace.now(), {"stream": self.sid, "records": count},
+            [trace.render_flow_id(self.sid, first + i) for i in range(count)], "f",
+        )
 
 
 class StreamTable:
