@@ -33,6 +33,7 @@ from kernel.pnp import PnpManager
 
 log = logging.getLogger("portcls.kernel")
 
+SEND_HWM: Final = 1000
 USER_BUDGET: Final = 64
 MIN_PIN_CAPACITY: Final = 1 << 14
 MAX_PIN_CAPACITY: Final = 1 << 26
@@ -71,7 +72,11 @@ class UserMode:
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        # A peer that never reads its replies costs at most SEND_HWM frames; more are
+        # dropped and counted (ROUTER_MANDATORY makes the drop visible as EAGAIN).
+        self.sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME)
         self.sock.bind(endpoint(runtime_dir, USER_SOCKET))
         (runtime_dir / USER_SOCKET).chmod(0o600)
         self.sessions: dict[bytes, ClientSession] = {}
@@ -91,8 +96,12 @@ class UserMode:
         loop.add_socket(self.sock, self.drain, interrupt=False)
 
     def send(self, identity: bytes, frame: bytes) -> None:
-        with contextlib.suppress(zmq.ZMQError):
+        try:
             self.sock.send_multipart([identity, frame], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.loop.stats["user_send_dropped"] += 1
+        except zmq.ZMQError:  # the peer is gone (EHOSTUNREACH)
+            self.loop.stats["user_send_unroutable"] += 1
         self.loop.waiter.touched(self.sock)
 
     def broadcast(self, body: Any) -> None:
@@ -109,7 +118,11 @@ class UserMode:
             if len(parts) != 2:
                 self.loop.stats["user_malformed"] += 1
                 continue
-            self._on_frame(parts[0], parts[1])
+            try:
+                self._on_frame(parts[0], parts[1])
+            except Exception:  # a bug must cost one frame, not the kernel or the drain
+                self.loop.stats["user_handler_errors"] += 1
+                log.exception("user frame handler raised")
         self.loop.waiter.touched(self.sock)  # the budget ran out: more may wait
 
     def _on_frame(self, identity: bytes, frame: bytes) -> None:
