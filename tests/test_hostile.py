@@ -15,6 +15,9 @@ import zmq
 
 from ipc import protocol as p
 from ipc.runtime import USER_SOCKET, endpoint
+from ipc.status import Status, StatusError
+from kernel.dpc import DPC_BUDGET, Dpc, Scheduler
+from kernel.servicegroup import ServiceGroup
 from tests.hostile import (
     HOSTILE,
     SOCKETS,
@@ -23,6 +26,7 @@ from tests.hostile import (
     fuzz_socket,
     kernel_resources,
 )
+from tests.hostile_miniports import GROUP_CYCLE, REFUSED, SERVICE_CYCLE, attack
 
 FUZZ_FRAMES = 20_000
 
@@ -83,3 +87,56 @@ def test_fuzzed_frames_on_both_sockets(hostile_kernel) -> None:
 def kernel_stats(kernel) -> dict:
     with kernel.connect() as client:
         return dict(client.stats()["kernel"])
+
+
+HOSTILE_TARGET = HOSTILE.replace(
+    'name = "target"\nminiport = "loopback"',
+    'name = "target"\nminiport = "tests.hostile_miniports:HostileLoopback"',
+)
+
+
+def _attack(kernel, *codes: int) -> list[bytes]:
+    """Make the target's miniport attack, one attack after the other; what its host said
+    to each (a note-on `90 code outcome`)."""
+    outcomes = []
+    with kernel.connect() as client:
+        client.wait_for_filter("target")
+        with client.open_render("target") as out, client.open_capture("target") as inp:
+            inp.run()
+            out.run()
+            for code in codes:
+                out.send_raw(attack(code))
+                outcomes.append(inp.receive(timeout=10).data)
+    return outcomes
+
+
+def test_service_groups_in_a_cycle_are_refused(start_kernel) -> None:
+    kernel = start_kernel(HOSTILE_TARGET)
+    with SteadyStream(kernel.runtime) as steady:
+        assert _attack(kernel, GROUP_CYCLE, SERVICE_CYCLE) == [
+            bytes([0x90, GROUP_CYCLE, REFUSED]), bytes([0x90, SERVICE_CYCLE, REFUSED])]
+        time.sleep(0.5)
+        assert_kernel_serves(kernel)
+        stats = kernel_stats(kernel)
+        assert stats.get("bus_rejected", 0) >= 1  # the kernel refused its twin's cycle too
+    steady.stop()
+
+
+def test_kernel_groups_refuse_cycles_and_a_dpc_pass_is_bounded() -> None:
+    scheduler = Scheduler()
+    a, b, c = (ServiceGroup(scheduler, n) for n in "abc")
+    a.add_member(b)
+    b.add_member(c)
+    with pytest.raises(StatusError) as caught:
+        c.add_member(a)
+    assert caught.value.status == Status.INVALID_PARAMETER
+    b.add_member(c)  # twice in one group is no cycle
+
+    class Requeue:
+        def __init__(self) -> None:
+            self.dpc = Dpc(lambda: scheduler.queue_dpc(self.dpc))
+
+    forever = Requeue()
+    scheduler.queue_dpc(forever.dpc)
+    assert scheduler.run_dpcs() == DPC_BUDGET
+    assert scheduler.pending == 1  # the rest waits for the next turn

@@ -1,0 +1,78 @@
+"""Hostile miniports, loaded by spec (`tests.hostile_miniports:Class`).
+
+`HostileLoopback` is a loopback (what a well-formed client sends comes back)
+until a client writes an attack: the SysEx `F0 7D <attack> F7`. The miniport
+then attacks the kernel from inside its own process and reports on the
+capture pin, as a note-on `90 <attack> <outcome>`, what its host said to it.
+"""
+
+from __future__ import annotations
+
+from ipc import protocol as p
+from miniports.contract import Port, PortServiceGroup, ResourceList, Status, StatusError
+from miniports.loopback import LoopbackMiniport
+
+ATTACK = b"\xf0\x7d"
+GROUP_CYCLE = 1
+"""Make two groups members of each other."""
+SERVICE_CYCLE = 2
+"""Then request service on one of them."""
+
+REFUSED = 1
+"""The outcome: the host refused the attack with STATUS_INVALID_PARAMETER."""
+ALLOWED = 2
+
+
+def attack(code: int) -> bytes:
+    """What a client writes to make `HostileLoopback` attack."""
+    return ATTACK + bytes([code, 0xF7])
+
+
+class HostileLoopback(LoopbackMiniport):
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)  # type: ignore[arg-type]
+        self._sysex = bytearray()
+        """An attack SysEx so far (the port may hand it over in pieces)."""
+
+    def cable_send(self, data: bytes) -> int:
+        if not self._sysex and not data.startswith(b"\xf0"):
+            return super().cable_send(data)
+        end = data.find(b"\xf7")
+        if end < 0:
+            self._sysex += data
+            return len(data)
+        self._sysex += data[: end + 1]
+        message, self._sysex = bytes(self._sysex), bytearray()
+        if message.startswith(ATTACK) and len(message) == 4:
+            code = message[2]
+            super().cable_send(bytes([0x90, code, self._attack(code)]))
+        rest = data[end + 1:]
+        return end + 1 + (self.cable_send(rest) if rest else 0)
+
+    def init(self, resources: ResourceList, port: Port) -> PortServiceGroup | None:
+        group = super().init(resources, port)
+        # Made long before any attack: the kernel knows them when an interrupt names them.
+        self._a, self._b = port.new_service_group(), port.new_service_group()
+        return group
+
+    def _attack(self, code: int) -> int:
+        port = self._port
+        assert port is not None
+        if code == GROUP_CYCLE:
+            # Two groups made members of each other. The host is asked first; the
+            # kernel's twins are told directly, through the same ordered channel the
+            # host uses, as a miniport that bypasses its host can.
+            a, b = self._a, self._b
+            a.add_member(b)
+            try:
+                b.add_member(a)
+                outcome = ALLOWED
+            except StatusError as exc:
+                outcome = REFUSED if exc.status == Status.INVALID_PARAMETER else ALLOWED
+            groups = port.groups  # type: ignore[attr-defined]
+            groups.post(p.GroupAddMember(b.gid, a.gid, None))  # type: ignore[attr-defined]
+            return outcome
+        if code == SERVICE_CYCLE:
+            port.notify(self._a)
+            return REFUSED
+        return 0
