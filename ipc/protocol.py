@@ -90,6 +90,9 @@ class ProtocolError(StatusError):
 
 Checker = Callable[[Any], bool]
 _REGISTRY: dict[str, tuple[type[Any], tuple[Checker, ...], tuple[str, ...]]] = {}
+_REQUIRED: dict[str, int] = {}
+"""How many leading fields of each op have no default: trailing ones with a default may
+be left out (a peer that predates them)."""
 M = TypeVar("M")
 
 
@@ -190,6 +193,10 @@ def message(op: str) -> Callable[[type[M]], type[M]]:
         hints = typing.get_type_hints(cls, include_extras=True)
         names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
         _REGISTRY[op] = (cls, tuple(_checker(hints[n]) for n in names), names)
+        _REQUIRED[op] = sum(
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        )
         cls.OP = op  # type: ignore[attr-defined]
         return cls
 
@@ -289,9 +296,9 @@ def decode(frame: bytes) -> Frame:
     if entry is None:
         raise ProtocolError(f"unknown operation {str(op)[:64]!r}", rid or None)
     cls, checkers, names = entry
-    if type(values) is not list or len(values) != len(names):
+    if type(values) is not list or not _REQUIRED[op] <= len(values) <= len(names):
         raise ProtocolError(f"{op}: expected {len(names)} fields", rid or None)
-    for name, check, value in zip(names, checkers, values, strict=True):
+    for name, check, value in zip(names, checkers, values, strict=False):
         if not check(value):
             raise ProtocolError(f"{op}: field {name!r} has a bad type or size", rid or None)
     body = cls(*values)
@@ -417,6 +424,9 @@ class Register:
     wants_service: bool
     custom_intersection: bool
     version: Version = PROTOCOL_VERSION
+    secret: bytes = b""
+    """The launch's secret (ipc.credentials): proof that this is the process the kernel
+    started for `device`."""
     OP: ClassVar[str]
 
 
@@ -429,6 +439,7 @@ class LoadFailed:
     device: str
     pid: Pid
     reason: str
+    secret: bytes = b""
     OP: ClassVar[str]
 
 

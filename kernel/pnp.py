@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ipc import protocol as p
+from ipc.credentials import LaunchCredentials
 from ipc.procwatch import ProcessWatch
 from ipc.runtime import interrupt_channel_name, now_100ns
 from ipc.status import Status, StatusError
@@ -75,6 +76,8 @@ class Device:
     last_exit: str = ""
     restart_due: bool = False
     """The back-off has elapsed but the failed process is still dying: start on its exit."""
+    launch: LaunchCredentials | None = None
+    """What the process started last must show to register (its bus identity, a secret)."""
 
     @classmethod
     def of(cls, config: DeviceConfig) -> Device:
@@ -142,22 +145,32 @@ class PnpManager:
     # Registration and binding.
 
     def connection(self, identity: bytes) -> MiniportConnection | None:
-        """The registered connection that `identity` speaks for, if any."""
-        device = self.devices.get(identity.decode("utf-8", "replace"))
+        """The registered connection that `identity` speaks for, if any (the identity is
+        the launch's, which no other process knows)."""
+        device = self.devices.get(identity.partition(b"\0")[0].decode("utf-8", "replace"))
         if device is None or device.conn is None or device.conn.identity != identity:
             return None
         return device.conn
+
+    def _is_launch(self, device: Device | None, identity: bytes, pid: int, secret: bytes) -> bool:
+        """Whether this comes from the process started last for `device` (its pid, its bus
+        identity, its secret); an impostor is counted."""
+        process, launch = (device.process, device.launch) if device else (None, None)
+        ok = process is not None and process.pid == pid and launch is not None \
+            and launch.admits(identity, secret)
+        self.loop.stats["bus_impostors"] += not ok
+        return ok
 
     def accept(self, identity: bytes, reg: p.Register) -> tuple[MiniportConnection, Any]:
         """The register handshake: the connection and the reply; StatusError if refused."""
         device = self.devices.get(reg.device)
         problem = None
-        if device is None or identity != reg.device.encode():
+        if device is None:
             problem = f"no device {reg.device!r} is configured"
+        elif not self._is_launch(device, identity, reg.pid, reg.secret):
+            problem = "the registering process is not the one the kernel started"
         elif device.state != "starting" or device.conn is not None:
             problem = f"device {reg.device!r} is not waiting for a miniport"
-        elif device.process is None or device.process.pid != reg.pid:
-            problem = "the registering process is not the one the kernel started"
         elif reg.version != p.PROTOCOL_VERSION:
             problem = f"protocol version {reg.version}, kernel speaks {p.PROTOCOL_VERSION}"
         if problem is not None or device is None:
@@ -183,8 +196,8 @@ class PnpManager:
         error of that device, reported once with the reason, not restarted."""
         device = self.devices.get(report.device)
         if (
-            device is None or identity != report.device.encode() or device.state != "starting"
-            or device.process is None or device.process.pid != report.pid
+            not self._is_launch(device, identity, report.pid, report.secret)
+            or device is None or device.state != "starting"
         ):
             raise StatusError(Status.INVALID_DEVICE_REQUEST, "not a device that is starting")
         reason = f"configuration error: {report.reason}"
@@ -244,11 +257,13 @@ class PnpManager:
             "--options", json.dumps(cfg.options),
         ]
         device.state = "starting"
+        device.launch = LaunchCredentials.new(cfg.name)
         # Its own process group: a Ctrl-C at the terminal reaches the kernel alone, which
         # then stops its miniports in order (one traceback per miniport otherwise).
-        device.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, close_fds=True, process_group=0
-        )
+        with device.launch.hand_over() as fd:
+            device.process = subprocess.Popen(
+                [*args, "--launch-fd", str(fd)], stdin=subprocess.DEVNULL, close_fds=True,
+                pass_fds=(fd,), process_group=0)
         device.watch = ProcessWatch(device.process.pid, device.process)
         self.loop.watch_process(device.watch, lambda: self._on_process_exit(device))
         log.info("device %s: miniport %s started, pid %d", cfg.name, cfg.miniport,

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from ipc import protocol as p
-from ipc.runtime import USER_SOCKET, endpoint
+from ipc.runtime import BUS_SOCKET, USER_SOCKET, endpoint
 from ipc.status import Status, StatusError
 from kernel.dpc import DPC_BUDGET, Dpc, Scheduler
 from kernel.servicegroup import ServiceGroup
@@ -140,3 +140,45 @@ def test_kernel_groups_refuse_cycles_and_a_dpc_pass_is_bounded() -> None:
     scheduler.queue_dpc(forever.dpc)
     assert scheduler.run_dpcs() == DPC_BUDGET
     assert scheduler.pending == 1  # the rest waits for the next turn
+
+
+def test_an_impostor_on_the_bus_cannot_touch_the_device(hostile_kernel) -> None:
+    kernel = hostile_kernel
+    real_pid = dict(zip(("steady", "target"), sorted(kernel.miniport_pids()), strict=False))
+    with SteadyStream(kernel.runtime) as steady, kernel.connect() as client:
+        client.wait_for_filter("target")
+        with client.open_render("target") as out, client.open_capture("target") as inp:
+            inp.run()
+            out.run()
+            # An impostor under the device's name, and one with the real host's pid.
+            ctx, sock = _raw(kernel, BUS_SOCKET, b"target")
+            try:
+                for pid in real_pid.values():
+                    sock.send(p.encode_request(1, p.Register(
+                        "target", pid, "loopback", False, False, secret=b"\0" * 32)))
+                    sock.send(p.encode_request(2, p.LoadFailed("target", pid, "x", b"")))
+                for stream in range(1, 10):
+                    sock.send(p.encode_event(p.StreamError(stream, Status.IO_DEVICE_ERROR, "x")))
+                for _ in range(200):
+                    sock.send(b"\xc1garbage")
+                sock.send(p.encode_event(p.Interrupt([1, 2, 3])))
+                time.sleep(1)
+                received = []
+                while sock.poll(0):
+                    received.append(p.decode(sock.recv()))
+            finally:
+                sock.close()
+                ctx.term()
+            # Only answers to its own requests, each a refusal: never a call meant for
+            # the real miniport.
+            assert received and all(isinstance(r, p.Reply) and not r.ok for r in received)
+            out.send([0x90, 61, 1])
+            assert inp.receive(timeout=5).data == bytes([0x90, 61, 1])
+            stats = client.stats()
+            target = stats["devices"]["target"]
+            assert (target["state"], target["malformed"], target["restarts"]) == (
+                "running", 0, 0)
+            assert stats["kernel"]["bus_impostors"] >= 2
+            assert all(pin["stats"].get("device_errors", 0) == 0 for pin in stats["pins"])
+    steady.stop()
+    assert_kernel_serves(kernel)

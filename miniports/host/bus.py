@@ -29,12 +29,13 @@ __all__ = ["KernelBus"]
 
 
 class KernelBus:
-    """One DEALER to the kernel's bus ROUTER, named after the device."""
+    """One DEALER to the kernel's bus ROUTER, under the identity of this launch."""
 
     def __init__(
-        self, ctx: zmq.Context[Any], runtime_dir: Path, device: str, wake: Callable[[], None]
+        self, ctx: zmq.Context[Any], runtime_dir: Path, identity: bytes,
+        wake: Callable[[], None],
     ) -> None:
-        self.rpc = RpcEndpoint(ctx, endpoint(runtime_dir, BUS_SOCKET), device.encode())
+        self.rpc = RpcEndpoint(ctx, endpoint(runtime_dir, BUS_SOCKET), identity)
         self._runtime_dir = runtime_dir
         self._wake = wake
         self._thread = threading.get_ident()
