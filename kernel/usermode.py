@@ -37,6 +37,10 @@ SEND_HWM: Final = 1000
 USER_BUDGET: Final = 64
 MIN_PIN_CAPACITY: Final = 1 << 14
 MAX_PIN_CAPACITY: Final = 1 << 26
+MAX_SESSIONS: Final = 1024
+MAX_SESSIONS_PER_PID: Final = 64
+"""A client's sessions cost the kernel a process watch each (a descriptor)."""
+MAX_PINS_PER_SESSION: Final = 128
 PENDING: Final = object()
 """A handler's result meaning "the reply will be sent later"."""
 
@@ -160,6 +164,11 @@ class UserMode:
             raise StatusError(Status.NOT_SUPPORTED, f"protocol version {body.version}")
         if identity in self.sessions:
             raise StatusError(Status.OBJECT_NAME_COLLISION, "this connection said hello already")
+        if len(self.sessions) >= MAX_SESSIONS or sum(
+            s.pid == body.pid for s in self.sessions.values()
+        ) >= MAX_SESSIONS_PER_PID:
+            self.loop.stats["user_sessions_refused"] += 1
+            raise StatusError(Status.INSUFFICIENT_RESOURCES, "too many sessions")
         session = ClientSession(identity, body.pid, body.name)
         with contextlib.suppress(OSError, OverflowError, ValueError):
             if body.pid > 0:
@@ -199,6 +208,9 @@ class UserMode:
         return instance
 
     def _open_pin(self, session: ClientSession, rid: int, body: p.OpenPin) -> Any:
+        if len(session.pins) >= MAX_PINS_PER_SESSION:
+            raise StatusError(Status.INSUFFICIENT_RESOURCES,
+                              f"a session holds at most {MAX_PINS_PER_SESSION} pins")
         filter_ = self._filter(body.filter)
         desc = filter_.pin(body.pin)
         if not desc.streaming:

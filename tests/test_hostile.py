@@ -7,6 +7,10 @@ and that stream lost nothing.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 import time
 
 import msgpack
@@ -16,8 +20,10 @@ import zmq
 from ipc import protocol as p
 from ipc.runtime import BUS_SOCKET, USER_SOCKET, endpoint
 from ipc.status import Status, StatusError
+from kernel.devicestore import MAX_KEYS, MAX_VALUE_BYTES, MAX_VALUES, DeviceStore
 from kernel.dpc import DPC_BUDGET, Dpc, Scheduler
 from kernel.servicegroup import ServiceGroup
+from kernel.usermode import MAX_SESSIONS_PER_PID
 from tests.hostile import (
     HOSTILE,
     SOCKETS,
@@ -182,3 +188,137 @@ def test_an_impostor_on_the_bus_cannot_touch_the_device(hostile_kernel) -> None:
             assert all(pin["stats"].get("device_errors", 0) == 0 for pin in stats["pins"])
     steady.stop()
     assert_kernel_serves(kernel)
+
+
+def _hello(sock: zmq.Socket, pid: int, rid: int = 1) -> p.Reply:
+    sock.send(p.encode_request(rid, p.Hello(pid, "hostile")))
+    assert sock.poll(5000), "no reply"
+    reply = p.decode(sock.recv())
+    assert isinstance(reply, p.Reply)
+    return reply
+
+
+def _process_watches(pid: int) -> int:
+    """The kernel's pidfds: one per watched client and miniport process."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            n += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[pidfd]"
+    return n
+
+
+def test_sessions_are_capped_and_released_when_the_client_dies(hostile_kernel) -> None:
+    kernel = hostile_kernel
+    pid = kernel.proc.pid
+    with open(f"/proc/{pid}/limits") as f:
+        line = next(x for x in f if x.startswith("Max open files"))
+    soft, hard = line.split()[3:5]
+    assert soft == hard  # raised at start
+    assert_kernel_serves(kernel)
+    victim = subprocess.Popen(["sleep", "60"])
+    ctx = zmq.Context()
+    socks = []
+    try:
+        with SteadyStream(kernel.runtime) as steady:
+            watches_before = _process_watches(pid)
+            refused = None
+            for i in range(200):
+                sock = ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(endpoint(kernel.runtime, USER_SOCKET))
+                socks.append(sock)
+                reply = _hello(sock, victim.pid)
+                if not reply.ok:
+                    refused = (i, reply.status)
+                    break
+            assert refused == (MAX_SESSIONS_PER_PID, Status.INSUFFICIENT_RESOURCES)
+            assert _process_watches(pid) == watches_before + MAX_SESSIONS_PER_PID
+            # The "client" dies without goodbye: every session it had is released.
+            victim.kill()
+            victim.wait()
+            deadline = time.monotonic() + 10
+            while _process_watches(pid) > watches_before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _process_watches(pid) == watches_before
+            assert _hello(socks[-1], victim.pid, 2).ok  # room again
+            assert_kernel_serves(kernel)
+        steady.stop()
+    finally:
+        victim.kill()
+        victim.wait()
+        for sock in socks:
+            sock.close()
+        ctx.term()
+
+
+CLIENT = """
+import sys, time, ksclient
+with ksclient.connect(sys.argv[1]) as client:
+    client.wait_for_filter("target")
+    out = client.open_render("target")
+    inp = client.open_capture("target")
+    inp.run()
+    out.run()
+    print("open", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_client_leaves_nothing_behind(hostile_kernel) -> None:
+    kernel = hostile_kernel
+    pid = kernel.proc.pid
+    assert_kernel_serves(kernel)
+    fds_before, _ = kernel_resources(pid)
+    for _ in range(3):
+        client = subprocess.Popen(
+            [sys.executable, "-c", CLIENT, str(kernel.runtime)], stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        try:
+            assert client.stdout is not None and client.stdout.readline() == b"open\n"
+        finally:
+            client.kill()
+            client.wait()
+            assert client.stdout is not None
+            client.stdout.close()
+    deadline = time.monotonic() + 10
+    while kernel_resources(pid)[0] > fds_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert kernel_resources(pid)[0] <= fds_before
+    assert_kernel_serves(kernel)  # the render pin's one instance is free again
+
+
+def test_a_client_that_never_reads_costs_bounded_memory(hostile_kernel) -> None:
+    kernel = hostile_kernel
+    _, rss_before = kernel_resources(kernel.proc.pid)
+    ctx, sock = _raw(kernel, USER_SOCKET)
+    try:
+        sock.setsockopt(zmq.RCVHWM, 10)
+        assert _hello(sock, os.getpid()).ok
+        for rid in range(2, 20_000):
+            sock.send(p.encode_request(rid, p.ListFilters()))
+        with kernel.connect() as client:  # behind the flood: all of it was handled
+            stats = client.stats()["kernel"]
+        assert stats["user_send_dropped"] > 10_000
+    finally:
+        sock.close()
+        ctx.term()
+    assert kernel_resources(kernel.proc.pid)[1] < rss_before + (32 << 20)
+    assert_kernel_serves(kernel)
+
+
+def test_a_device_registry_is_bounded() -> None:
+    store = DeviceStore("d", "m")
+    store.registry(0, "k", "create", "", None)
+    with pytest.raises(StatusError) as caught:
+        store.registry(0, "k", "set", "v", b"x" * (MAX_VALUE_BYTES + 1))
+    assert caught.value.status == Status.INSUFFICIENT_RESOURCES
+    for i in range(MAX_VALUES):
+        store.registry(0, "k", "set", f"v{i}", i)
+    with pytest.raises(StatusError) as caught:
+        store.registry(0, "k", "set", "one more", 1)
+    assert caught.value.status == Status.INSUFFICIENT_RESOURCES
+    for i in range(MAX_KEYS - 1):
+        store.registry(0, f"k{i}", "create", "", None)
+    with pytest.raises(StatusError):
+        store.registry(0, "one more", "create", "", None)
