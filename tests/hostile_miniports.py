@@ -8,8 +8,20 @@ capture pin, as a note-on `90 <attack> <outcome>`, what its host said to it.
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 from ipc import protocol as p
-from miniports.contract import Port, PortServiceGroup, ResourceList, Status, StatusError
+from miniports.contract import (
+    DataFormat,
+    MiniportMidiStream,
+    Port,
+    PortServiceGroup,
+    ResourceList,
+    Status,
+    StatusError,
+)
 from miniports.loopback import LoopbackMiniport
 
 ATTACK = b"\xf0\x7d"
@@ -17,6 +29,10 @@ GROUP_CYCLE = 1
 """Make two groups members of each other."""
 SERVICE_CYCLE = 2
 """Then request service on one of them."""
+RING_DELETE = 3
+"""In the next new_stream, delete the ring files the kernel just made for the client."""
+RING_CORRUPT = 4
+"""In the next new_stream, scribble over them."""
 
 REFUSED = 1
 """The outcome: the host refused the attack with STATUS_INVALID_PARAMETER."""
@@ -32,6 +48,7 @@ class HostileLoopback(LoopbackMiniport):
     def __init__(self, **options: object) -> None:
         super().__init__(**options)  # type: ignore[arg-type]
         self._sysex = bytearray()
+        self._ring_attack: tuple[int, int] | None = None
         """An attack SysEx so far (the port may hand it over in pieces)."""
 
     def cable_send(self, data: bytes) -> int:
@@ -48,6 +65,22 @@ class HostileLoopback(LoopbackMiniport):
             super().cable_send(bytes([0x90, code, self._attack(code)]))
         rest = data[end + 1:]
         return end + 1 + (self.cable_send(rest) if rest else 0)
+
+    def new_stream(
+        self, pin: int, capture: bool, fmt: DataFormat
+    ) -> tuple[MiniportMidiStream, PortServiceGroup | None]:
+        attack, self._ring_attack = self._ring_attack, None
+        if attack is not None:
+            runtime = Path(self._port.runtime_dir)  # type: ignore[union-attr]
+            for path in runtime.glob("*client*"):
+                if path.stat().st_mtime_ns < attack[1]:
+                    continue  # another client's pin, opened before the attack
+                if attack[0] == RING_DELETE:
+                    path.unlink()
+                elif path.suffix == ".ring":
+                    with open(path, "r+b") as f:
+                        f.write(os.urandom(256))
+        return super().new_stream(pin, capture, fmt)
 
     def init(self, resources: ResourceList, port: Port) -> PortServiceGroup | None:
         group = super().init(resources, port)
@@ -72,6 +105,9 @@ class HostileLoopback(LoopbackMiniport):
             groups = port.groups  # type: ignore[attr-defined]
             groups.post(p.GroupAddMember(b.gid, a.gid, None))  # type: ignore[attr-defined]
             return outcome
+        if code in (RING_DELETE, RING_CORRUPT):
+            self._ring_attack = (code, time.time_ns())
+            return REFUSED
         if code == SERVICE_CYCLE:
             port.notify(self._a)
             return REFUSED

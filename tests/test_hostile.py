@@ -17,6 +17,7 @@ import msgpack
 import pytest
 import zmq
 
+import ksclient
 from ipc import protocol as p
 from ipc.runtime import BUS_SOCKET, USER_SOCKET, endpoint
 from ipc.status import Status, StatusError
@@ -32,7 +33,14 @@ from tests.hostile import (
     fuzz_socket,
     kernel_resources,
 )
-from tests.hostile_miniports import GROUP_CYCLE, REFUSED, SERVICE_CYCLE, attack
+from tests.hostile_miniports import (
+    GROUP_CYCLE,
+    REFUSED,
+    RING_CORRUPT,
+    RING_DELETE,
+    SERVICE_CYCLE,
+    attack,
+)
 
 FUZZ_FRAMES = 20_000
 
@@ -322,3 +330,34 @@ def test_a_device_registry_is_bounded() -> None:
         store.registry(0, f"k{i}", "create", "", None)
     with pytest.raises(StatusError):
         store.registry(0, "one more", "create", "", None)
+
+
+def test_planted_ring_files_do_not_collide(hostile_kernel) -> None:
+    kernel = hostile_kernel
+    planted = []
+    for handle in range(1, 64):  # every name the next pins would have had
+        for side in ("client", "miniport"):
+            for suffix in (".ring", ".data", ".space"):
+                path = kernel.runtime / f"pin{handle}-{side}{suffix}"
+                path.touch()
+                planted.append(path)
+    try:
+        with SteadyStream(kernel.runtime) as steady:
+            assert_kernel_serves(kernel)
+        steady.stop()
+    finally:
+        for path in planted:
+            path.unlink()
+
+
+@pytest.mark.parametrize("ring_attack", [RING_DELETE, RING_CORRUPT])
+def test_a_miniport_spoiling_a_new_ring_fails_that_open_alone(start_kernel, ring_attack) -> None:
+    kernel = start_kernel(HOSTILE_TARGET)
+    with SteadyStream(kernel.runtime) as steady:
+        assert _attack(kernel, ring_attack) == [bytes([0x90, ring_attack, REFUSED])]
+        with kernel.connect() as client:
+            with pytest.raises(ksclient.KsError) as caught:
+                client.open_capture("target")
+            assert caught.value.status == Status.INSUFFICIENT_RESOURCES
+        assert_kernel_serves(kernel)
+    steady.stop()
