@@ -19,6 +19,7 @@ from miniports.contract import (
     Port,
     PortServiceGroup,
     ResourceList,
+    ServiceSink,
     Status,
     StatusError,
 )
@@ -33,10 +34,17 @@ RING_DELETE = 3
 """In the next new_stream, delete the ring files the kernel just made for the client."""
 RING_CORRUPT = 4
 """In the next new_stream, scribble over them."""
+CALL_FLOOD = 5
+"""6,000 port calls in one callback (more than a batch holds)."""
 
 REFUSED = 1
 """The outcome: the host refused the attack with STATUS_INVALID_PARAMETER."""
 ALLOWED = 2
+
+
+class _NullSink(ServiceSink):
+    def request_service(self) -> None:
+        pass
 
 
 def attack(code: int) -> bytes:
@@ -108,6 +116,15 @@ class HostileLoopback(LoopbackMiniport):
         if code in (RING_DELETE, RING_CORRUPT):
             self._ring_attack = (code, time.time_ns())
             return REFUSED
+        if code == CALL_FLOOD:
+            group, sink = self._a, _NullSink()
+            try:
+                for _ in range(3000):
+                    group.add_member(sink)
+                    group.remove_member(sink)
+            except StatusError as exc:
+                return REFUSED if exc.status == Status.INSUFFICIENT_RESOURCES else ALLOWED
+            return ALLOWED
         if code == SERVICE_CYCLE:
             port.notify(self._a)
             return REFUSED

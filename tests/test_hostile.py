@@ -22,7 +22,8 @@ from ipc import protocol as p
 from ipc.runtime import BUS_SOCKET, USER_SOCKET, endpoint
 from ipc.status import Status, StatusError
 from kernel.devicestore import MAX_KEYS, MAX_VALUE_BYTES, MAX_VALUES, DeviceStore
-from kernel.dpc import DPC_BUDGET, Dpc, Scheduler
+from kernel.dpc import DPC_BUDGET, Dpc, Scheduler, Timer
+from kernel.loop import KernelLoop
 from kernel.servicegroup import ServiceGroup
 from kernel.usermode import MAX_SESSIONS_PER_PID
 from tests.hostile import (
@@ -34,6 +35,7 @@ from tests.hostile import (
     kernel_resources,
 )
 from tests.hostile_miniports import (
+    CALL_FLOOD,
     GROUP_CYCLE,
     REFUSED,
     RING_CORRUPT,
@@ -361,3 +363,34 @@ def test_a_miniport_spoiling_a_new_ring_fails_that_open_alone(start_kernel, ring
             assert caught.value.status == Status.INSUFFICIENT_RESOURCES
         assert_kernel_serves(kernel)
     steady.stop()
+
+
+def test_too_many_calls_in_one_callback_are_refused_visibly(start_kernel) -> None:
+    kernel = start_kernel(HOSTILE_TARGET)
+    with SteadyStream(kernel.runtime) as steady:
+        # Refused to the miniport, and what it did before the refusal reached the kernel.
+        assert _attack(kernel, CALL_FLOOD) == [bytes([0x90, CALL_FLOOD, REFUSED])]
+        stats = kernel_stats(kernel)
+        assert stats.get("bus_malformed", 0) == 0
+        assert_kernel_serves(kernel)
+    steady.stop()
+
+
+def test_the_safety_sweep_runs_although_timers_keep_the_loop_busy() -> None:
+    loop = KernelLoop()
+    try:
+        sweeps = []
+        loop.idle_sweeps.append(lambda: sweeps.append(time.monotonic()))
+        timer = Timer(Dpc(lambda: None))
+
+        def rearm() -> None:  # as heartbeat checks do: every wait is cut short
+            loop.scheduler.set_timer(timer, loop.scheduler.clock() + 200_000)
+
+        timer.dpc.routine = lambda: rearm()
+        rearm()
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            loop.turn()
+        assert len(sweeps) >= 2
+    finally:
+        loop.close()

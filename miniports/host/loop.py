@@ -81,7 +81,7 @@ class MiniportHost:
         self.bus = KernelBus(self.ctx, runtime_dir, identity, self._wake)
         self.waiter.add_socket(self.bus.rpc.socket, lambda: self.bus.rpc.activity)
         self.streams = StreamTable(self.waiter, runtime_dir, self.bus.post)
-        self.groups = ServiceGroups(self.bus.post, self._wake, self._service_port)
+        self.groups = ServiceGroups(self.bus.post_call, self._wake, self._service_port)
         self.port = HostPort(self.bus, self.streams.by_id, runtime_dir, self.groups)
         self._has_service = type(self.miniport).service is not MiniportMidi.service
         self._initialised = False
