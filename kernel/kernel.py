@@ -24,6 +24,7 @@ from ipc import protocol as p
 from ipc.runtime import create_runtime_dir, remove_runtime_dir, remove_stale_dirs
 from kernel.bus import Bus
 from kernel.config import KernelConfig
+from kernel.flood import FloodWatch
 from kernel.hotplug import HotplugManager
 from kernel.loop import KernelLoop
 from kernel.pnp import Device, PnpManager
@@ -62,6 +63,7 @@ class Kernel:
         self.ctx = zmq.Context()
         self.bus = Bus(self.loop, self.ctx, self.runtime_dir, self.pnp)
         self.user = UserMode(self.loop, self.ctx, self.runtime_dir, self.pnp)
+        FloodWatch(self.loop, self.pnp, self.user)
         self.loop.open_signals()
 
     def install_signal_handlers(self) -> None:

@@ -9,10 +9,13 @@ capture pin, as a note-on `90 <attack> <outcome>`, what its host said to it.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
 from ipc import protocol as p
+from ipc.channel import channel_paths
+from ipc.runtime import interrupt_channel_name
 from miniports.contract import (
     DataFormat,
     MiniportMidiStream,
@@ -36,6 +39,8 @@ RING_CORRUPT = 4
 """In the next new_stream, scribble over them."""
 CALL_FLOOD = 5
 """6,000 port calls in one callback (more than a batch holds)."""
+DOORBELL_FLOOD = 6
+"""Ring the kernel's interrupt doorbell with nothing behind it, for up to 10 s."""
 
 REFUSED = 1
 """The outcome: the host refused the attack with STATUS_INVALID_PARAMETER."""
@@ -45,6 +50,22 @@ ALLOWED = 2
 class _NullSink(ServiceSink):
     def request_service(self) -> None:
         pass
+
+
+def _flood(fifo: Path, seconds: float) -> None:
+    """Write wake-ups into a doorbell FIFO as fast as it takes them."""
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            try:
+                os.write(fd, b"\x01" * 64)
+            except BlockingIOError:
+                time.sleep(0.0005)
+            except OSError:
+                return
+    finally:
+        os.close(fd)
 
 
 def attack(code: int) -> bytes:
@@ -125,6 +146,11 @@ class HostileLoopback(LoopbackMiniport):
             except StatusError as exc:
                 return REFUSED if exc.status == Status.INSUFFICIENT_RESOURCES else ALLOWED
             return ALLOWED
+        if code == DOORBELL_FLOOD:
+            runtime = Path(self._port.runtime_dir)  # type: ignore[union-attr]
+            bell = channel_paths(runtime / interrupt_channel_name(os.getpid()))[1]
+            threading.Thread(target=_flood, args=(bell, 10.0), daemon=True).start()
+            return REFUSED
         if code == SERVICE_CYCLE:
             port.notify(self._a)
             return REFUSED

@@ -11,6 +11,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import msgpack
@@ -36,11 +37,13 @@ from tests.hostile import (
 )
 from tests.hostile_miniports import (
     CALL_FLOOD,
+    DOORBELL_FLOOD,
     GROUP_CYCLE,
     REFUSED,
     RING_CORRUPT,
     RING_DELETE,
     SERVICE_CYCLE,
+    _flood,
     attack,
 )
 
@@ -394,3 +397,41 @@ def test_the_safety_sweep_runs_although_timers_keep_the_loop_busy() -> None:
         assert len(sweeps) >= 2
     finally:
         loop.close()
+
+
+def test_a_miniport_flooding_its_doorbell_is_faulted(start_kernel) -> None:
+    kernel = start_kernel(HOSTILE_TARGET)
+    with SteadyStream(kernel.runtime) as steady:
+        assert _attack(kernel, DOORBELL_FLOOD) == [bytes([0x90, DOORBELL_FLOOD, REFUSED])]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            stats = kernel_stats(kernel)
+            if stats.get("miniport_floods"):
+                break
+            time.sleep(0.2)
+        assert stats.get("miniport_floods", 0) >= 1
+        assert_kernel_serves(kernel)  # restarted
+    steady.stop()
+
+
+def test_a_client_flooding_its_doorbell_is_disconnected(hostile_kernel) -> None:
+    kernel = hostile_kernel
+    with SteadyStream(kernel.runtime) as steady:
+        with kernel.connect() as client:
+            client.wait_for_filter("target")
+            out = client.open_render("target")
+            bell = next(kernel.runtime.glob(f"pin{out.handle}-*-client.data"))
+            flooder = threading.Thread(target=_flood, args=(bell, 10.0), daemon=True)
+            flooder.start()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                stats = kernel_stats(kernel)
+                if stats.get("client_floods"):
+                    break
+                time.sleep(0.2)
+            assert stats.get("client_floods", 0) >= 1
+            flooder.join()
+            with pytest.raises(ksclient.KsError):  # the session was ended
+                out.run()
+        assert_kernel_serves(kernel)
+    steady.stop()
