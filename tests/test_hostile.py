@@ -421,7 +421,7 @@ def test_a_client_flooding_its_doorbell_is_disconnected(hostile_kernel) -> None:
             client.wait_for_filter("target")
             out = client.open_render("target")
             bell = next(kernel.runtime.glob(f"pin{out.handle}-*-client.data"))
-            flooder = threading.Thread(target=_flood, args=(bell, 10.0), daemon=True)
+            flooder = threading.Thread(target=_flood, args=(bell, 4.0), daemon=True)
             flooder.start()
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
