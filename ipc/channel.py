@@ -117,6 +117,8 @@ class ChannelWriter:
     """Times :meth:`wait_for_space` had to block."""
     missed_wakeups: int
     """Times the safety timeout found room that no wake-up announced."""
+    idle_wakeups: int
+    """Rings of the space doorbell with no wait behind them (a flooding consumer)."""
 
     def __init__(self, ring: Ring, data_bell: Doorbell, space_bell: Doorbell) -> None:
         """Internal; use :meth:`open`."""
@@ -131,6 +133,7 @@ class ChannelWriter:
         self.space_wakeups_received = 0
         self.space_waits = 0
         self.missed_wakeups = 0
+        self.idle_wakeups = 0
 
     @classmethod
     def open(cls, base: str | os.PathLike[str]) -> ChannelWriter:
@@ -197,8 +200,11 @@ class ChannelWriter:
     def end_wait_for_space(self) -> None:
         """Stop waiting for room: drain the space doorbell and clear the armed flag."""
         self._waiting = False
-        if self._space_bell.drain():
+        rung = self._space_bell.drain()
+        if rung:
             self.space_wakeups_received += 1
+            # A consumer rings once per wait; more is a peer ringing for nothing.
+            self.idle_wakeups += rung - 1
         self.ring.disarm_producer()
 
     def wait_for_space(self, need: int, timeout: float | None) -> bool:
@@ -251,6 +257,9 @@ class ChannelReader:
     """Times this end rang the space doorbell for a waiting producer."""
     missed_wakeups: int
     """Times the safety timeout in :meth:`wait` found data that no wake-up announced."""
+    idle_wakeups: int
+    """Rings of the data doorbell with no records behind them (a flooding producer):
+    a producer rings once per sleep, after publishing."""
 
     def __init__(self, ring: Ring, data_bell: Doorbell, space_bell: Doorbell) -> None:
         """Internal; use :meth:`open`."""
@@ -264,6 +273,7 @@ class ChannelReader:
         self.wakeups_received = 0
         self.space_wakeups_sent = 0
         self.missed_wakeups = 0
+        self.idle_wakeups = 0
 
     @classmethod
     def open(cls, base: str | os.PathLike[str]) -> ChannelReader:
@@ -273,11 +283,14 @@ class ChannelReader:
         """
         return cls(*_attach(base))
 
-    def _end_sleep(self) -> None:
+    def _end_sleep(self) -> bool:
         self._armed = False
-        if self._data_bell.drain():
+        rung = self._data_bell.drain()
+        if rung:
             self.wakeups_received += 1
+            self.idle_wakeups += rung - 1
         self.ring.disarm_consumer()
+        return rung > 0
 
     def end_sleep(self) -> None:
         """Stop sleeping: drain the data doorbell and disarm, without reading records
@@ -293,11 +306,12 @@ class ChannelReader:
         """Take records as :meth:`Ring.get_many` does and wake the producer if it waits
         for room. After :meth:`prepare_to_sleep` returned True, this also drains the data
         doorbell and disarms, so call it after every wake-up (even a foreign one)."""
-        if self._armed:
-            self._end_sleep()
+        rung = self._armed and self._end_sleep()
         records = self.ring.get_many(max_records, max_bytes)
         if records:
             self._wake_producer()
+        elif rung:
+            self.idle_wakeups += 1
         return records
 
     def discard_all(self) -> int:

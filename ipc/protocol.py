@@ -9,8 +9,12 @@ A frame is one msgpack array. Requests get exactly one reply:
 
 Each `op` is a small typed record (a frozen dataclass registered with
 `@message`); its fields travel positionally. `decode` checks the envelope and
-every field's type before anyone sees the record, so handlers only deal with
-well-typed values (range checks stay with the handler that knows the ranges).
+every field's type and range before anyone sees the record: every int has
+bounds (a bare `int` field gets `INT_BOUNDS`; pids, handles, group ids, states
+and sizes are `Annotated` with a tighter `Range`), every string, list and
+dict a length, and values of type `Any` a depth and a total size. A handler
+only sees values it can use without overflow, and only checks what needs
+kernel state (is this pin yours, is this state reachable).
 MIDI data never travels here: it goes through the shared-memory rings.
 """
 
@@ -23,7 +27,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, ClassVar, Final, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Final, TypeVar, Union, get_args, get_origin
 
 import msgpack
 
@@ -41,6 +45,32 @@ NOTIFY_ALL: Final = -1
 MAX_FRAME: Final = 4 << 20
 MAX_STR: Final = 4096
 MAX_ITEMS: Final = 4096
+MAX_DEPTH: Final = 16
+"""How deep a value of type `Any` (a data format, resources, a registry value) may nest."""
+MAX_ANY_NODES: Final = 4 * MAX_ITEMS
+"""How many items in all a value of type `Any` may hold."""
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """The bounds of an int field, both inclusive: `Annotated[int, Range(lo, hi)]`."""
+
+    lo: int
+    hi: int
+
+
+INT_BOUNDS: Final = Range(-(1 << 53), 1 << 53)
+"""Any int field without a tighter range: what every peer's arithmetic keeps exact."""
+MAX_PID: Final = (1 << 22) - 1
+"""Linux's largest possible pid (PID_MAX_LIMIT - 1)."""
+Pid = Annotated[int, Range(1, MAX_PID)]
+Handle = Annotated[int, Range(0, (1 << 31) - 1)]
+"""Pin handles, stream ids, pin ids, sink ids, group ids, property ids."""
+GroupId = Annotated[int, Range(-1, (1 << 31) - 1)]
+"""A group id or NOTIFY_ALL."""
+StatusCode = Annotated[int, Range(-(1 << 31), (1 << 32) - 1)]
+Version = Annotated[int, Range(0, 1 << 16)]
+Size = Annotated[int, Range(0, 1 << 32)]
 
 
 class Kind(IntEnum):
@@ -70,11 +100,62 @@ def _is_int(v: Any) -> bool:
     return type(v) is int and -(1 << 63) <= v < (1 << 64)
 
 
+def _in_range(bounds: Range) -> Checker:
+    lo, hi = bounds.lo, bounds.hi
+    return lambda v: type(v) is int and lo <= v <= hi
+
+
+def check_any(value: Any) -> bool:
+    """A value of type `Any` is plain data of bounded depth and size: None, bool, an
+    int within INT_BOUNDS, a float, a str of MAX_STR, bytes, lists and str-keyed
+    dicts, at most MAX_DEPTH deep and MAX_ANY_NODES items in all."""
+    budget = MAX_ANY_NODES
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        budget -= 1
+        if budget < 0 or depth > MAX_DEPTH:
+            return False
+        t = type(v)
+        if v is None or t is bool or t is float:
+            continue
+        if t is int:
+            if not INT_BOUNDS.lo <= v <= INT_BOUNDS.hi:
+                return False
+        elif t is str:
+            if len(v) > MAX_STR:
+                return False
+        elif t is bytes:
+            if len(v) > MAX_FRAME:
+                return False
+        elif t is list:
+            if len(v) > MAX_ITEMS:
+                return False
+            stack.extend((x, depth + 1) for x in v)
+        elif t is dict:
+            if len(v) > MAX_ITEMS:
+                return False
+            for k, x in v.items():
+                if type(k) is not str or len(k) > MAX_STR:
+                    return False
+                stack.append((x, depth + 1))
+        else:
+            return False
+    return True
+
+
 def _checker(tp: Any) -> Checker:
     if tp is Any:
-        return lambda v: True
+        return check_any
+    origin = get_origin(tp)
+    if origin is Annotated:
+        base, *extras = get_args(tp)
+        bounds = next((e for e in extras if isinstance(e, Range)), None)
+        if base is not int or bounds is None:
+            raise TypeError(f"unsupported annotation {tp!r}")
+        return _in_range(bounds)
     if tp is int:
-        return _is_int
+        return _in_range(INT_BOUNDS)
     if tp is bool:
         return lambda v: type(v) is bool
     if tp is float:
@@ -83,7 +164,6 @@ def _checker(tp: Any) -> Checker:
         return lambda v: type(v) is str and len(v) <= MAX_STR
     if tp is bytes:
         return lambda v: type(v) is bytes and len(v) <= MAX_FRAME
-    origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         options = tuple(_checker(a) for a in get_args(tp))
         return lambda v: any(c(v) for c in options)
@@ -110,7 +190,7 @@ def message(op: str) -> Callable[[type[M]], type[M]]:
     def register(cls: type[M]) -> type[M]:
         if op in _REGISTRY:
             raise ValueError(f"duplicate op {op!r}")
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
         names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
         _REGISTRY[op] = (cls, tuple(_checker(hints[n]) for n in names), names)
         _REQUIRED[op] = sum(
@@ -198,11 +278,16 @@ def decode(frame: bytes) -> Frame:
     if type(obj) is not list or len(obj) < 3 or type(obj[0]) is not int:
         raise ProtocolError("a frame is an array [kind, rid, ...]")
     kind, rid = obj[0], obj[1]
-    if not _is_int(rid) or rid < 0:
+    if type(rid) is not int or not 0 <= rid < (1 << 63):
         raise ProtocolError("request id must be a non-negative integer")
     if kind == Kind.OK and len(obj) == 3:
+        if not check_any(obj[2]):
+            raise ProtocolError("a reply's result is too large or too deep", rid or None)
         return Reply(rid, True, obj[2])
-    if kind == Kind.ERROR and len(obj) == 4 and _is_int(obj[2]) and type(obj[3]) is str:
+    if (
+        kind == Kind.ERROR and len(obj) == 4 and _is_int(obj[2])
+        and type(obj[3]) is str and len(obj[3]) <= MAX_STR
+    ):
         return Reply(rid, False, None, obj[2] & 0xFFFFFFFF, obj[3])
     if kind not in (Kind.REQUEST, Kind.EVENT) or len(obj) != 4:
         raise ProtocolError(f"bad frame of kind {kind}", rid or None)
@@ -227,9 +312,10 @@ def decode(frame: bytes) -> Frame:
 @message("hello")
 @dataclass(frozen=True, slots=True)
 class Hello:
-    pid: int
+    pid: Annotated[int, Range(0, MAX_PID)]
+    """0: no process to watch (the session then ends only by goodbye)."""
     name: str
-    version: int = PROTOCOL_VERSION
+    version: Version = PROTOCOL_VERSION
     OP: ClassVar[str]
 
 
@@ -243,7 +329,7 @@ class ListFilters:
 @dataclass(frozen=True, slots=True)
 class PinProperty:
     filter: str
-    pin: int
+    pin: Handle
     property: str
     value: Any = None
     """What a set (or DATAINTERSECTION) carries; None for a plain get."""
@@ -254,9 +340,9 @@ class PinProperty:
 @dataclass(frozen=True, slots=True)
 class OpenPin:
     filter: str
-    pin: int
+    pin: Handle
     format: dict[str, Any]
-    capacity: int
+    capacity: Size
     instance: int = 0
     """The filter instance (OpenFilter) to open the pin on; 0: the client's default one."""
     OP: ClassVar[str]
@@ -283,22 +369,22 @@ class CloseFilter:
 @message("set_state")
 @dataclass(frozen=True, slots=True)
 class SetState:
-    handle: int
-    state: int
+    handle: Handle
+    state: Handle
     OP: ClassVar[str]
 
 
 @message("get_state")
 @dataclass(frozen=True, slots=True)
 class GetState:
-    handle: int
+    handle: Handle
     OP: ClassVar[str]
 
 
 @message("close_pin")
 @dataclass(frozen=True, slots=True)
 class ClosePin:
-    handle: int
+    handle: Handle
     OP: ClassVar[str]
 
 
@@ -420,8 +506,8 @@ class DeviceRemoval:
 @message("pin_error")
 @dataclass(frozen=True, slots=True)
 class PinError:
-    handle: int
-    status: int
+    handle: Handle
+    status: StatusCode
     message: str
     OP: ClassVar[str]
 
@@ -466,11 +552,14 @@ class KernelShutdown:
 @dataclass(frozen=True, slots=True)
 class Register:
     device: str
-    pid: int
+    pid: Pid
     miniport: str
     wants_service: bool
     custom_intersection: bool
-    version: int = PROTOCOL_VERSION
+    version: Version = PROTOCOL_VERSION
+    secret: bytes = b""
+    """The launch's secret (ipc.credentials): proof that this is the process the kernel
+    started for `device`."""
     OP: ClassVar[str]
 
 
@@ -481,8 +570,9 @@ class LoadFailed:
     device is failed as a configuration error, with `reason`, and not restarted."""
 
     device: str
-    pid: int
+    pid: Pid
     reason: str
+    secret: bytes = b""
     OP: ClassVar[str]
 
 
@@ -506,7 +596,7 @@ class Interrupt:
     the bus message keeps an interrupt in order behind events posted before it.
     """
 
-    groups: list[int]
+    groups: list[GroupId]
     OP: ClassVar[str]
 
 
@@ -535,7 +625,7 @@ def decode_interrupt(payload: bytes) -> list[int]:
 @message("group_new")
 @dataclass(frozen=True, slots=True)
 class GroupNew:
-    group: int
+    group: Handle
     OP: ClassVar[str]
 
 
@@ -544,32 +634,32 @@ class GroupNew:
 class GroupAddMember:
     """Add a member to a group: another group (`member_group`) or a miniport sink."""
 
-    group: int
-    member_group: int | None
-    sink: int | None
+    group: Handle
+    member_group: Handle | None
+    sink: Handle | None
     OP: ClassVar[str]
 
 
 @message("group_remove_member")
 @dataclass(frozen=True, slots=True)
 class GroupRemoveMember:
-    group: int
-    member_group: int | None
-    sink: int | None
+    group: Handle
+    member_group: Handle | None
+    sink: Handle | None
     OP: ClassVar[str]
 
 
 @message("group_release")
 @dataclass(frozen=True, slots=True)
 class GroupRelease:
-    group: int
+    group: Handle
     OP: ClassVar[str]
 
 
 @message("register_service_group")
 @dataclass(frozen=True, slots=True)
 class RegisterServiceGroup:
-    group: int
+    group: Handle
     OP: ClassVar[str]
 
 
@@ -578,8 +668,8 @@ class RegisterServiceGroup:
 class StreamError:
     """A stream's write failed with a device error; its pending data is lost."""
 
-    stream: int
-    status: int
+    stream: Handle
+    status: StatusCode
     message: str
     OP: ClassVar[str]
 
@@ -587,8 +677,8 @@ class StreamError:
 @message("device_property")
 @dataclass(frozen=True, slots=True)
 class DeviceProperty:
-    property: int
-    length: int
+    property: Handle
+    length: Size
     OP: ClassVar[str]
 
 
@@ -597,7 +687,7 @@ class DeviceProperty:
 class Registry:
     """One registry operation on a key of the device's store (see kernel.devicestore)."""
 
-    key_type: int
+    key_type: Handle
     path: str
     action: str
     name: str
@@ -637,7 +727,7 @@ class GetDescription:
 @message("data_range_intersection")
 @dataclass(frozen=True, slots=True)
 class DataRangeIntersection:
-    pin: int
+    pin: Handle
     client_format: dict[str, Any]
     miniport_range: dict[str, Any]
     OP: ClassVar[str]
@@ -646,8 +736,8 @@ class DataRangeIntersection:
 @message("new_stream")
 @dataclass(frozen=True, slots=True)
 class NewStream:
-    stream: int
-    pin: int
+    stream: Handle
+    pin: Handle
     capture: bool
     format: dict[str, Any]
     channel: str
@@ -657,15 +747,15 @@ class NewStream:
 @message("stream_set_state")
 @dataclass(frozen=True, slots=True)
 class StreamSetState:
-    stream: int
-    state: int
+    stream: Handle
+    state: Handle
     OP: ClassVar[str]
 
 
 @message("stream_set_format")
 @dataclass(frozen=True, slots=True)
 class StreamSetFormat:
-    stream: int
+    stream: Handle
     format: dict[str, Any]
     OP: ClassVar[str]
 
@@ -673,7 +763,7 @@ class StreamSetFormat:
 @message("close_stream")
 @dataclass(frozen=True, slots=True)
 class CloseStream:
-    stream: int
+    stream: Handle
     OP: ClassVar[str]
 
 

@@ -10,7 +10,7 @@ counted against the miniport, and changes nothing.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -25,6 +25,9 @@ from kernel.loop import KernelLoop
 from kernel.pnp import PnpManager
 from kernel.port import PortMidi
 
+log = logging.getLogger("portcls.kernel")
+
+SEND_HWM: Final = 1000
 BUS_BUDGET: Final = 512
 
 BusHandler = Callable[[MiniportConnection, Any], Any]
@@ -41,7 +44,11 @@ class Bus:
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        # A peer that never reads its replies costs at most SEND_HWM frames; more are
+        # dropped and counted (ROUTER_MANDATORY makes the drop visible as EAGAIN).
+        self.sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME)
         self.sock.bind(endpoint(runtime_dir, BUS_SOCKET))
         (runtime_dir / BUS_SOCKET).chmod(0o600)
         self._handlers: dict[type, BusHandler] = {
@@ -62,8 +69,12 @@ class Bus:
         loop.add_socket(self.sock, self.drain, interrupt=True)
 
     def send(self, identity: bytes, frame: bytes) -> None:
-        with contextlib.suppress(zmq.ZMQError):
+        try:
             self.sock.send_multipart([identity, frame], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.loop.stats["bus_send_dropped"] += 1
+        except zmq.ZMQError:  # the peer is gone (EHOSTUNREACH)
+            self.loop.stats["bus_send_unroutable"] += 1
         self.loop.waiter.touched(self.sock)
 
     def drain(self) -> None:
@@ -75,7 +86,11 @@ class Bus:
             if len(parts) != 2:
                 self.loop.stats["bus_malformed"] += 1
                 continue
-            self._on_frame(parts[0], parts[1])
+            try:
+                self._on_frame(parts[0], parts[1])
+            except Exception:  # a bug must cost one frame, not the kernel or the drain
+                self.loop.stats["bus_handler_errors"] += 1
+                log.exception("bus frame handler raised")
         self.loop.waiter.touched(self.sock)  # the budget ran out: more may wait
 
     def _on_frame(self, identity: bytes, frame: bytes) -> None:

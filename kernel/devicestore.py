@@ -4,14 +4,28 @@
 the way Windows does (UTF-16LE with a terminating NUL, multi-strings with a
 double NUL); `NewRegistryKey` opens keys of an in-kernel store that outlives
 miniport restarts (one store per device name, for the kernel's lifetime).
+A miniport cannot make the store cost unbounded memory: it holds at most
+MAX_KEYS keys of MAX_VALUES values each, a value of at most MAX_VALUE_BYTES;
+more is refused with STATUS_INSUFFICIENT_RESOURCES.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any
+from typing import Any, Final
 
 from ipc.status import Status, StatusError
+
+MAX_KEYS: Final = 256
+MAX_VALUES: Final = 256
+MAX_VALUE_BYTES: Final = 64 << 10
+"""A value's size: bytes, or characters of a string or of a multi-string's strings."""
+
+
+def _value_size(value: Any) -> int:
+    if isinstance(value, list):
+        return sum(len(v) + 1 for v in value)
+    return len(value) if isinstance(value, (str, bytes)) else 8
 
 
 class DeviceProperty(IntEnum):
@@ -109,6 +123,9 @@ class DeviceStore:
             raise StatusError(Status.INVALID_PARAMETER, "registry names are at most 255 chars")
         key = (key_type, path.lower())
         if action == "create":
+            if key not in self.keys and len(self.keys) >= MAX_KEYS:
+                raise StatusError(Status.INSUFFICIENT_RESOURCES,
+                                  f"a device's registry holds at most {MAX_KEYS} keys")
             self.keys.setdefault(key, {})
             self.key_names.setdefault(key, path)
             return None
@@ -128,6 +145,12 @@ class DeviceStore:
             )
             if not ok:
                 raise StatusError(Status.INVALID_PARAMETER, "values are int, str, bytes or [str]")
+            if _value_size(value) > MAX_VALUE_BYTES:
+                raise StatusError(Status.INSUFFICIENT_RESOURCES,
+                                  f"a registry value holds at most {MAX_VALUE_BYTES} bytes")
+            if name.lower() not in values and len(values) >= MAX_VALUES:
+                raise StatusError(Status.INSUFFICIENT_RESOURCES,
+                                  f"a registry key holds at most {MAX_VALUES} values")
             values[name.lower()] = (name, value)
             return None
         if action == "delete":

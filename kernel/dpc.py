@@ -11,9 +11,14 @@ import collections
 import heapq
 import itertools
 from collections.abc import Callable
+from typing import Final
 
 from ipc import trace
 from ipc.runtime import now_100ns
+
+DPC_BUDGET: Final = 4096
+"""DPCs one `run_dpcs` call runs at most: DPCs that keep queueing one another cannot
+hold the loop (its signals, heartbeats, sockets); the rest run on the next turn."""
 
 
 class Dpc:
@@ -69,15 +74,16 @@ class Scheduler:
     def pending(self) -> int:
         return len(self._queue)
 
-    def run_dpcs(self) -> int:
-        """Run queued DPCs until the queue is empty (including ones they queue); return count.
+    def run_dpcs(self, budget: int = DPC_BUDGET) -> int:
+        """Run queued DPCs until the queue is empty (including ones they queue) or `budget`
+        ran; return the count. What is left stays queued (`pending`) for the next call.
 
         A DPC is marked unqueued before its routine runs, so a request made
         during the run queues it again rather than being lost.
         """
         ran = 0
         queue = self._queue
-        while queue:
+        while queue and ran < budget:
             dpc = queue.popleft()
             dpc.queued = False
             ran += 1

@@ -24,9 +24,11 @@ from ipc import protocol as p
 from ipc.runtime import create_runtime_dir, remove_runtime_dir, remove_stale_dirs
 from kernel.bus import Bus
 from kernel.config import KernelConfig
+from kernel.device import Device
+from kernel.flood import FloodWatch
 from kernel.hotplug import HotplugManager
 from kernel.loop import KernelLoop
-from kernel.pnp import Device, PnpManager
+from kernel.pnp import PnpManager
 from kernel.usermode import UserMode
 
 log = logging.getLogger("portcls.kernel")
@@ -62,6 +64,7 @@ class Kernel:
         self.ctx = zmq.Context()
         self.bus = Bus(self.loop, self.ctx, self.runtime_dir, self.pnp)
         self.user = UserMode(self.loop, self.ctx, self.runtime_dir, self.pnp)
+        FloodWatch(self.loop, self.pnp, self.user)
         self.loop.open_signals()
 
     def install_signal_handlers(self) -> None:

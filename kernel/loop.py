@@ -45,7 +45,10 @@ class KernelLoop:
         self.hurry = False
         """A second stop signal came: whatever is being waited for is killed now."""
         self.idle_sweeps: list[Handler] = []
-        """Run when a whole safety interval passed with nothing to do."""
+        """Run every SAFETY_POLL_MS, whatever else the loop does (a wake-up lost to store
+        reordering is rescued there; waiting for an idle interval would never come while
+        heartbeat timers shorten every wait)."""
+        self._next_sweep = time.monotonic() + SAFETY_POLL_MS / 1000
         self._fd_handlers: dict[int, Handler] = {}
         self._interrupt_fds: set[int] = set()
         self._interrupt_sockets: dict[zmq.Socket[Any], Handler] = {}
@@ -124,8 +127,12 @@ class KernelLoop:
             deadline = sched.next_deadline()
             if deadline is not None:
                 timeout = min(timeout, max(0, -(-(deadline - sched.clock()) // 10_000)))
+            sweep_in = self._next_sweep - time.monotonic()
+            timeout = min(timeout, max(0, int(sweep_in * 1000) + 1))
         sockets, fds = self.waiter.wait(timeout)
-        if not sockets and not fds and timeout == max_timeout_ms:
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + SAFETY_POLL_MS / 1000
             for sweep in self.idle_sweeps:
                 self._guarded(sweep)
         for sock in sockets:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import resource
 import sys
 from pathlib import Path
 
@@ -34,6 +36,15 @@ def describe(kernel: Kernel) -> str:
 
 
 ENV_CPUS = "PORTCLS_CPUS"
+
+
+def raise_descriptor_limit() -> None:
+    """RLIMIT_NOFILE's soft limit up to the hard one: every client session, pin ring and
+    doorbell costs descriptors, and running out must not be the first thing to fail."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def parse_cpus(text: str) -> set[int]:
@@ -92,6 +103,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m kernel") -> int:
     except StatusError as exc:
         print(f"portcls: bad configuration: {exc}", file=sys.stderr)
         return 2
+    raise_descriptor_limit()
     if trace.ON:
         trace.set_process_name("kernel")
     runtime = args.runtime or default_runtime_dir()

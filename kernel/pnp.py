@@ -11,27 +11,25 @@ with back-off within the restart limit.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from ipc import protocol as p
+from ipc.credentials import LaunchCredentials
 from ipc.procwatch import ProcessWatch
 from ipc.runtime import interrupt_channel_name, now_100ns
 from ipc.status import Status, StatusError
 from kernel.config import DeviceConfig, KernelConfig
 from kernel.connection import ConnectionLimits, MiniportConnection
-from kernel.devicestore import DeviceStore
+from kernel.device import Device, exit_reason
 from kernel.dpc import Dpc, Timer
 from kernel.filters import Filter
 from kernel.loop import KernelLoop
@@ -40,45 +38,6 @@ from kernel.port import CLSID_PortMidi, PortMidi, pc_new_port
 log = logging.getLogger("portcls.kernel")
 
 SUBDEVICE: Final = "midi"
-
-
-def exit_reason(code: int) -> str:
-    """Why a miniport process ended, in words, from its Popen return code."""
-    if code == p.EXIT_MINIPORT_FAULT:
-        return f"the miniport raised out of a callback (exit {code})"
-    if code == p.EXIT_CONFIG_ERROR:
-        return f"the miniport could not be loaded or constructed (exit {code})"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = "an unknown signal"
-        return f"miniport process killed by signal {-code} ({name})"
-    return f"miniport process exited with {code}"
-
-
-@dataclass(eq=False)
-class Device:
-    """A configured device: its miniport process, its port and its published filter."""
-
-    config: DeviceConfig
-    store: DeviceStore
-    process: subprocess.Popen[bytes] | None = None
-    watch: ProcessWatch | None = None
-    conn: MiniportConnection | None = None
-    port: PortMidi | None = None
-    filter: Filter | None = None
-    state: str = "stopped"
-    restarts: collections.deque[float] = field(default_factory=collections.deque)
-    restart_timer: Timer | None = None
-    kill_timer: Timer | None = None
-    last_exit: str = ""
-    restart_due: bool = False
-    """The back-off has elapsed but the failed process is still dying: start on its exit."""
-
-    @classmethod
-    def of(cls, config: DeviceConfig) -> Device:
-        return cls(config, DeviceStore(config.name, config.miniport, config.properties))
 
 
 class PnpManager:
@@ -142,22 +101,32 @@ class PnpManager:
     # Registration and binding.
 
     def connection(self, identity: bytes) -> MiniportConnection | None:
-        """The registered connection that `identity` speaks for, if any."""
-        device = self.devices.get(identity.decode("utf-8", "replace"))
+        """The registered connection that `identity` speaks for, if any (the identity is
+        the launch's, which no other process knows)."""
+        device = self.devices.get(identity.partition(b"\0")[0].decode("utf-8", "replace"))
         if device is None or device.conn is None or device.conn.identity != identity:
             return None
         return device.conn
+
+    def _is_launch(self, device: Device | None, identity: bytes, pid: int, secret: bytes) -> bool:
+        """Whether this comes from the process started last for `device` (its pid, its bus
+        identity, its secret); an impostor is counted."""
+        process, launch = (device.process, device.launch) if device else (None, None)
+        ok = process is not None and process.pid == pid and launch is not None \
+            and launch.admits(identity, secret)
+        self.loop.stats["bus_impostors"] += not ok
+        return ok
 
     def accept(self, identity: bytes, reg: p.Register) -> tuple[MiniportConnection, Any]:
         """The register handshake: the connection and the reply; StatusError if refused."""
         device = self.devices.get(reg.device)
         problem = None
-        if device is None or identity != reg.device.encode():
+        if device is None:
             problem = f"no device {reg.device!r} is configured"
+        elif not self._is_launch(device, identity, reg.pid, reg.secret):
+            problem = "the registering process is not the one the kernel started"
         elif device.state != "starting" or device.conn is not None:
             problem = f"device {reg.device!r} is not waiting for a miniport"
-        elif device.process is None or device.process.pid != reg.pid:
-            problem = "the registering process is not the one the kernel started"
         elif reg.version != p.PROTOCOL_VERSION:
             problem = f"protocol version {reg.version}, kernel speaks {p.PROTOCOL_VERSION}"
         if problem is not None or device is None:
@@ -183,8 +152,8 @@ class PnpManager:
         error of that device, reported once with the reason, not restarted."""
         device = self.devices.get(report.device)
         if (
-            device is None or identity != report.device.encode() or device.state != "starting"
-            or device.process is None or device.process.pid != report.pid
+            not self._is_launch(device, identity, report.pid, report.secret)
+            or device is None or device.state != "starting"
         ):
             raise StatusError(Status.INVALID_DEVICE_REQUEST, "not a device that is starting")
         reason = f"configuration error: {report.reason}"
@@ -247,11 +216,13 @@ class PnpManager:
             "--options", json.dumps(cfg.options),
         ]
         device.state = "starting"
+        device.launch = LaunchCredentials.new(cfg.name)
         # Its own process group: a Ctrl-C at the terminal reaches the kernel alone, which
         # then stops its miniports in order (one traceback per miniport otherwise).
-        device.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, close_fds=True, process_group=0
-        )
+        with device.launch.hand_over() as fd:
+            device.process = subprocess.Popen(
+                [*args, "--launch-fd", str(fd)], stdin=subprocess.DEVNULL, close_fds=True,
+                pass_fds=(fd,), process_group=0)
         device.watch = ProcessWatch(device.process.pid, device.process)
         self.loop.watch_process(device.watch, lambda: self._on_process_exit(device))
         log.info("device %s: miniport %s started, pid %d", cfg.name, cfg.miniport,

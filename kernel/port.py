@@ -12,12 +12,13 @@ walks the stream back down to STOP first.
 from __future__ import annotations
 
 import functools
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 from ipc import protocol as p
-from ipc.channel import create_channel_files
+from ipc.channel import create_channel_files, remove_channel_files
 from ipc.ks import (
     KSDATAFORMAT_TYPE_WILDCARD,
     DataFlow,
@@ -27,6 +28,7 @@ from ipc.ks import (
     KsState,
     PinDescriptor,
 )
+from ipc.ring import RingError
 from ipc.status import Status, StatusError
 from kernel.connection import MiniportConnection
 from kernel.loop import KernelLoop
@@ -165,11 +167,21 @@ class PortMidi:
         ranges = [r for r in desc.data_ranges if r.matches(fmt)]
         if not ranges and not conn.custom_intersection:
             raise StatusError(Status.NO_MATCH, "the format matches none of the pin's data ranges")
-        client_base = self.runtime_dir / f"pin{handle}-client"
-        miniport_base = self.runtime_dir / f"pin{handle}-miniport"
-        create_channel_files(client_base, capacity)
-        # At least as big as the client's ring, so any record the client can write fits.
-        create_channel_files(miniport_base, max(self.ring_capacity, capacity))
+        # Names no other process can guess or plant beforehand (the files are made with
+        # O_EXCL); a failure to make them fails this request alone.
+        client_base = self.runtime_dir / f"pin{handle}-{secrets.token_hex(8)}-client"
+        miniport_base = self.runtime_dir / f"pin{handle}-{secrets.token_hex(8)}-miniport"
+        try:
+            create_channel_files(client_base, capacity)
+            try:
+                # At least as big as the client's ring, so any record the client can write fits.
+                create_channel_files(miniport_base, max(self.ring_capacity, capacity))
+            except BaseException:
+                remove_channel_files(client_base)
+                raise
+        except (OSError, ValueError) as exc:
+            raise StatusError(Status.INSUFFICIENT_RESOURCES,
+                              f"cannot create the pin's rings: {exc}") from exc
         kind = CapturePin if desc.dataflow == DataFlow.OUT else RenderPin
         pin = kind(
             self.loop, handle, filter_id, pin_id, fmt, client_base, miniport_base,
@@ -189,9 +201,10 @@ class PortMidi:
                 gid = result.get("group") if isinstance(result, dict) else None
                 if gid is not None:
                     pin.set_group(conn.group(gid))
-            except (StatusError, OSError) as exc:
+            except (StatusError, OSError, ValueError, RingError) as exc:
+                # Also a ring the miniport deleted or spoiled before the kernel attached it.
                 fail(exc if isinstance(exc, StatusError)
-                     else StatusError(Status.INSUFFICIENT_RESOURCES, str(exc)))
+                     else StatusError(Status.INSUFFICIENT_RESOURCES, f"cannot attach: {exc}"))
                 if reply.ok:
                     conn.call(p.CloseStream(handle), lambda _: None)
                 return

@@ -2,17 +2,21 @@
 
 `request_service()` queues the group's DPC once; requests made while it is
 queued coalesce into that one run. The DPC calls `request_service()` on every
-member in insertion order. A group is itself a sink, so groups nest.
+member in insertion order. A group is itself a sink, so groups nest, but never
+into a cycle (a group that services itself, directly or not, would queue DPCs
+for ever): `add_member` refuses that, and a group holds at most MAX_MEMBERS.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Protocol
 
 from ipc import trace
 from ipc.runtime import now_100ns
 from ipc.status import Status, StatusError
 from kernel.dpc import Dpc, Scheduler, Timer
+
+MAX_MEMBERS: Final = 1024
 
 
 class ServiceSink(Protocol):
@@ -41,7 +45,27 @@ class ServiceGroup:
         """Append `sink`; it is serviced after the members added before it."""
         if sink is self:
             raise StatusError(Status.INVALID_PARAMETER, "a service group cannot contain itself")
+        if isinstance(sink, ServiceGroup) and sink.reaches(self):
+            raise StatusError(Status.INVALID_PARAMETER,
+                              f"{sink!r} contains {self!r}: the membership would be a cycle")
+        if len(self._members) >= MAX_MEMBERS:
+            raise StatusError(Status.INSUFFICIENT_RESOURCES,
+                              f"a service group holds at most {MAX_MEMBERS} members")
         self._members.append(sink)
+
+    def reaches(self, group: ServiceGroup) -> bool:
+        """True if servicing this group services `group` (it is this one or nested in it)."""
+        seen: set[int] = set()
+        stack: list[ServiceGroup] = [self]
+        while stack:
+            current = stack.pop()
+            if current is group:
+                return True
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            stack.extend(m for m in current._members if isinstance(m, ServiceGroup))
+        return False
 
     def remove_member(self, sink: ServiceSink) -> None:
         """Unlink `sink` (its first occurrence); unknown sinks are ignored, as in PortCls."""

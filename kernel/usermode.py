@@ -36,11 +36,16 @@ from kernel.sessions import ClientSession, PinInstance
 
 log = logging.getLogger("portcls.kernel")
 
+SEND_HWM: Final = 1000
 USER_BUDGET: Final = 64
 MIN_PIN_CAPACITY: Final = 1 << 14
 MAX_PIN_CAPACITY: Final = 1 << 26
 MAX_FILTER_INSTANCES: Final = 1024
 """Filter instances one client may hold open."""
+MAX_SESSIONS: Final = 1024
+MAX_SESSIONS_PER_PID: Final = 64
+"""A client's sessions cost the kernel a process watch each (a descriptor)."""
+MAX_PINS_PER_SESSION: Final = 128
 
 
 UserHandler = Callable[[ClientSession, int, Any], Any]
@@ -57,7 +62,11 @@ class UserMode(KsPropertyRequests):
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        # A peer that never reads its replies costs at most SEND_HWM frames; more are
+        # dropped and counted (ROUTER_MANDATORY makes the drop visible as EAGAIN).
+        self.sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME)
         self.sock.bind(endpoint(runtime_dir, USER_SOCKET))
         (runtime_dir / USER_SOCKET).chmod(0o600)
         self.sessions: dict[bytes, ClientSession] = {}
@@ -90,8 +99,12 @@ class UserMode(KsPropertyRequests):
         loop.add_socket(self.sock, self.drain, interrupt=False)
 
     def send(self, identity: bytes, frame: bytes) -> None:
-        with contextlib.suppress(zmq.ZMQError):
+        try:
             self.sock.send_multipart([identity, frame], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.loop.stats["user_send_dropped"] += 1
+        except zmq.ZMQError:  # the peer is gone (EHOSTUNREACH)
+            self.loop.stats["user_send_unroutable"] += 1
         self.loop.waiter.touched(self.sock)
 
     def broadcast(self, body: Any) -> None:
@@ -108,7 +121,11 @@ class UserMode(KsPropertyRequests):
             if len(parts) != 2:
                 self.loop.stats["user_malformed"] += 1
                 continue
-            self._on_frame(parts[0], parts[1])
+            try:
+                self._on_frame(parts[0], parts[1])
+            except Exception:  # a bug must cost one frame, not the kernel or the drain
+                self.loop.stats["user_handler_errors"] += 1
+                log.exception("user frame handler raised")
         self.loop.waiter.touched(self.sock)  # the budget ran out: more may wait
 
     def _on_frame(self, identity: bytes, frame: bytes) -> None:
@@ -146,6 +163,11 @@ class UserMode(KsPropertyRequests):
             raise StatusError(Status.NOT_SUPPORTED, f"protocol version {body.version}")
         if identity in self.sessions:
             raise StatusError(Status.OBJECT_NAME_COLLISION, "this connection said hello already")
+        if len(self.sessions) >= MAX_SESSIONS or sum(
+            s.pid == body.pid for s in self.sessions.values()
+        ) >= MAX_SESSIONS_PER_PID:
+            self.loop.stats["user_sessions_refused"] += 1
+            raise StatusError(Status.INSUFFICIENT_RESOURCES, "too many sessions")
         session = ClientSession(identity, body.pid, body.name)
         with contextlib.suppress(OSError, OverflowError, ValueError):
             if body.pid > 0:
@@ -234,6 +256,9 @@ class UserMode(KsPropertyRequests):
         return PENDING
 
     def _open_pin(self, session: ClientSession, rid: int, body: p.OpenPin) -> Any:
+        if len(session.pins) >= MAX_PINS_PER_SESSION:
+            raise StatusError(Status.INSUFFICIENT_RESOURCES,
+                              f"a session holds at most {MAX_PINS_PER_SESSION} pins")
         filter_ = self._filter(body.filter)
         desc = filter_.pin(body.pin)
         instance = self._filter_instance(session, filter_, body.instance)

@@ -15,7 +15,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import zmq
 
@@ -25,17 +25,23 @@ from ipc.channel import ChannelWriter
 from ipc.ring import RingError
 from ipc.rpc import RpcEndpoint
 from ipc.runtime import BUS_SOCKET, endpoint
+from ipc.status import Status, StatusError
 
-__all__ = ["KernelBus"]
+__all__ = ["MAX_CALLS", "KernelBus"]
+
+MAX_CALLS: Final = p.MAX_ITEMS - 256
+"""Port calls that post an event, per miniport callback; the rest of a batch is kept for
+the host's own events."""
 
 
 class KernelBus:
-    """One DEALER to the kernel's bus ROUTER, named after the device."""
+    """One DEALER to the kernel's bus ROUTER, under the identity of this launch."""
 
     def __init__(
-        self, ctx: zmq.Context[Any], runtime_dir: Path, device: str, wake: Callable[[], None]
+        self, ctx: zmq.Context[Any], runtime_dir: Path, identity: bytes,
+        wake: Callable[[], None],
     ) -> None:
-        self.rpc = RpcEndpoint(ctx, endpoint(runtime_dir, BUS_SOCKET), device.encode())
+        self.rpc = RpcEndpoint(ctx, endpoint(runtime_dir, BUS_SOCKET), identity)
         self._runtime_dir = runtime_dir
         self._wake = wake
         self._thread = threading.get_ident()
@@ -51,13 +57,27 @@ class KernelBus:
 
     def post(self, body: Any) -> None:
         """Queue an event for the kernel from any thread; sent in call order, in one batch
-        per callback (see `flush`)."""
+        per callback (see `flush`). The host's own events (interrupts, heartbeats, stream
+        errors) always go: past a batch's limit, what is queued is sent first."""
         if threading.get_ident() == self._thread:
+            if len(self._events) >= p.MAX_ITEMS:
+                self.flush()
             self._events.append(p.encode_event(body))
             return
         with self._lock:
             self._outbox.append(body)
         self._wake()
+
+    def post_call(self, body: Any) -> None:
+        """Post an event for a call the miniport made (a group made, a member added);
+        StatusError(INSUFFICIENT_RESOURCES) past MAX_CALLS of them in one callback, since
+        the kernel takes a callback's events as one batch of at most MAX_ITEMS."""
+        with self._lock:
+            queued = len(self._events) + len(self._outbox)
+        if queued >= MAX_CALLS:
+            raise StatusError(Status.INSUFFICIENT_RESOURCES,
+                              f"more than {MAX_CALLS} calls to the port in one callback")
+        self.post(body)
 
     def flush(self) -> None:
         """Send what the miniport posted as one frame, before any reply or call."""

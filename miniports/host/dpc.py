@@ -47,6 +47,8 @@ RUN_BUDGET: Final = 256
 the kernel's requests (the rest runs on the next turn)."""
 MAX_GROUPS: Final = p.MAX_INTERRUPT_GROUPS - 1
 """So that one interrupt record can name every group and NOTIFY_ALL."""
+MAX_MEMBERS: Final = 1024
+"""Members of one group, as the kernel's twin allows (kernel.servicegroup)."""
 
 Action = Callable[[int], None]
 """A member's part of a run, called with the time of the request (the ISR's time)."""
@@ -89,6 +91,12 @@ class HostServiceGroup(PortServiceGroup):
     def add_member(self, sink: ServiceSink | PortServiceGroup) -> None:
         if sink is self:
             raise StatusError(Status.INVALID_PARAMETER, "a service group cannot contain itself")
+        if isinstance(sink, HostServiceGroup) and sink.reaches(self):
+            raise StatusError(Status.INVALID_PARAMETER,
+                              f"{sink!r} contains {self!r}: the membership would be a cycle")
+        if len(self.members) >= MAX_MEMBERS:
+            raise StatusError(Status.INSUFFICIENT_RESOURCES,
+                              f"a service group holds at most {MAX_MEMBERS} members")
         wire = self._wire_member(sink)
         if isinstance(sink, HostServiceGroup):
             self.add(sink, functools.partial(self._groups.queue, sink))
@@ -96,6 +104,20 @@ class HostServiceGroup(PortServiceGroup):
             assert isinstance(sink, ServiceSink)
             self.add(sink, functools.partial(_service_sink, sink))
         self._groups.post(p.GroupAddMember(self.gid, *wire))
+
+    def reaches(self, group: HostServiceGroup) -> bool:
+        """True if a run of this group runs `group` (it is this one or nested in it)."""
+        seen: set[int] = set()
+        stack: list[HostServiceGroup] = [self]
+        while stack:
+            current = stack.pop()
+            if current is group:
+                return True
+            if current.gid in seen:
+                continue
+            seen.add(current.gid)
+            stack.extend(m for m, _ in current.members if isinstance(m, HostServiceGroup))
+        return False
 
     def remove_member(self, sink: ServiceSink | PortServiceGroup) -> None:
         wire = self._wire_member(sink)

@@ -28,6 +28,7 @@ import zmq
 
 from ipc import protocol as p
 from ipc import trace
+from ipc.credentials import LaunchCredentials
 from ipc.ks import DataFormat, DataRange, KsState
 from ipc.procwatch import ProcessWatch
 from ipc.rpc import RpcEndpoint
@@ -63,8 +64,10 @@ class MiniportHost:
         miniport_name: str,
         miniport: MiniportMidi,
         heartbeat: float = 1.0,
+        launch: LaunchCredentials | None = None,
     ) -> None:
         self.runtime_dir = runtime_dir
+        self.launch = launch
         self.device = device
         self.miniport_name = miniport_name
         self.miniport = miniport
@@ -75,10 +78,11 @@ class MiniportHost:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.waiter.watch(self._wake_r)
-        self.bus = KernelBus(self.ctx, runtime_dir, device, self._wake)
+        identity = launch.identity if launch is not None else device.encode()
+        self.bus = KernelBus(self.ctx, runtime_dir, identity, self._wake)
         self.waiter.add_socket(self.bus.rpc.socket, lambda: self.bus.rpc.activity)
         self.streams = StreamTable(self.waiter, runtime_dir, self.bus.post)
-        self.groups = ServiceGroups(self.bus.post, self._wake, self._service_port)
+        self.groups = ServiceGroups(self.bus.post_call, self._wake, self._service_port)
         self.port = HostPort(self.bus, self.streams.by_id, runtime_dir, self.groups)
         self._has_service = type(self.miniport).service is not MiniportMidi.service
         self._initialised = False
@@ -110,6 +114,7 @@ class MiniportHost:
                 self._has_service,
                 type(self.miniport).data_range_intersection
                 is not MiniportMidi.data_range_intersection,
+                secret=self.launch.secret if self.launch is not None else b"",
             ),
             timeout=10.0,
         )
@@ -326,13 +331,17 @@ def load_miniport(spec: str, options_json: str) -> MiniportMidi:
         ) from exc
 
 
-def _report_load_failure(runtime: Path, device: str, reason: str) -> bool:
+def _report_load_failure(
+    runtime: Path, device: str, reason: str, launch: LaunchCredentials | None
+) -> bool:
     """Tell the kernel why, instead of registering; True once it acknowledged."""
     ctx: zmq.Context[Any] = zmq.Context()
     try:
-        rpc = RpcEndpoint(ctx, endpoint(runtime, BUS_SOCKET), device.encode())
+        identity = launch.identity if launch is not None else device.encode()
+        rpc = RpcEndpoint(ctx, endpoint(runtime, BUS_SOCKET), identity)
         try:
-            rpc.call(p.LoadFailed(device, os.getpid(), reason[:p.MAX_STR]), 3.0)
+            secret = launch.secret if launch is not None else b""
+            rpc.call(p.LoadFailed(device, os.getpid(), reason[:p.MAX_STR], secret), 3.0)
             return True
         except StatusError:
             return False
@@ -348,17 +357,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", required=True)
     parser.add_argument("--miniport", required=True)
     parser.add_argument("--options", default="{}", help="JSON object of constructor options")
+    parser.add_argument("--launch-fd", type=int, default=None,
+                        help="a pipe holding this launch's credentials (from the kernel)")
     args = parser.parse_args(argv)
+    launch = None
+    if args.launch_fd is not None:
+        # Read before any miniport code runs, and closed: nothing else here sees them.
+        try:
+            launch = LaunchCredentials.receive(args.launch_fd)
+        except (OSError, ValueError) as exc:
+            print(f"miniport host {args.device}: {exc}", file=sys.stderr)
     # Stopped by the kernel, never by the terminal's Ctrl-C (it is in its own group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _extend_path()
     try:
         miniport = load_miniport(args.miniport, args.options)
     except StatusError as exc:
-        if not _report_load_failure(args.runtime, args.device, exc.message):
+        if not _report_load_failure(args.runtime, args.device, exc.message, launch):
             print(f"miniport host {args.device}: {exc.message}", file=sys.stderr)
         return p.EXIT_CONFIG_ERROR
     if trace.ON:
         trace.set_process_name(f"miniport {args.device}")
-    host = MiniportHost(args.runtime, args.device, args.miniport, miniport)
+    host = MiniportHost(args.runtime, args.device, args.miniport, miniport, launch=launch)
     return host.run()

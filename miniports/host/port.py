@@ -84,7 +84,7 @@ class HostPort(Port):
         if not isinstance(group, HostServiceGroup):
             raise StatusError(Status.INVALID_PARAMETER, "not a group made by new_service_group")
         self.groups.register_port(group)
-        self.bus.post(p.RegisterServiceGroup(group.gid))
+        self.bus.post_call(p.RegisterServiceGroup(group.gid))
 
     def new_service_group(self) -> PortServiceGroup:
         return self.groups.new_group()

@@ -1,0 +1,157 @@
+"""Hostile miniports, loaded by spec (`tests.hostile_miniports:Class`).
+
+`HostileLoopback` is a loopback (what a well-formed client sends comes back)
+until a client writes an attack: the SysEx `F0 7D <attack> F7`. The miniport
+then attacks the kernel from inside its own process and reports on the
+capture pin, as a note-on `90 <attack> <outcome>`, what its host said to it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from ipc import protocol as p
+from ipc.channel import channel_paths
+from ipc.runtime import interrupt_channel_name
+from miniports.contract import (
+    DataFormat,
+    MiniportMidiStream,
+    Port,
+    PortServiceGroup,
+    ResourceList,
+    ServiceSink,
+    Status,
+    StatusError,
+)
+from miniports.loopback import LoopbackMiniport
+
+ATTACK = b"\xf0\x7d"
+GROUP_CYCLE = 1
+"""Make two groups members of each other."""
+SERVICE_CYCLE = 2
+"""Then request service on one of them."""
+RING_DELETE = 3
+"""In the next new_stream, delete the ring files the kernel just made for the client."""
+RING_CORRUPT = 4
+"""In the next new_stream, scribble over them."""
+CALL_FLOOD = 5
+"""6,000 port calls in one callback (more than a batch holds)."""
+DOORBELL_FLOOD = 6
+"""Ring the kernel's interrupt doorbell with nothing behind it, for up to 10 s."""
+
+REFUSED = 1
+"""The outcome: the host refused the attack with STATUS_INVALID_PARAMETER."""
+ALLOWED = 2
+
+
+class _NullSink(ServiceSink):
+    def request_service(self) -> None:
+        pass
+
+
+def _flood(fifo: Path, seconds: float) -> None:
+    """Write wake-ups into a doorbell FIFO as fast as it takes them."""
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            try:
+                os.write(fd, b"\x01" * 64)
+            except BlockingIOError:
+                time.sleep(0.0005)
+            except OSError:
+                return
+    finally:
+        os.close(fd)
+
+
+def attack(code: int) -> bytes:
+    """What a client writes to make `HostileLoopback` attack."""
+    return ATTACK + bytes([code, 0xF7])
+
+
+class HostileLoopback(LoopbackMiniport):
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)  # type: ignore[arg-type]
+        self._sysex = bytearray()
+        self._ring_attack: tuple[int, int] | None = None
+        """An attack SysEx so far (the port may hand it over in pieces)."""
+
+    def cable_send(self, data: bytes) -> int:
+        if not self._sysex and not data.startswith(b"\xf0"):
+            return super().cable_send(data)
+        end = data.find(b"\xf7")
+        if end < 0:
+            self._sysex += data
+            return len(data)
+        self._sysex += data[: end + 1]
+        message, self._sysex = bytes(self._sysex), bytearray()
+        if message.startswith(ATTACK) and len(message) == 4:
+            code = message[2]
+            super().cable_send(bytes([0x90, code, self._attack(code)]))
+        rest = data[end + 1:]
+        return end + 1 + (self.cable_send(rest) if rest else 0)
+
+    def new_stream(
+        self, pin: int, capture: bool, fmt: DataFormat
+    ) -> tuple[MiniportMidiStream, PortServiceGroup | None]:
+        attack, self._ring_attack = self._ring_attack, None
+        if attack is not None:
+            runtime = Path(self._port.runtime_dir)  # type: ignore[union-attr]
+            for path in runtime.glob("*client*"):
+                if path.stat().st_mtime_ns < attack[1]:
+                    continue  # another client's pin, opened before the attack
+                if attack[0] == RING_DELETE:
+                    path.unlink()
+                elif path.suffix == ".ring":
+                    with open(path, "r+b") as f:
+                        f.write(os.urandom(256))
+        return super().new_stream(pin, capture, fmt)
+
+    def init(self, resources: ResourceList, port: Port) -> PortServiceGroup | None:
+        group = super().init(resources, port)
+        # Made long before any attack: the kernel knows them when an interrupt names them.
+        self._a, self._b = port.new_service_group(), port.new_service_group()
+        return group
+
+    def _attack(self, code: int) -> int:
+        port = self._port
+        assert port is not None
+        if code == GROUP_CYCLE:
+            # Two groups made members of each other. The host is asked first; the
+            # kernel's twins are told directly, through the same ordered channel the
+            # host uses, as a miniport that bypasses its host can.
+            a, b = self._a, self._b
+            a.add_member(b)
+            try:
+                b.add_member(a)
+                outcome = ALLOWED
+            except StatusError as exc:
+                outcome = REFUSED if exc.status == Status.INVALID_PARAMETER else ALLOWED
+            groups = port.groups  # type: ignore[attr-defined]
+            groups.post(p.GroupAddMember(b.gid, a.gid, None))  # type: ignore[attr-defined]
+            return outcome
+        if code in (RING_DELETE, RING_CORRUPT):
+            self._ring_attack = (code, time.time_ns())
+            return REFUSED
+        if code == CALL_FLOOD:
+            group, sink = self._a, _NullSink()
+            try:
+                for _ in range(3000):
+                    group.add_member(sink)
+                    group.remove_member(sink)
+            except StatusError as exc:
+                return REFUSED if exc.status == Status.INSUFFICIENT_RESOURCES else ALLOWED
+            return ALLOWED
+        if code == DOORBELL_FLOOD:
+            runtime = Path(self._port.runtime_dir)  # type: ignore[union-attr]
+            bell = channel_paths(runtime / interrupt_channel_name(os.getpid()))[1]
+            threading.Thread(target=_flood, args=(bell, 10.0), daemon=True).start()
+            return REFUSED
+        if code == SERVICE_CYCLE:
+            port.notify(self._a)
+            return REFUSED
+        return 0
