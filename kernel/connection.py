@@ -27,6 +27,8 @@ from kernel.loop import KernelLoop
 from kernel.servicegroup import ServiceGroup
 
 INTERRUPT_BATCH: Final = 256
+EARLY_INTERRUPT_SECONDS: Final = 1.0
+MAX_EARLY_INTERRUPTS: Final = 1024
 MAX_GROUPS: Final = 4096
 
 Continuation = Callable[[p.Reply], None]
@@ -83,6 +85,8 @@ class MiniportConnection:
         self._ids = itertools.count(1)
         self._calls: dict[int, tuple[Continuation, Timer]] = {}
         self.interrupts: ChannelReader | None = None
+        self._early: list[list[int]] = []
+        self._early_timer = Timer(Dpc(self._expire_early))
         self._interrupt_base: Path | None = None
 
     def open_interrupt_channel(self, base: Path) -> None:
@@ -123,10 +127,47 @@ class MiniportConnection:
         self.loop.stats["interrupts"] += 1
         if trace.ON:
             trace.instant("interrupt", "interrupt", {"device": self.device, "groups": groups})
-        for gid in groups:
-            if gid != p.NOTIFY_ALL:
-                self.group(gid)  # unknown groups are the miniport's error
+        unknown = [gid for gid in groups if gid != p.NOTIFY_ALL and gid not in self.groups]
+        if unknown or self._early:  # behind a held one, in order
+            self._hold_early(groups, unknown)
+            return
         self.on_interrupt(groups)
+
+    def _hold_early(self, groups: list[int], unknown: list[int]) -> None:
+        """An interrupt through the ring can overtake the GroupNew the host sent on the
+        bus just before it (ZeroMQ's I/O thread is slower than a doorbell): hold it until
+        its groups exist, for EARLY_INTERRUPT_SECONDS at most; then it is the miniport's
+        error (an interrupt for a group it never made), counted as malformed."""
+        if len(self._early) >= MAX_EARLY_INTERRUPTS:
+            raise StatusError(Status.INVALID_PARAMETER,
+                              f"interrupt for group {(unknown or groups)[0]} held too long")
+        self._early.append(groups)
+        self.loop.stats["interrupts_held"] += 1
+        if self._early_timer.due is None:
+            scheduler = self.loop.scheduler
+            scheduler.set_timer(
+                self._early_timer, scheduler.clock() + int(EARLY_INTERRUPT_SECONDS * 1e7))
+
+    def _release_early(self) -> None:
+        """Deliver the held interrupts whose groups exist now, in the order they came."""
+        early, self._early = self._early, []
+        for i, groups in enumerate(early):
+            if any(g != p.NOTIFY_ALL and g not in self.groups for g in groups):
+                self._early = early[i:]
+                return
+            self.on_interrupt(groups)
+        self.loop.scheduler.cancel_timer(self._early_timer)
+
+    def _expire_early(self) -> None:
+        """Time is up: an interrupt naming a group that still does not exist is the
+        miniport's error; the ones held behind it go on, in order."""
+        early, self._early = self._early, []
+        for groups in early:
+            if any(g != p.NOTIFY_ALL and g not in self.groups for g in groups):
+                self.loop.stats["bus_rejected"] += 1
+                self.count_malformed()
+            elif not self.closed:
+                self.on_interrupt(groups)
 
     def count_malformed(self) -> None:
         """Count a malformed or refused message; too many in the window is a fault."""
@@ -178,6 +219,8 @@ class MiniportConnection:
     def close(self) -> None:
         """Fail every outstanding call with DEVICE_REMOVED and release the groups."""
         self.closed = True
+        self.loop.scheduler.cancel_timer(self._early_timer)
+        self._early = []
         calls, self._calls = self._calls, {}
         for rid, (then, timer) in calls.items():
             self.loop.scheduler.cancel_timer(timer)
@@ -200,6 +243,8 @@ class MiniportConnection:
         if len(self.groups) >= MAX_GROUPS:
             raise StatusError(Status.INSUFFICIENT_RESOURCES, "too many service groups")
         self.groups[gid] = ServiceGroup(self.loop.scheduler, f"{self.device}:{gid}")
+        if self._early:
+            self._release_early()
 
     def release_group(self, gid: int) -> None:
         self.group(gid).release()
