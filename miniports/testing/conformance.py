@@ -245,16 +245,7 @@ class _Suite:
         """KSPROPERTY_CONNECTION_DATAFORMAT set reaches the stream's set_format: the
         pin's own format is taken; a refusal comes back as an error and changes nothing;
         the stream still plays afterwards."""
-        if not self.loop:
-            raise _Skip("no loop from render to capture (loop=False)")
-        if self.render is None or self.capture is None:
-            raise _Skip("the filter lacks a render or a capture pin")
-        out = self.client.open_render(DEVICE, self.render)
-        try:
-            inp = self.client.open_capture(DEVICE, self.capture)
-        except BaseException:
-            out.close()
-            raise
+        out, inp = self._loop_pins(run=False)
         try:
             out.set_format(out.format)  # in STOP, as a KS client sets a connection's format
             inp.set_format(inp.format)
@@ -306,7 +297,7 @@ class _Suite:
                         raise AssertionError(f"pin {pin_id}: asked for {state.name}, "
                                              f"is {pin.state.name}")
 
-    def _loop_pins(self) -> tuple[ksclient.RenderPin, ksclient.CapturePin]:
+    def _loop_pins(self, run: bool = True) -> tuple[ksclient.RenderPin, ksclient.CapturePin]:
         if not self.loop:
             raise _Skip("no loop from render to capture (loop=False)")
         if self.render is None or self.capture is None:
@@ -317,8 +308,9 @@ class _Suite:
         except BaseException:
             out.close()
             raise
-        inp.run()
-        out.run()
+        if run:
+            inp.run()
+            out.run()
         return out, inp
 
     def _expect(
