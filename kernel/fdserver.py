@@ -59,11 +59,8 @@ class FdServer:
         self.sock = socket.socket(
             socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
         )
-        old = os.umask(0o177)
-        try:
-            self.sock.bind(str(self.path))
-        finally:
-            os.umask(old)
+        self.sock.bind(str(self.path))
+        self.path.chmod(0o600)
         self.sock.listen(16)
         self._offers: dict[bytes, _Offer] = {}
         self._conns: dict[int, tuple[socket.socket, float]] = {}
@@ -79,9 +76,9 @@ class FdServer:
 
     def withdraw(self, token: str) -> None:
         """Drop an offer (its pin went away); unknown tokens are ignored."""
-        with_key = self._offers.pop(bytes.fromhex(token), None)
-        if with_key is not None:
-            _close_all(with_key.fds)
+        offer = self._offers.pop(bytes.fromhex(token), None)
+        if offer is not None:
+            _close_all(offer.fds)
 
     def _refuse(self, conn: socket.socket, why: str) -> None:
         self.loop.stats["fd_refused"] += 1
