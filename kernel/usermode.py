@@ -71,8 +71,8 @@ class UserMode(KsPropertyRequests):
         self.sock.bind(endpoint(runtime_dir, USER_SOCKET))
         (runtime_dir / USER_SOCKET).chmod(0o600)
         self.sessions: dict[bytes, ClientSession] = {}
-        self.monitors = Monitors(runtime_dir)
         self.fds = FdServer(loop, runtime_dir)
+        self.monitors = Monitors(self.fds)
         self._handles = itertools.count(1)
         self._handlers: dict[type, UserHandler] = {
             p.ListFilters: lambda s, rid, body: [f.to_wire() for f in pnp.filters.values()],
@@ -325,9 +325,9 @@ class UserMode(KsPropertyRequests):
         if not filter_.pin(body.pin).streaming:
             raise StatusError(Status.INVALID_DEVICE_REQUEST, f"pin {body.pin} is a bridge pin")
         self._check_capacity(body.capacity)
-        tap = self.monitors.open(session.identity, next(self._handles), filter_.fid, body.pin,
-                                 filter_.taps[body.pin], body.capacity)
-        return {"handle": tap.handle, "channel": str(tap.base)}
+        tap = self.monitors.open(session.identity, session.pid, next(self._handles), filter_.fid,
+                                 body.pin, filter_.taps[body.pin], body.capacity)
+        return {"handle": tap.handle, "token": tap.token}
 
     def _set_state(self, session: ClientSession, rid: int, body: p.SetState) -> Any:
         instance = self._pin(session, body.handle)

@@ -695,7 +695,13 @@ class Client:
             pin = self.filter(filter_id).find_pin(capture)
         result = self._call(p.OpenMonitor(filter_id, pin, capacity))
         try:
-            return Monitor(self, int(result["handle"]), filter_id, pin, Path(result["channel"]))
+            try:
+                fds = fetch_fds(self.runtime_dir, str(result["token"]), PEER_FDS, CALL_TIMEOUT)
+            except OSError as exc:
+                raise errors.KsError(Status.INSUFFICIENT_RESOURCES,
+                                     f"cannot fetch the monitor's ring: {exc}") from exc
+            channel = ChannelReader.from_fds(fds, f"monitor{result['handle']}")
+            return Monitor(self, int(result["handle"]), filter_id, pin, channel)
         except BaseException:
             with contextlib.suppress(errors.KsError):
                 self._call(p.CloseMonitor(int(result["handle"])))

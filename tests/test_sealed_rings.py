@@ -62,18 +62,22 @@ def test_a_client_truncating_its_ring_gets_eperm_and_the_kernel_lives(loopback_k
     with loopback_kernel.connect() as c:
         c.wait_for_filter("loopback")
         out, inp = c.open_render("loopback"), c.open_capture("loopback")
+        mon = c.open_monitor("loopback")
         inp.run()
         out.run()
-        for pin in (out, inp):
+        for pin in (out, inp, mon):
             with pytest.raises(OSError) as caught:
                 os.ftruncate(pin._channel.ring.fileno(), 0)
             assert caught.value.errno == errno.EPERM
         out._channel._data_bell.ring()  # wake the kernel as a send would
         out.send(b"\x90\x3c\x40")
         assert inp.receive(timeout=5).data == b"\x90\x3c\x40"
+        assert mon.receive(timeout=5).data == b"\x90\x3c\x40"
         assert loopback_kernel.alive()
-        # No ring or doorbell of a client pin is a file anyone could open.
+        # No ring or doorbell of a client pin or monitor is a file anyone could open.
         assert not list(loopback_kernel.runtime.glob("*client*"))
+        assert not list(loopback_kernel.runtime.glob("mon*"))
+        mon.close()
 
 
 def test_the_rings_the_kernel_maps_cannot_be_shrunk_by_anyone(loopback_kernel) -> None:
