@@ -10,6 +10,13 @@ Whoever owns the channel makes the files with :func:`create_channel_files` and r
 them with :func:`remove_channel_files`; the two ends open them with
 :meth:`ChannelWriter.open` and :meth:`ChannelReader.open`.
 
+A channel can also live in no file at all (:func:`create_sealed_channel`): the ring
+in a memfd sealed against resizing, the doorbells as pipes. Its owner keeps one end
+and hands the peer three descriptors (:data:`PEER_FDS`: ring, data-doorbell end,
+space-doorbell end), which the peer wraps with :meth:`ChannelWriter.from_fds` or
+:meth:`ChannelReader.from_fds`. A peer cannot shrink the ring under the owner's
+mapping, and a third process cannot open it by name.
+
 Wake-ups are coalesced with the ring's armed flags: a side rings the other's doorbell
 only if that side announced it is about to sleep, so there is at most one wake-up per
 sleep however many records pass. The flag handshake cannot be fenced from Python, so a
@@ -35,11 +42,13 @@ from ipc.ring import DEFAULT_CAPACITY, Buffer, InvalidRecord, Record, Ring
 
 __all__ = [
     "CHANNEL_SUFFIXES",
+    "PEER_FDS",
     "SAFETY_TIMEOUT",
     "ChannelReader",
     "ChannelWriter",
     "channel_paths",
     "create_channel_files",
+    "create_sealed_channel",
     "remove_channel_files",
 ]
 
@@ -100,6 +109,65 @@ def _attach(base: str | os.PathLike[str]) -> tuple[Ring, Doorbell, Doorbell]:
         raise
 
 
+PEER_FDS: Final = 3
+"""Descriptors a peer receives for a sealed channel: ring, data bell end, space bell end."""
+
+
+def create_sealed_channel(
+    capacity: int, owner_writes: bool, name: str = "channel"
+) -> tuple[ChannelWriter | ChannelReader, list[int]]:
+    """Make a channel in a sealed memfd and two pipes.
+
+    Returns the owner's end (the writer if ``owner_writes``, else the reader) and the
+    peer's :data:`PEER_FDS` descriptors, which the caller sends and then closes.
+    ValueError for a bad capacity, OSError if descriptors run out.
+    """
+    ring = Ring.create_sealed(capacity, name)
+    made: list[Doorbell] = []
+    try:
+        data_wait, data_ring = Doorbell.pipe()
+        made += (data_wait, data_ring)
+        space_wait, space_ring = Doorbell.pipe()
+        made += (space_wait, space_ring)
+        peer_ring = os.dup(ring.fileno())
+    except BaseException:
+        ring.close()
+        for bell in made:
+            bell.close()
+        raise
+    owner: ChannelWriter | ChannelReader
+    if owner_writes:
+        owner = ChannelWriter(ring, data_ring, space_wait)
+        peer = [peer_ring, data_wait.fileno(), space_ring.write_fileno()]
+        # The peer's ends change hands: forget them here without closing them.
+        data_wait._fd = space_ring._wfd = -1
+        data_wait._wfd = space_ring._fd = -1
+    else:
+        owner = ChannelReader(ring, data_wait, space_ring)
+        peer = [peer_ring, data_ring.write_fileno(), space_wait.fileno()]
+        data_ring._fd = space_wait._fd = -1
+        data_ring._wfd = space_wait._wfd = -1
+    return owner, peer
+
+
+def _from_fds(fds: list[int], reader: bool, name: str) -> tuple[Ring, Doorbell, Doorbell]:
+    """Wrap a peer's :data:`PEER_FDS` descriptors; they are owned (closed on failure)."""
+    if len(fds) != PEER_FDS:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError(f"a channel needs {PEER_FDS} descriptors, got {len(fds)}")
+    ring_fd, data_fd, space_fd = fds
+    try:
+        ring = Ring.from_fd(ring_fd, name)
+    except BaseException:
+        os.close(data_fd)
+        os.close(space_fd)
+        raise
+    if reader:
+        return ring, Doorbell.from_fds(data_fd, -1), Doorbell.from_fds(-1, space_fd)
+    return ring, Doorbell.from_fds(-1, data_fd), Doorbell.from_fds(space_fd, -1)
+
+
 def _poll_ms(seconds: float) -> int:
     return max(0, math.ceil(seconds * 1000))
 
@@ -142,6 +210,12 @@ class ChannelWriter:
         Raises what :meth:`Ring.attach` and :meth:`Doorbell.attach` raise.
         """
         return cls(*_attach(base))
+
+    @classmethod
+    def from_fds(cls, fds: list[int], name: str = "channel") -> ChannelWriter:
+        """The producer end from a sealed channel's :data:`PEER_FDS` descriptors, which
+        it owns from now on. RingCorrupt if the ring is not sealed against resizing."""
+        return cls(*_from_fds(fds, False, name))
 
     def send(self, data: Buffer, timestamp: int = 0, flags: int = 0) -> bool:
         """Append one record and wake the consumer if it sleeps armed.
@@ -282,6 +356,12 @@ class ChannelReader:
         Raises what :meth:`Ring.attach` and :meth:`Doorbell.attach` raise.
         """
         return cls(*_attach(base))
+
+    @classmethod
+    def from_fds(cls, fds: list[int], name: str = "channel") -> ChannelReader:
+        """The consumer end from a sealed channel's :data:`PEER_FDS` descriptors, which
+        it owns from now on. RingCorrupt if the ring is not sealed against resizing."""
+        return cls(*_from_fds(fds, True, name))
 
     def _end_sleep(self) -> bool:
         self._armed = False

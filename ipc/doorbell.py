@@ -7,6 +7,11 @@ drains. Rings coalesce: any number of rings before a drain wake the poller once.
 Both sides open the FIFO read-write and non-blocking (Linux semantics): opening never
 waits for the peer, ringing never raises SIGPIPE/EPIPE, and the descriptor stays valid
 if the peer exits. Not thread-safe.
+
+A doorbell can also be one end of an anonymous pipe (:meth:`Doorbell.pipe`), for
+channels whose descriptors travel over a Unix socket: the ringer holds only the write
+end, the waiter only the read end, so neither can drain or block the other's end.
+Ringing a pipe whose reader is gone is silently ignored.
 """
 
 from __future__ import annotations
@@ -33,10 +38,35 @@ class Doorbell:
 
     path: Path
 
-    def __init__(self, path: Path, fd: int) -> None:
-        """Internal; use :meth:`create` or :meth:`attach`."""
+    def __init__(self, path: Path, fd: int, write_fd: int | None = None) -> None:
+        """Internal; use :meth:`create`, :meth:`attach`, :meth:`pipe` or :meth:`from_fds`.
+
+        ``fd`` is the end to poll and drain (-1: none), ``write_fd`` the end to ring
+        (None: ``fd``, as for a FIFO opened read-write).
+        """
         self.path = path
         self._fd = fd
+        self._wfd = fd if write_fd is None else write_fd
+
+    @classmethod
+    def pipe(cls) -> tuple[Doorbell, Doorbell]:
+        """A new anonymous pipe as two doorbells: (waiter's end, ringer's end)."""
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        return cls(Path("pipe:r"), r, -1), cls(Path("pipe:w"), -1, w)
+
+    @classmethod
+    def from_fds(cls, read_fd: int, write_fd: int) -> Doorbell:
+        """Wrap received pipe ends (-1 for the end this side lacks); the doorbell owns
+        them. The descriptors are made non-blocking (only this process's file
+        description is affected: the peer holds the other end)."""
+        for fd in (read_fd, write_fd):
+            if fd >= 0:
+                os.set_blocking(fd, False)
+        return cls(Path("pipe:r" if read_fd >= 0 else "pipe:w"), read_fd, write_fd)
+
+    def write_fileno(self) -> int:
+        """The descriptor :meth:`ring` writes to (-1 for a waiter's pipe end)."""
+        return self._wfd
 
     @classmethod
     def create(cls, path: str | os.PathLike[str]) -> Doorbell:
@@ -85,10 +115,13 @@ class Doorbell:
         return self._fd
 
     def ring(self) -> None:
-        """Write one byte. A full pipe means it is already rung, which is fine."""
+        """Write one byte. A full pipe means it is already rung, which is fine; so is
+        a pipe whose reader is gone."""
+        if self._wfd < 0:
+            raise ValueError(f"doorbell {self.path} cannot be rung from this end")
         try:
-            os.write(self.fileno(), b"\x01")
-        except BlockingIOError:
+            os.write(self._wfd, b"\x01")
+        except (BlockingIOError, BrokenPipeError):
             return
 
     def drain(self) -> int:
@@ -110,17 +143,21 @@ class Doorbell:
     @property
     def closed(self) -> bool:
         """True once :meth:`close` has been called."""
-        return self._fd < 0
+        return self._fd < 0 and self._wfd < 0
 
     def close(self) -> None:
-        """Close the descriptor. Idempotent."""
-        fd, self._fd = self._fd, -1
+        """Close the descriptor(s). Idempotent."""
+        fd, wfd, self._fd, self._wfd = self._fd, self._wfd, -1, -1
         if fd >= 0:
             os.close(fd)
+        if wfd >= 0 and wfd != fd:
+            os.close(wfd)
 
     def unlink(self) -> None:
-        """Remove the FIFO (the creator's job); open handles keep working. Idempotent."""
-        self.path.unlink(missing_ok=True)
+        """Remove the FIFO (the creator's job); open handles keep working. Idempotent.
+        Nothing to remove for a pipe."""
+        if not str(self.path).startswith("pipe:"):
+            self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
         return self

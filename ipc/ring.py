@@ -31,12 +31,15 @@ end, the producer skips the rest of the data area and writes the record at posit
 * if fewer remain (always exactly 8, since positions are multiples of 8), nothing is
   written there and the reader skips those bytes implicitly.
 
-Not thread-safe: one thread per side. A peer that truncates the file can still make
-this process die of SIGBUS; a plain file cannot be sealed against that.
+Not thread-safe: one thread per side. A peer that truncates a ring *file* can make
+this process die of SIGBUS; a plain file cannot be sealed against that. A ring made
+with :meth:`Ring.create_sealed` lives in a memfd sealed against shrinking and growing,
+and :meth:`Ring.from_fd` maps a received descriptor only if it carries those seals.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import stat
@@ -54,6 +57,7 @@ __all__ = [
     "MAX_CAPACITY",
     "MIN_CAPACITY",
     "RECORD_HEADER_SIZE",
+    "SEALS_REQUIRED",
     "Buffer",
     "InvalidRecord",
     "Record",
@@ -74,6 +78,16 @@ DEFAULT_CAPACITY: Final = 1 << 16
 RECORD_HEADER_SIZE: Final = 16
 KIND_DATA: Final = 0xA55A
 KIND_PAD: Final = 0x5AD0
+
+# Python's fcntl has these on Linux; the raw values are the kernel's ABI.
+F_ADD_SEALS: Final[int] = getattr(fcntl, "F_ADD_SEALS", 1033)
+F_GET_SEALS: Final[int] = getattr(fcntl, "F_GET_SEALS", 1034)
+F_SEAL_SEAL: Final[int] = getattr(fcntl, "F_SEAL_SEAL", 1)
+F_SEAL_SHRINK: Final[int] = getattr(fcntl, "F_SEAL_SHRINK", 2)
+F_SEAL_GROW: Final[int] = getattr(fcntl, "F_SEAL_GROW", 4)
+SEALS_REQUIRED: Final = F_SEAL_SHRINK | F_SEAL_GROW
+"""Seals a ring descriptor must carry before :meth:`Ring.from_fd` maps it: nobody can
+then change its size, so touching the mapping can never raise SIGBUS."""
 
 _PREFIX: Final = struct.Struct("<8sIIQ")
 _OFF_WRITE: Final = 64
@@ -197,6 +211,46 @@ class Ring:
         return cls(p, fd, mm, capacity)
 
     @classmethod
+    def create_sealed(cls, capacity: int = DEFAULT_CAPACITY, name: str = "ring") -> Ring:
+        """Create a new, empty ring in an anonymous memfd sealed against shrinking,
+        growing and further sealing, and map it. Pass :meth:`fileno` to the peer.
+
+        Raises ValueError for a bad ``capacity``, OSError if the memfd cannot be made.
+        """
+        _check_capacity(capacity)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(fd, HEADER_SIZE + capacity)
+            fcntl.fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
+            mm = mmap.mmap(fd, HEADER_SIZE + capacity)
+        except BaseException:
+            os.close(fd)
+            raise
+        _PREFIX.pack_into(mm, 0, b"\0" * 8, VERSION, HEADER_SIZE, capacity)
+        mm[0:8] = MAGIC
+        return cls(Path(f"memfd:{name}"), fd, mm, capacity)
+
+    @classmethod
+    def from_fd(cls, fd: int, name: str = "ring") -> Ring:
+        """Map a ring descriptor received from a peer; the Ring owns ``fd`` from now on
+        (it is closed on failure too).
+
+        Raises RingCorrupt if the descriptor lacks the seals :data:`SEALS_REQUIRED`
+        (a peer could shrink it under the mapping) or its header is wrong.
+        """
+        try:
+            try:
+                seals = fcntl.fcntl(fd, F_GET_SEALS)
+            except OSError as exc:
+                raise RingCorrupt(f"{name}: not a sealable memfd ({exc})") from None
+            if seals & SEALS_REQUIRED != SEALS_REQUIRED:
+                raise RingCorrupt(f"{name}: not sealed against resizing (seals {seals:#x})")
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls._map_fd(Path(f"memfd:{name}"), fd)
+
+    @classmethod
     def attach(cls, path: str | os.PathLike[str]) -> Ring:
         """Map an existing ring file made by :meth:`create`.
 
@@ -204,7 +258,11 @@ class Ring:
         capacity) or the file size does not match it; OSError if it cannot be opened.
         """
         p = Path(path)
-        fd = os.open(p, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        return cls._map_fd(p, os.open(p, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW))
+
+    @classmethod
+    def _map_fd(cls, p: Path, fd: int) -> Ring:
+        """Validate the ring behind ``fd`` and map it; ``fd`` is closed on failure."""
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -232,6 +290,12 @@ class Ring:
             os.close(fd)
             raise
         return cls(p, fd, mm, capacity)
+
+    def fileno(self) -> int:
+        """The ring's descriptor (to pass to the peer); valid until :meth:`close`."""
+        if self._mm is None:
+            raise ValueError(f"ring {self.path} is closed")
+        return self._fd
 
     def _map(self) -> mmap.mmap:
         mm = self._mm
@@ -625,8 +689,10 @@ class Ring:
             os.close(self._fd)
 
     def unlink(self) -> None:
-        """Remove the file (the creator's job). Peers keep their mappings; idempotent."""
-        self.path.unlink(missing_ok=True)
+        """Remove the file (the creator's job). Peers keep their mappings; idempotent.
+        Nothing to remove for a memfd ring."""
+        if not str(self.path).startswith("memfd:"):
+            self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
         return self

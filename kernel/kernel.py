@@ -3,6 +3,7 @@
 Sockets (in the private runtime directory):
   user.sock  ROUTER for clients ("user mode"): list filters, open pins, set state, close
   bus.sock   ROUTER for miniport hosts ("the bus"): register, interrupts, groups, replies
+  fds.sock   SOCK_SEQPACKET: hands a client its pin's sealed ring and doorbells (SCM_RIGHTS)
 
 `KernelLoop` (kernel/loop.py) runs everything in IRQL order: the bus and the
 interrupt rings first, then timers and DPCs, then the data-plane doorbells,

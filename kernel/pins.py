@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -47,7 +48,8 @@ class Pin:
         filter_id: str,
         pin_id: int,
         fmt: DataFormat,
-        client_base: Path,
+        client_end: ChannelReader | ChannelWriter,
+        client_fds: list[int],
         miniport_base: Path,
         on_error: Callable[[Pin, StatusError], None],
         on_miniport_fault: Callable[[str], None],
@@ -57,7 +59,12 @@ class Pin:
         self.filter_id = filter_id
         self.pin_id = pin_id
         self.format = fmt
-        self.client_base = client_base
+        self.client_end = client_end
+        """The kernel's end of the client's sealed channel (attached by open_channels)."""
+        self.client_fds = client_fds
+        """The client's descriptors of that channel until they are handed over."""
+        self.fd_token: str | None = None
+        """The token under which fds.sock offers them, once offered."""
         self.miniport_base = miniport_base
         self.on_error = on_error
         self.on_miniport_fault = on_miniport_fault
@@ -80,8 +87,13 @@ class Pin:
         )
 
     def open_channels(self) -> None:
-        """Attach the kernel's ends of both rings (files made by the kernel beforehand)."""
+        """Attach the kernel's ends of both rings (made by the kernel beforehand)."""
         raise NotImplementedError
+
+    def take_client_fds(self) -> list[int]:
+        """The client's descriptors, now the caller's to send and close (once)."""
+        fds, self.client_fds = self.client_fds, []
+        return fds
 
     def set_group(self, group: ServiceGroup | None) -> None:
         """Join the stream's service group (what NewStream handed back)."""
@@ -166,9 +178,11 @@ class Pin:
             if writer is not None:
                 self.loop.unwatch_fd(writer.space_fileno())
                 writer.close()
-        for base in (self.client_base, self.miniport_base):
-            with contextlib.suppress(OSError):
-                remove_channel_files(base)
+        self.client_end.close()
+        for fd in self.take_client_fds():
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            remove_channel_files(self.miniport_base)
         for hook in self.on_release:
             hook(self)
 
@@ -197,7 +211,8 @@ class CapturePin(Pin):
         self.waiting_client = False
 
     def open_channels(self) -> None:
-        self.client_writer = ChannelWriter.open(self.client_base)
+        assert isinstance(self.client_end, ChannelWriter)
+        self.client_writer = self.client_end
         self.mp_reader = ChannelReader.open(self.miniport_base)
 
     def _channels(self) -> tuple[list[ChannelReader | None], list[ChannelWriter | None]]:

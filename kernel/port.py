@@ -12,13 +12,14 @@ walks the stream back down to STOP first.
 from __future__ import annotations
 
 import functools
+import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 from ipc import protocol as p
-from ipc.channel import create_channel_files, remove_channel_files
+from ipc.channel import create_channel_files, create_sealed_channel
 from ipc.ks import (
     KSDATAFORMAT_TYPE_WILDCARD,
     DataFlow,
@@ -167,24 +168,28 @@ class PortMidi:
         ranges = [r for r in desc.data_ranges if r.matches(fmt)]
         if not ranges and not conn.custom_intersection:
             raise StatusError(Status.NO_MATCH, "the format matches none of the pin's data ranges")
-        # Names no other process can guess or plant beforehand (the files are made with
-        # O_EXCL); a failure to make them fails this request alone.
-        client_base = self.runtime_dir / f"pin{handle}-{secrets.token_hex(8)}-client"
+        capture = desc.dataflow == DataFlow.OUT
+        # The client's ring is a sealed memfd it receives over fds.sock: it cannot shrink
+        # it under the kernel's mapping, and no other process can open it by name. The
+        # miniport's ring files get names no other process can guess or plant (O_EXCL).
         miniport_base = self.runtime_dir / f"pin{handle}-{secrets.token_hex(8)}-miniport"
         try:
-            create_channel_files(client_base, capacity)
+            client_end, client_fds = create_sealed_channel(
+                capacity, owner_writes=capture, name=f"pin{handle}-client")
             try:
                 # At least as big as the client's ring, so any record the client can write fits.
                 create_channel_files(miniport_base, max(self.ring_capacity, capacity))
             except BaseException:
-                remove_channel_files(client_base)
+                client_end.close()
+                for fd in client_fds:
+                    os.close(fd)
                 raise
         except (OSError, ValueError) as exc:
             raise StatusError(Status.INSUFFICIENT_RESOURCES,
                               f"cannot create the pin's rings: {exc}") from exc
-        kind = CapturePin if desc.dataflow == DataFlow.OUT else RenderPin
+        kind = CapturePin if capture else RenderPin
         pin = kind(
-            self.loop, handle, filter_id, pin_id, fmt, client_base, miniport_base,
+            self.loop, handle, filter_id, pin_id, fmt, client_end, client_fds, miniport_base,
             on_error, lambda reason: conn.on_fault(conn, reason),
         )
         self.streams[handle] = pin

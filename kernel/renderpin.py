@@ -56,7 +56,8 @@ class RenderPin(Pin):
         self.waiting_miniport = False
 
     def open_channels(self) -> None:
-        self.client_reader = ChannelReader.open(self.client_base)
+        assert isinstance(self.client_end, ChannelReader)
+        self.client_reader = self.client_end
         self.mp_writer = ChannelWriter.open(self.miniport_base)
         self.loop.watch_fd(self.client_reader.data_fileno(), self.on_client_data)
 

@@ -26,6 +26,7 @@ from ipc.procwatch import ProcessWatch
 from ipc.runtime import USER_SOCKET, endpoint
 from ipc.status import Status, StatusError
 from kernel import activity
+from kernel.fdserver import FdServer
 from kernel.filters import Filter, FilterInstance
 from kernel.loop import KernelLoop
 from kernel.monitor import Monitors
@@ -70,7 +71,8 @@ class UserMode(KsPropertyRequests):
         self.sock.bind(endpoint(runtime_dir, USER_SOCKET))
         (runtime_dir / USER_SOCKET).chmod(0o600)
         self.sessions: dict[bytes, ClientSession] = {}
-        self.monitors = Monitors(runtime_dir)
+        self.fds = FdServer(loop, runtime_dir)
+        self.monitors = Monitors(self.fds)
         self._handles = itertools.count(1)
         self._handlers: dict[type, UserHandler] = {
             p.ListFilters: lambda s, rid, body: [f.to_wire() for f in pnp.filters.values()],
@@ -278,9 +280,12 @@ class UserMode(KsPropertyRequests):
                 return
             activity.pin_opened(session.name, handle, filter_.fid, body.pin, result.capture,
                                 result.format)
+            pin = result
+            pin.fd_token = self.fds.offer(session.pid, pin.take_client_fds(), lambda: pin.remove(
+                StatusError(Status.IO_DEVICE_ERROR, "the pin's rings were not fetched in time")))
             self.send(session.identity, p.encode_ok(rid, {
                 "handle": handle,
-                "channel": str(result.client_base),
+                "token": pin.fd_token,
                 "capture": result.capture,
                 "format": result.format.to_wire(),
             }))
@@ -320,9 +325,9 @@ class UserMode(KsPropertyRequests):
         if not filter_.pin(body.pin).streaming:
             raise StatusError(Status.INVALID_DEVICE_REQUEST, f"pin {body.pin} is a bridge pin")
         self._check_capacity(body.capacity)
-        tap = self.monitors.open(session.identity, next(self._handles), filter_.fid, body.pin,
-                                 filter_.taps[body.pin], body.capacity)
-        return {"handle": tap.handle, "channel": str(tap.base)}
+        tap = self.monitors.open(session.identity, session.pid, next(self._handles), filter_.fid,
+                                 body.pin, filter_.taps[body.pin], body.capacity)
+        return {"handle": tap.handle, "token": tap.token}
 
     def _set_state(self, session: ClientSession, rid: int, body: p.SetState) -> Any:
         instance = self._pin(session, body.handle)
@@ -355,6 +360,8 @@ class UserMode(KsPropertyRequests):
         # Forgotten at once: the handle is gone for the client while the port walks
         # the miniport stream down.
         pin = instance.pin
+        if pin.fd_token is not None:
+            self.fds.withdraw(pin.fd_token)
         if session.pins.pop(pin.handle, None) is not None:
             instance.filter.give_back_instance(pin.pin_id, instance.instance)
             activity.pin_closed(pin.handle, dict(pin.stats))
@@ -374,4 +381,5 @@ class UserMode(KsPropertyRequests):
     def close(self) -> None:
         for session in tuple(self.sessions.values()):
             self.end_session(session, "kernel shutdown")
+        self.fds.close()
         self.sock.close(linger=0)

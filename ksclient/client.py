@@ -47,7 +47,8 @@ import zmq
 
 from ipc import protocol as p
 from ipc import trace
-from ipc.channel import ChannelReader, ChannelWriter
+from ipc.channel import PEER_FDS, ChannelReader, ChannelWriter
+from ipc.fdpass import fetch_fds
 from ipc.ks import (
     BUFFER_MARKER,
     RENDER_FLAG_BUFFER_END,
@@ -620,10 +621,17 @@ class Client:
         self, filter_id: str, pin: int, fmt: DataFormat, capacity: int, instance: int = 0
     ) -> tuple[int, bool, ChannelReader | ChannelWriter]:
         result = self._call(p.OpenPin(filter_id, pin, fmt.to_wire(), capacity, instance))
-        handle, channel = int(result["handle"]), Path(result["channel"])
+        handle = int(result["handle"])
         try:
             capture = bool(result["capture"])
-            opened = ChannelReader.open(channel) if capture else ChannelWriter.open(channel)
+            try:
+                fds = fetch_fds(self.runtime_dir, str(result["token"]), PEER_FDS, CALL_TIMEOUT)
+            except OSError as exc:
+                raise errors.KsError(Status.INSUFFICIENT_RESOURCES,
+                                     f"cannot fetch the pin's rings: {exc}") from exc
+            name = f"pin{handle}"
+            opened = (ChannelReader.from_fds(fds, name) if capture
+                      else ChannelWriter.from_fds(fds, name))
             self._resources.channels[id(opened)] = opened
             return handle, capture, opened
         except BaseException:
@@ -687,7 +695,13 @@ class Client:
             pin = self.filter(filter_id).find_pin(capture)
         result = self._call(p.OpenMonitor(filter_id, pin, capacity))
         try:
-            return Monitor(self, int(result["handle"]), filter_id, pin, Path(result["channel"]))
+            try:
+                fds = fetch_fds(self.runtime_dir, str(result["token"]), PEER_FDS, CALL_TIMEOUT)
+            except OSError as exc:
+                raise errors.KsError(Status.INSUFFICIENT_RESOURCES,
+                                     f"cannot fetch the monitor's ring: {exc}") from exc
+            channel = ChannelReader.from_fds(fds, f"monitor{result['handle']}")
+            return Monitor(self, int(result["handle"]), filter_id, pin, channel)
         except BaseException:
             with contextlib.suppress(errors.KsError):
                 self._call(p.CloseMonitor(int(result["handle"])))

@@ -15,7 +15,6 @@ import collections
 import select
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -35,13 +34,13 @@ class Monitor:
     the pin passed them; `receive`, `receive_nowait`, iteration, `close`."""
 
     def __init__(
-        self, client: Client, handle: int, filter_id: str, pin_id: int, channel: Path
+        self, client: Client, handle: int, filter_id: str, pin_id: int, channel: ChannelReader
     ) -> None:
         self.client = client
         self.handle = handle
         self.filter_id = filter_id
         self.pin_id = pin_id
-        self._channel = ChannelReader.open(channel)
+        self._channel = channel
         self._poller = select.poll()
         self._poller.register(self._channel.data_fileno(), select.POLLIN)
         self._ready: collections.deque[MidiMessage] = collections.deque()

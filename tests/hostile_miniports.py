@@ -101,7 +101,9 @@ class HostileLoopback(LoopbackMiniport):
         attack, self._ring_attack = self._ring_attack, None
         if attack is not None:
             runtime = Path(self._port.runtime_dir)  # type: ignore[union-attr]
-            for path in runtime.glob("*client*"):
+            # The client's rings are memfds it alone received: the miniport's own ring
+            # files are what it can spoil.
+            for path in runtime.glob("*-miniport.*"):
                 if path.stat().st_mtime_ns < attack[1]:
                     continue  # another client's pin, opened before the attack
                 if attack[0] == RING_DELETE:

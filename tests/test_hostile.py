@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -420,7 +421,8 @@ def test_a_client_flooding_its_doorbell_is_disconnected(hostile_kernel) -> None:
         with kernel.connect() as client:
             client.wait_for_filter("target")
             out = client.open_render("target")
-            bell = next(kernel.runtime.glob(f"pin{out.handle}-*-client.data"))
+            # The doorbell is a pipe the client holds the write end of.
+            bell = Path(f"/proc/self/fd/{out._channel._data_bell.write_fileno()}")
             flooder = threading.Thread(target=_flood, args=(bell, 4.0), daemon=True)
             flooder.start()
             deadline = time.monotonic() + 10

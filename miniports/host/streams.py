@@ -21,6 +21,7 @@ from ipc import protocol as p
 from ipc import trace
 from ipc.channel import ChannelReader, ChannelWriter
 from ipc.ks import KsState
+from ipc.ring import RingError
 from ipc.status import Status, StatusError
 from ipc.waiter import Waiter
 from miniports.contract import MiniportMidiStream
@@ -188,9 +189,12 @@ class StreamTable:
             else:
                 hs.reader = ChannelReader.open(channel)
                 self._watch(hs.reader.data_fileno(), hs)
-        except Exception:
+        except Exception as exc:
             with contextlib.suppress(Exception):
                 hs.stream.close()
+            if isinstance(exc, OSError | RingError):  # a ring spoiled before it was attached
+                raise StatusError(Status.INSUFFICIENT_RESOURCES,
+                                  f"cannot attach the stream's ring: {exc}") from exc
             raise
         self.by_id[hs.sid] = hs
 

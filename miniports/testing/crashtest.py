@@ -388,7 +388,7 @@ def _faulty_pid(client: ksclient.Client, timeout: float = 10.0) -> int:
 
 def _settled_leaks(kernel: _Kernel, baseline_fds: int, pins: int) -> tuple[int, list[str], int]:
     """Wait (bounded) for the runtime to settle; what is still extra then is a leak."""
-    expected_files = {"kernel.pid", "user.sock", "bus.sock"}
+    expected_files = {"kernel.pid", "user.sock", "bus.sock", "fds.sock"}
     deadline = time.monotonic() + SETTLE_SECONDS
     while True:
         miniports = kernel.miniports()
