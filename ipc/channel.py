@@ -49,6 +49,9 @@ __all__ = [
     "channel_paths",
     "create_channel_files",
     "create_sealed_channel",
+    "open_proc_fd_ref",
+    "proc_fd_paths",
+    "proc_fd_ref",
     "remove_channel_files",
 ]
 
@@ -148,6 +151,48 @@ def create_sealed_channel(
         data_ring._fd = space_wait._fd = -1
         data_ring._wfd = space_wait._wfd = -1
     return owner, peer
+
+
+def proc_fd_ref(fds: list[int]) -> str:
+    """Name a sealed channel's peer descriptors, which this process keeps open, for a
+    peer that may open ``/proc/<our pid>/fd/<n>`` (its own child, same user):
+    ``"fd:<pid>:<ring>:<data>:<space>"``. See :func:`open_proc_fd_ref`."""
+    if len(fds) != PEER_FDS:
+        raise ValueError(f"a channel needs {PEER_FDS} descriptors, got {len(fds)}")
+    return "fd:" + ":".join(str(n) for n in (os.getpid(), *fds))
+
+
+def proc_fd_paths(ref: object, pid: int) -> list[str]:
+    """The ``/proc/<pid>/fd/<n>`` paths of ring, data and space doorbell named by a
+    :func:`proc_fd_ref` name; ValueError if ``ref`` is not such a name of process ``pid``."""
+    parts = ref.split(":") if isinstance(ref, str) else []
+    if len(parts) != 2 + PEER_FDS or parts[0] != "fd" or not all(
+        n.isascii() and n.isdigit() for n in parts[1:]
+    ):
+        raise ValueError(f"not a descriptor reference: {ref!r}")
+    if int(parts[1]) != pid:
+        raise ValueError(f"descriptors of process {parts[1]}, not {pid}")
+    return [f"/proc/{pid}/fd/{int(n)}" for n in parts[2:]]
+
+
+def open_proc_fd_ref(ref: object, pid: int, reader: bool) -> list[int]:
+    """Open the descriptors :func:`proc_fd_ref` named, as the peer's own opens of the
+    same memfd and pipes (the seals stay with the memfd): the ring read-write, the
+    doorbell ends for reading or writing as the ``reader`` (else writer) end needs them.
+    Returns :data:`PEER_FDS` descriptors for ``from_fds``. ValueError as
+    :func:`proc_fd_paths`; OSError if a path cannot be opened (nothing stays open)."""
+    ring, data, space = proc_fd_paths(ref, pid)
+    rd, wr = os.O_RDONLY | os.O_NONBLOCK, os.O_WRONLY | os.O_NONBLOCK
+    modes = [(ring, os.O_RDWR), (data, rd if reader else wr), (space, wr if reader else rd)]
+    fds: list[int] = []
+    try:
+        for path, mode in modes:
+            fds.append(os.open(path, mode | os.O_CLOEXEC))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
 
 
 def _from_fds(fds: list[int], reader: bool, name: str) -> tuple[Ring, Doorbell, Doorbell]:

@@ -124,6 +124,7 @@ class Bus:
                     msg.rid, Status.INVALID_DEVICE_REQUEST, "register first"))
             return
         conn.last_seen = self.loop.clock_seconds()
+        conn.peer_settled()  # it has opened its interrupt channel, or never will
         if isinstance(msg, p.Reply):
             conn.on_reply(msg)
             return

@@ -10,16 +10,15 @@ to `on_fault`, both set by whoever binds it.
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 from ipc import protocol as p
 from ipc import trace
-from ipc.channel import ChannelReader, create_channel_files, remove_channel_files
+from ipc.channel import ChannelReader, create_sealed_channel, proc_fd_ref
 from ipc.ring import MIN_CAPACITY, RingError
 from ipc.status import Status, StatusError
 from kernel.dpc import Dpc, Timer
@@ -87,23 +86,32 @@ class MiniportConnection:
         self.interrupts: ChannelReader | None = None
         self._early: list[list[int]] = []
         self._early_timer = Timer(Dpc(self._expire_early))
-        self._interrupt_base: Path | None = None
+        self._interrupt_fds: list[int] = []
 
-    def open_interrupt_channel(self, base: Path) -> None:
-        """Make the ring the host raises interrupts through (a fifo doorbell, not a
-        ZeroMQ message: a wake-up through a descriptor costs a fraction of one)."""
-        create_channel_files(base, MIN_CAPACITY)
-        self._interrupt_base = base
-        try:
-            self.interrupts = ChannelReader.open(base)
-        except BaseException:
-            remove_channel_files(base)
-            raise
-        self.interrupts.prepare_to_sleep()
-        self.loop.watch_interrupt_fd(self.interrupts.data_fileno(), self.take_interrupts)
+    def open_interrupt_channel(self) -> str:
+        """Make the ring the host raises interrupts through (a pipe doorbell, not a
+        ZeroMQ message: a wake-up through a descriptor costs a fraction of one). It is a
+        sealed memfd the host opens through /proc/<kernel pid>/fd; returns that name.
+        The kernel's copies of the host's descriptors stay open until the host sends
+        anything after registering (see `peer_settled`)."""
+        reader, self._interrupt_fds = create_sealed_channel(
+            MIN_CAPACITY, owner_writes=False, name=f"irq-{self.pid}")
+        assert isinstance(reader, ChannelReader)
+        self.interrupts = reader
+        reader.prepare_to_sleep()
+        self.loop.watch_interrupt_fd(reader.data_fileno(), self.take_interrupts)
+        return proc_fd_ref(self._interrupt_fds)
+
+    def peer_settled(self) -> None:
+        """The host answered after registering: it opened the interrupt channel or never
+        will; close the kernel's copies of its descriptors (idempotent)."""
+        fds, self._interrupt_fds = self._interrupt_fds, []
+        for fd in fds:
+            os.close(fd)
 
     def take_interrupts(self) -> None:
         """Interrupt level: notify the port for every record in the interrupt ring."""
+        self.peer_settled()
         reader = self.interrupts
         while reader is not None and not self.closed:
             try:
@@ -233,9 +241,7 @@ class MiniportConnection:
             self.loop.unwatch_fd(self.interrupts.data_fileno())
             self.interrupts.close()
             self.interrupts = None
-        if self._interrupt_base is not None:
-            with contextlib.suppress(OSError):
-                remove_channel_files(self._interrupt_base)
+        self.peer_settled()
 
     def new_group(self, gid: int) -> None:
         if gid in self.groups:

@@ -18,11 +18,10 @@ import collections
 import contextlib
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final
 
 from ipc import trace
-from ipc.channel import ChannelReader, ChannelWriter, remove_channel_files
+from ipc.channel import ChannelReader, ChannelWriter
 from ipc.ks import DataFormat, KsState
 from ipc.ring import Record, RingError
 from ipc.status import Status, StatusError
@@ -50,7 +49,8 @@ class Pin:
         fmt: DataFormat,
         client_end: ChannelReader | ChannelWriter,
         client_fds: list[int],
-        miniport_base: Path,
+        miniport_end: ChannelReader | ChannelWriter,
+        miniport_fds: list[int],
         on_error: Callable[[Pin, StatusError], None],
         on_miniport_fault: Callable[[str], None],
     ) -> None:
@@ -65,7 +65,10 @@ class Pin:
         """The client's descriptors of that channel until they are handed over."""
         self.fd_token: str | None = None
         """The token under which fds.sock offers them, once offered."""
-        self.miniport_base = miniport_base
+        self.miniport_end = miniport_end
+        """The kernel's end of the miniport's sealed channel (attached by open_channels)."""
+        self.miniport_fds = miniport_fds
+        """The host's descriptors of that channel, open until it answered NewStream."""
         self.on_error = on_error
         self.on_miniport_fault = on_miniport_fault
         self.on_release: list[Callable[[Pin], None]] = []
@@ -94,6 +97,12 @@ class Pin:
         """The client's descriptors, now the caller's to send and close (once)."""
         fds, self.client_fds = self.client_fds, []
         return fds
+
+    def close_miniport_fds(self) -> None:
+        """Close the kernel's copies of the host's descriptors (idempotent)."""
+        fds, self.miniport_fds = self.miniport_fds, []
+        for fd in fds:
+            os.close(fd)
 
     def set_group(self, group: ServiceGroup | None) -> None:
         """Join the stream's service group (what NewStream handed back)."""
@@ -181,8 +190,8 @@ class Pin:
         self.client_end.close()
         for fd in self.take_client_fds():
             os.close(fd)
-        with contextlib.suppress(OSError):
-            remove_channel_files(self.miniport_base)
+        self.miniport_end.close()
+        self.close_miniport_fds()
         for hook in self.on_release:
             hook(self)
 
@@ -213,7 +222,8 @@ class CapturePin(Pin):
     def open_channels(self) -> None:
         assert isinstance(self.client_end, ChannelWriter)
         self.client_writer = self.client_end
-        self.mp_reader = ChannelReader.open(self.miniport_base)
+        assert isinstance(self.miniport_end, ChannelReader)
+        self.mp_reader = self.miniport_end
 
     def _channels(self) -> tuple[list[ChannelReader | None], list[ChannelWriter | None]]:
         return [self.mp_reader], [self.client_writer]

@@ -25,7 +25,7 @@ from typing import Any, Final
 from ipc import protocol as p
 from ipc.credentials import LaunchCredentials
 from ipc.procwatch import ProcessWatch
-from ipc.runtime import interrupt_channel_name, now_100ns
+from ipc.runtime import now_100ns
 from ipc.status import Status, StatusError
 from kernel.config import DeviceConfig, KernelConfig
 from kernel.connection import ConnectionLimits, MiniportConnection
@@ -134,17 +134,17 @@ class PnpManager:
         conn = MiniportConnection(self.loop, self._send_bus, self._limits, reg, identity)
         conn.on_fault = self.miniport_fault
         device.conn = conn
-        interrupt_base = self.runtime_dir / interrupt_channel_name(reg.pid)
+        interrupt_channel = None
         try:
-            conn.open_interrupt_channel(interrupt_base)
+            interrupt_channel = conn.open_interrupt_channel()
         except (OSError, ValueError) as exc:
             # Interrupts still work as bus messages; only slower.
             log.warning("device %s: no interrupt channel: %s", reg.device, exc)
         reply: dict[str, Any] = {
             "heartbeat": self.config.heartbeat_interval, "kernel_pid": os.getpid()
         }
-        if conn.interrupts is not None:
-            reply["interrupt_channel"] = str(interrupt_base)
+        if interrupt_channel is not None:
+            reply["interrupt_channel"] = interrupt_channel
         return conn, reply
 
     def load_failed(self, identity: bytes, report: p.LoadFailed) -> None:

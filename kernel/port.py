@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import functools
 import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 from ipc import protocol as p
-from ipc.channel import create_channel_files, create_sealed_channel
+from ipc.channel import create_sealed_channel, proc_fd_ref
 from ipc.ks import (
     KSDATAFORMAT_TYPE_WILDCARD,
     DataFlow,
@@ -169,16 +168,18 @@ class PortMidi:
         if not ranges and not conn.custom_intersection:
             raise StatusError(Status.NO_MATCH, "the format matches none of the pin's data ranges")
         capture = desc.dataflow == DataFlow.OUT
-        # The client's ring is a sealed memfd it receives over fds.sock: it cannot shrink
-        # it under the kernel's mapping, and no other process can open it by name. The
-        # miniport's ring files get names no other process can guess or plant (O_EXCL).
-        miniport_base = self.runtime_dir / f"pin{handle}-{secrets.token_hex(8)}-miniport"
+        # Both rings are sealed memfds: the client receives its own over fds.sock, the
+        # host opens its through /proc/<kernel pid>/fd (its parent's descriptors, kept
+        # open until it answers NewStream). Neither can shrink a ring under the kernel's
+        # mapping, and no other process can open one by name.
         try:
             client_end, client_fds = create_sealed_channel(
                 capacity, owner_writes=capture, name=f"pin{handle}-client")
             try:
                 # At least as big as the client's ring, so any record the client can write fits.
-                create_channel_files(miniport_base, max(self.ring_capacity, capacity))
+                mp_end, mp_fds = create_sealed_channel(
+                    max(self.ring_capacity, capacity), owner_writes=not capture,
+                    name=f"pin{handle}-miniport")
             except BaseException:
                 client_end.close()
                 for fd in client_fds:
@@ -189,7 +190,7 @@ class PortMidi:
                               f"cannot create the pin's rings: {exc}") from exc
         kind = CapturePin if capture else RenderPin
         pin = kind(
-            self.loop, handle, filter_id, pin_id, fmt, client_end, client_fds, miniport_base,
+            self.loop, handle, filter_id, pin_id, fmt, client_end, client_fds, mp_end, mp_fds,
             on_error, lambda reason: conn.on_fault(conn, reason),
         )
         self.streams[handle] = pin
@@ -200,6 +201,7 @@ class PortMidi:
             done(exc)
 
         def created(reply: p.Reply) -> None:
+            pin.close_miniport_fds()  # the host has its own opens now, or never will
             try:
                 result = reply.unwrap()
                 pin.open_channels()
@@ -234,7 +236,7 @@ class PortMidi:
                 return
             pin.format = chosen
             conn.call(
-                p.NewStream(handle, pin_id, pin.capture, chosen.to_wire(), str(miniport_base)),
+                p.NewStream(handle, pin_id, pin.capture, chosen.to_wire(), proc_fd_ref(mp_fds)),
                 created,
             )
 

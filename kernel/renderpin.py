@@ -58,7 +58,8 @@ class RenderPin(Pin):
     def open_channels(self) -> None:
         assert isinstance(self.client_end, ChannelReader)
         self.client_reader = self.client_end
-        self.mp_writer = ChannelWriter.open(self.miniport_base)
+        assert isinstance(self.miniport_end, ChannelWriter)
+        self.mp_writer = self.miniport_end
         self.loop.watch_fd(self.client_reader.data_fileno(), self.on_client_data)
 
     def _channels(self) -> tuple[list[ChannelReader | None], list[ChannelWriter | None]]:

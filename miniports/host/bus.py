@@ -21,7 +21,7 @@ import zmq
 
 from ipc import protocol as p
 from ipc import trace
-from ipc.channel import ChannelWriter
+from ipc.channel import ChannelWriter, open_proc_fd_ref
 from ipc.ring import RingError
 from ipc.rpc import RpcEndpoint
 from ipc.runtime import BUS_SOCKET, endpoint
@@ -108,12 +108,15 @@ class KernelBus:
         self.flush()
         self.rpc.reply_exception(rid, exc)
 
-    def open_interrupt_channel(self, channel: Any) -> None:
-        """Raise interrupts through the ring the kernel named, if it is ours to use;
-        without it (an older kernel) they go as bus messages."""
-        if isinstance(channel, str) and Path(channel).parent == self._runtime_dir:
-            with contextlib.suppress(OSError, RingError):
-                self._interrupts = ChannelWriter.open(channel)
+    def open_interrupt_channel(self, channel: Any, kernel_pid: Any) -> None:
+        """Raise interrupts through the ring the kernel named (its own descriptors,
+        /proc/<kernel pid>/fd/<n>), if it is one; without it (an older kernel) they go
+        as bus messages."""
+        if not isinstance(kernel_pid, int) or isinstance(kernel_pid, bool):
+            return
+        with contextlib.suppress(OSError, RingError, ValueError):
+            fds = open_proc_fd_ref(channel, kernel_pid, reader=False)
+            self._interrupts = ChannelWriter.from_fds(fds, "interrupts")
 
     def raise_interrupt(self, groups: list[int], isr_time: int = 0) -> None:
         """Tell the kernel to service `groups` (-1: Notify(NULL))."""

@@ -119,7 +119,10 @@ class MiniportHost:
             timeout=10.0,
         )
         self.heartbeat = float(reply.get("heartbeat", self.heartbeat))
-        self.bus.open_interrupt_channel(reply.get("interrupt_channel"))
+        kernel_pid = reply.get("kernel_pid")
+        if isinstance(kernel_pid, int) and not isinstance(kernel_pid, bool):
+            self.streams.kernel_pid = kernel_pid
+        self.bus.open_interrupt_channel(reply.get("interrupt_channel"), kernel_pid)
         # The kernel's death ends this process at once (a readable watch), not at a timeout.
         with contextlib.suppress(OSError, KeyError, TypeError, ValueError):
             self._kernel_watch = ProcessWatch(int(reply["kernel_pid"]))

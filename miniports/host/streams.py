@@ -19,7 +19,7 @@ from typing import Any
 
 from ipc import protocol as p
 from ipc import trace
-from ipc.channel import ChannelReader, ChannelWriter
+from ipc.channel import ChannelReader, ChannelWriter, open_proc_fd_ref, proc_fd_paths
 from ipc.ks import KsState
 from ipc.ring import RingError
 from ipc.status import Status, StatusError
@@ -161,6 +161,8 @@ class StreamTable:
         self._runtime_dir = runtime_dir
         self._report = report
         self._fds: dict[int, HostStream] = {}
+        self.kernel_pid: int | None = None
+        """The kernel's pid (from the Register reply): whose /proc/<pid>/fd rings are."""
 
     def __iter__(self) -> Iterator[HostStream]:
         """The streams, as they are now (a stream may close while the caller iterates)."""
@@ -172,27 +174,34 @@ class StreamTable:
             raise StatusError(Status.INVALID_PARAMETER, f"no stream {sid}")
         return hs
 
-    def check_new(self, sid: int, channel: str) -> Path:
-        """Refuse a NewStream before the miniport is asked: a taken id, a foreign ring."""
+    def check_new(self, sid: int, channel: str) -> str:
+        """Refuse a NewStream before the miniport is asked: a taken id, a ring that is
+        not one of the kernel's descriptors (/proc/<kernel pid>/fd/<n>)."""
         if sid in self.by_id:
             raise StatusError(Status.OBJECT_NAME_COLLISION, f"stream {sid} exists")
-        path = Path(channel)
-        if path.parent != self._runtime_dir:
-            raise StatusError(Status.INVALID_PARAMETER, "channel outside the runtime directory")
-        return path
-
-    def add(self, hs: HostStream, channel: Path) -> None:
-        """Attach `hs` to its ring; on failure the miniport's stream is closed again."""
+        if self.kernel_pid is None:
+            raise StatusError(Status.INVALID_DEVICE_STATE, "the kernel's pid is unknown")
         try:
+            proc_fd_paths(channel, self.kernel_pid)
+        except ValueError as exc:
+            raise StatusError(Status.INVALID_PARAMETER, f"bad channel: {exc}") from None
+        return channel
+
+    def add(self, hs: HostStream, channel: str) -> None:
+        """Attach `hs` to its ring; on failure the miniport's stream is closed again."""
+        assert self.kernel_pid is not None
+        name = f"stream{hs.sid}"
+        try:
+            fds = open_proc_fd_ref(channel, self.kernel_pid, reader=not hs.capture)
             if hs.capture:
-                hs.writer = ChannelWriter.open(channel)
+                hs.writer = ChannelWriter.from_fds(fds, name)
             else:
-                hs.reader = ChannelReader.open(channel)
+                hs.reader = ChannelReader.from_fds(fds, name)
                 self._watch(hs.reader.data_fileno(), hs)
         except Exception as exc:
             with contextlib.suppress(Exception):
                 hs.stream.close()
-            if isinstance(exc, OSError | RingError):  # a ring spoiled before it was attached
+            if isinstance(exc, OSError | RingError | ValueError):  # spoiled before attached
                 raise StatusError(Status.INSUFFICIENT_RESOURCES,
                                   f"cannot attach the stream's ring: {exc}") from exc
             raise
