@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 
 from ipc import protocol as p
-from ipc.channel import channel_paths
-from ipc.runtime import interrupt_channel_name
 from miniports.contract import (
     DataFormat,
     MiniportMidiStream,
@@ -100,17 +98,22 @@ class HostileLoopback(LoopbackMiniport):
     ) -> tuple[MiniportMidiStream, PortServiceGroup | None]:
         attack, self._ring_attack = self._ring_attack, None
         if attack is not None:
-            runtime = Path(self._port.runtime_dir)  # type: ignore[union-attr]
-            # The client's rings are memfds it alone received: the miniport's own ring
-            # files are what it can spoil.
-            for path in runtime.glob("*-miniport.*"):
-                if path.stat().st_mtime_ns < attack[1]:
-                    continue  # another client's pin, opened before the attack
-                if attack[0] == RING_DELETE:
-                    path.unlink()
-                elif path.suffix == ".ring":
+            # The client's rings are memfds it alone received; the miniport's are the
+            # kernel's memfds its host opens through /proc/<kernel pid>/fd, so a miniport
+            # can reach them there too (a sealed memfd cannot be deleted: "delete"
+            # wipes it instead).
+            kernel_fds = Path(f"/proc/{os.getppid()}/fd")
+            for path in kernel_fds.iterdir():
+                try:
+                    target = os.readlink(path)
+                    if "memfd:pin" not in target or "-miniport" not in target:
+                        continue
+                    if path.stat().st_mtime_ns < attack[1]:
+                        continue  # another client's pin, opened before the attack
                     with open(path, "r+b") as f:
-                        f.write(os.urandom(256))
+                        f.write(bytes(256) if attack[0] == RING_DELETE else os.urandom(256))
+                except OSError:
+                    continue  # closed meanwhile
         return super().new_stream(pin, capture, fmt)
 
     def init(self, resources: ResourceList, port: Port) -> PortServiceGroup | None:
@@ -149,8 +152,9 @@ class HostileLoopback(LoopbackMiniport):
                 return REFUSED if exc.status == Status.INSUFFICIENT_RESOURCES else ALLOWED
             return ALLOWED
         if code == DOORBELL_FLOOD:
-            runtime = Path(self._port.runtime_dir)  # type: ignore[union-attr]
-            bell = channel_paths(runtime / interrupt_channel_name(os.getpid()))[1]
+            # The host's own write end of the interrupt channel's data doorbell.
+            interrupts = self._port.bus._interrupts  # type: ignore[union-attr]
+            bell = Path(f"/proc/self/fd/{interrupts._data_bell.write_fileno()}")
             threading.Thread(target=_flood, args=(bell, 10.0), daemon=True).start()
             return REFUSED
         if code == SERVICE_CYCLE:

@@ -20,9 +20,8 @@ import psutil
 import pytest
 
 import ksclient
-from ipc.channel import CHANNEL_SUFFIXES
 from ipc.procwatch import ENV_NO_PIDFD, ProcessWatch
-from ipc.runtime import interrupt_channel_name, remove_runtime_dir
+from ipc.runtime import remove_runtime_dir
 from miniports.testing.faults import trigger_fault
 from miniports.testing.pytest_plugin import check_crashtest, crashtest  # noqa: F401 (the fixture)
 from tests.conftest import ROOT, KernelProcess
@@ -134,9 +133,22 @@ def _echo(client: ksclient.Client, name: str) -> None:
         assert inp.receive(timeout=10).data == b"\x90\x3c\x40"
 
 
+def _kernel_memfds(pid: int) -> list[str]:
+    """The names of the memfds the kernel holds open."""
+    names = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:"):
+            names.append(target.removeprefix("/memfd:").removesuffix(" (deleted)"))
+    return names
+
+
 def _assert_clean(kernel: KernelProcess, open_pins: int) -> None:
-    """Two miniport processes, and no files but the sockets, the pid, the live miniports'
-    interrupt channels and open pins' rings."""
+    """Two miniport processes, and no files but the sockets and the pid: every ring
+    (open pins', the live miniports' interrupt channels) is a memfd, never a file."""
     deadline = time.monotonic() + 10
     while True:
         hosts = [
@@ -144,16 +156,15 @@ def _assert_clean(kernel: KernelProcess, open_pins: int) -> None:
             if c.status() != psutil.STATUS_ZOMBIE
         ]
         files = sorted(p.name for p in kernel.runtime.iterdir())
-        live = {
-            interrupt_channel_name(h.pid) + ext for h in hosts for ext in CHANNEL_SUFFIXES
-        }
-        # An interrupt channel left by a dead miniport counts as extra.
-        extra = [f for f in files
-                 if f not in ("kernel.pid", "user.sock", "bus.sock", "fds.sock", *live)]
-        # Only the miniport side of a pin has files: the client's rings are memfds.
-        if len(hosts) == 2 and len(extra) == 3 * open_pins and live <= set(files):
+        extra = [f for f in files if f not in ("kernel.pid", "user.sock", "bus.sock", "fds.sock")]
+        memfds = _kernel_memfds(kernel.proc.pid)
+        # The live miniports' interrupt channels and open pins' miniport rings, no more.
+        live = {f"irq-{h.pid}" for h in hosts}
+        irqs = {m for m in memfds if m.startswith("irq-")}
+        pins = {m for m in memfds if m.startswith("pin") and m.endswith("-miniport")}
+        if len(hosts) == 2 and not extra and irqs == live and len(pins) == open_pins:
             return
-        assert time.monotonic() < deadline, (hosts, extra)
+        assert time.monotonic() < deadline, (hosts, extra, irqs, pins, open_pins)
         time.sleep(0.05)
 
 

@@ -40,8 +40,7 @@ from typing import Any, Final
 import psutil
 
 import ksclient
-from ipc.channel import CHANNEL_SUFFIXES
-from ipc.runtime import interrupt_channel_name, runtime_base
+from ipc.runtime import runtime_base
 from ksclient.launch import KernelProcess, KernelStartError, toml_config
 from miniports.testing.faults import trigger_fault
 
@@ -393,16 +392,10 @@ def _settled_leaks(kernel: _Kernel, baseline_fds: int, pins: int) -> tuple[int, 
     while True:
         miniports = kernel.miniports()
         extra_procs = max(0, len(miniports) - 2)
-        # Each live miniport has an interrupt channel.
-        interrupts = {
-            interrupt_channel_name(p.pid) + ext for p in miniports for ext in CHANNEL_SUFFIXES
-        }
+        # Every ring (pins', interrupt channels) is a memfd: none is a file.
         files = kernel.files()
-        stray = [
-            f for f in files
-            if f not in expected_files and f not in interrupts and not f.startswith("pin")
-        ]
-        extra_pin_files = max(0, sum(f.startswith("pin") for f in files) - 6 * pins)
+        stray = [f for f in files if f not in expected_files and not f.startswith("pin")]
+        extra_pin_files = sum(f.startswith("pin") for f in files)
         extra_fds = max(0, kernel.fds() - baseline_fds)
         clean = not (extra_procs or stray or extra_pin_files or extra_fds)
         if clean or time.monotonic() > deadline:

@@ -345,8 +345,10 @@ class FaultInjector(MiniportMidi):
         for hs in dict(getattr(self._port, "streams", {}) or {}).values():
             channel = getattr(hs, "writer", None) or getattr(hs, "reader", None)
             ring = getattr(channel, "ring", None)
-            path = getattr(ring, "path", None)
-            if isinstance(path, Path):
+            fileno = getattr(ring, "fileno", None)
+            if callable(fileno):
+                # A sealed memfd: reached through this process's own descriptor.
+                path = Path(f"/proc/self/fd/{fileno()}")
                 found.append((bool(getattr(hs, "capture", False)), path))
         found.sort(key=lambda entry: not entry[0])
         return found
