@@ -39,6 +39,8 @@ CALL_FLOOD = 5
 """6,000 port calls in one callback (more than a batch holds)."""
 DOORBELL_FLOOD = 6
 """Ring the kernel's interrupt doorbell with nothing behind it, for up to 10 s."""
+RING_TRUNCATE = 7
+"""ftruncate() its stream rings and its interrupt ring (REFUSED: EPERM every time)."""
 
 REFUSED = 1
 """The outcome: the host refused the attack with STATUS_INVALID_PARAMETER."""
@@ -160,4 +162,27 @@ class HostileLoopback(LoopbackMiniport):
         if code == SERVICE_CYCLE:
             port.notify(self._a)
             return REFUSED
+        if code == RING_TRUNCATE:
+            return self._truncate_rings()
         return 0
+
+    def _truncate_rings(self) -> int:
+        """Shrink (and grow) every ring the kernel maps for this miniport, through the
+        host's own descriptors: REFUSED if each attempt failed with EPERM."""
+        streams = getattr(self._port, "streams", {})
+        rings = [
+            (hs.writer or hs.reader).ring for hs in dict(streams).values()
+            if hs.writer or hs.reader
+        ]
+        interrupts = self._port.bus._interrupts  # type: ignore[union-attr]
+        if interrupts is None or not rings:
+            return ALLOWED  # nothing to attack: the test must not pass vacuously
+        rings.append(interrupts.ring)
+        for ring in rings:
+            for size in (0, 8, 1 << 20):
+                try:
+                    os.ftruncate(ring.fileno(), size)
+                except PermissionError:
+                    continue
+                return ALLOWED
+        return REFUSED

@@ -43,6 +43,7 @@ from tests.hostile_miniports import (
     REFUSED,
     RING_CORRUPT,
     RING_DELETE,
+    RING_TRUNCATE,
     SERVICE_CYCLE,
     _flood,
     attack,
@@ -365,6 +366,27 @@ def test_a_miniport_spoiling_a_new_ring_fails_that_open_alone(start_kernel, ring
             with pytest.raises(ksclient.KsError) as caught:
                 client.open_capture("target")
             assert caught.value.status == Status.INSUFFICIENT_RESOURCES
+        assert_kernel_serves(kernel)
+    steady.stop()
+
+
+def test_a_miniport_truncating_its_rings_gets_eperm_and_the_kernel_carries_on(
+    start_kernel,
+) -> None:
+    kernel = start_kernel(HOSTILE_TARGET)
+    with SteadyStream(kernel.runtime) as steady:
+        with kernel.connect() as client:
+            client.wait_for_filter("target")
+            with client.open_render("target") as out, client.open_capture("target") as inp:
+                inp.run()
+                out.run()
+                out.send_raw(attack(RING_TRUNCATE))
+                # Every ftruncate (stream rings, interrupt ring) failed with EPERM.
+                assert inp.receive(timeout=10).data == bytes([0x90, RING_TRUNCATE, REFUSED])
+                # The same streams still carry data, through the same rings.
+                out.send(b"\x90\x3c\x40")
+                assert inp.receive(timeout=10).data == b"\x90\x3c\x40"
+        assert kernel.alive()
         assert_kernel_serves(kernel)
     steady.stop()
 
