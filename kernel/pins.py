@@ -171,7 +171,7 @@ class Pin:
         raise NotImplementedError
 
     def release(self) -> None:
-        """Close both rings, leave the group, delete the ring files. Idempotent."""
+        """Close both rings and the host's descriptors, leave the group. Idempotent."""
         if self.released:
             return
         self.released = True

@@ -32,7 +32,8 @@ GROUP_CYCLE = 1
 SERVICE_CYCLE = 2
 """Then request service on one of them."""
 RING_DELETE = 3
-"""In the next new_stream, delete the ring files the kernel just made for the client."""
+"""In the next new_stream, wipe the header of the miniport ring the kernel just made
+(reached through /proc/<kernel pid>/fd: a sealed memfd cannot be deleted)."""
 RING_CORRUPT = 4
 """In the next new_stream, scribble over them."""
 CALL_FLOOD = 5
