@@ -555,6 +555,8 @@ class Register:
     pid: Pid
     miniport: str
     wants_service: bool
+    """Kept for the wire's sake: the host now runs `service()` itself (Service before
+    Read, in the group's DPC), so the kernel no longer reads it."""
     custom_intersection: bool
     version: Version = PROTOCOL_VERSION
     secret: bytes = b""

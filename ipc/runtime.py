@@ -36,12 +36,6 @@ USER_SOCKET: Final = "user.sock"
 BUS_SOCKET: Final = "bus.sock"
 
 
-def interrupt_channel_name(pid: int) -> str:
-    """Base name (in the runtime directory) of the interrupt channel the kernel makes for
-    the miniport process `pid` (see ipc.channel for the files it stands for)."""
-    return f"irq-{pid}"
-
-
 
 def now_100ns() -> int:
     """The shared monotonic clock (CLOCK_MONOTONIC is system-wide) in 100 ns units."""

@@ -18,16 +18,16 @@ from typing import Any, Final
 import zmq
 
 from ipc import protocol as p
-from ipc.runtime import BUS_SOCKET, endpoint
+from ipc.runtime import BUS_SOCKET
 from ipc.status import Status, StatusError
 from kernel.connection import MiniportConnection
 from kernel.loop import KernelLoop
 from kernel.pnp import PnpManager
 from kernel.port import PortMidi
+from kernel.router import Router
 
 log = logging.getLogger("portcls.kernel")
 
-SEND_HWM: Final = 1000
 BUS_BUDGET: Final = 512
 
 BusHandler = Callable[[MiniportConnection, Any], Any]
@@ -41,16 +41,8 @@ class Bus:
     ) -> None:
         self.loop = loop
         self.pnp = pnp
-        self.sock = ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        # A peer that never reads its replies costs at most SEND_HWM frames; more are
-        # dropped and counted (ROUTER_MANDATORY makes the drop visible as EAGAIN).
-        self.sock.setsockopt(zmq.SNDHWM, SEND_HWM)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME)
-        self.sock.bind(endpoint(runtime_dir, BUS_SOCKET))
-        (runtime_dir / BUS_SOCKET).chmod(0o600)
+        self.router = Router(loop, ctx, runtime_dir, BUS_SOCKET, "bus", BUS_BUDGET,
+                             self._on_frame, interrupt=True)
         self._handlers: dict[type, BusHandler] = {
             p.Batch: self._batch,
             p.Interrupt: lambda conn, body: conn.interrupt(body.groups),
@@ -66,32 +58,9 @@ class Bus:
             p.DeviceProperty: self._device_property,
             p.Registry: self._registry,
         }
-        loop.add_socket(self.sock, self.drain, interrupt=True)
 
     def send(self, identity: bytes, frame: bytes) -> None:
-        try:
-            self.sock.send_multipart([identity, frame], flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            self.loop.stats["bus_send_dropped"] += 1
-        except zmq.ZMQError:  # the peer is gone (EHOSTUNREACH)
-            self.loop.stats["bus_send_unroutable"] += 1
-        self.loop.waiter.touched(self.sock)
-
-    def drain(self) -> None:
-        for _ in range(BUS_BUDGET):
-            try:
-                parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                return
-            if len(parts) != 2:
-                self.loop.stats["bus_malformed"] += 1
-                continue
-            try:
-                self._on_frame(parts[0], parts[1])
-            except Exception:  # a bug must cost one frame, not the kernel or the drain
-                self.loop.stats["bus_handler_errors"] += 1
-                log.exception("bus frame handler raised")
-        self.loop.waiter.touched(self.sock)  # the budget ran out: more may wait
+        self.router.send(identity, frame)
 
     def _on_frame(self, identity: bytes, frame: bytes) -> None:
         pnp = self.pnp
@@ -197,4 +166,4 @@ class Bus:
         return store.registry(body.key_type, body.path, body.action, body.name, body.value)
 
     def close(self) -> None:
-        self.sock.close(linger=0)
+        self.router.close()

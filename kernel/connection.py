@@ -70,7 +70,6 @@ class MiniportConnection:
         self.identity = identity
         self.pid = reg.pid
         self.miniport = reg.miniport
-        self.wants_service = reg.wants_service
         self.custom_intersection = reg.custom_intersection
         self.groups: dict[int, ServiceGroup] = {}
         self.sinks: dict[int, RemoteSink] = {}

@@ -23,7 +23,7 @@ import zmq
 from ipc import protocol as p
 from ipc.ks import DataFormat, KsState
 from ipc.procwatch import ProcessWatch
-from ipc.runtime import USER_SOCKET, endpoint
+from ipc.runtime import USER_SOCKET
 from ipc.status import Status, StatusError
 from kernel import activity
 from kernel.fdserver import FdServer
@@ -33,11 +33,11 @@ from kernel.monitor import Monitors
 from kernel.pins import Pin
 from kernel.pnp import PnpManager
 from kernel.properties import PENDING, KsPropertyRequests
+from kernel.router import Router
 from kernel.sessions import ClientSession, PinInstance
 
 log = logging.getLogger("portcls.kernel")
 
-SEND_HWM: Final = 1000
 USER_BUDGET: Final = 64
 MIN_PIN_CAPACITY: Final = 1 << 14
 MAX_PIN_CAPACITY: Final = 1 << 26
@@ -60,16 +60,6 @@ class UserMode(KsPropertyRequests):
     ) -> None:
         self.loop = loop
         self.pnp = pnp
-        self.sock = ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        # A peer that never reads its replies costs at most SEND_HWM frames; more are
-        # dropped and counted (ROUTER_MANDATORY makes the drop visible as EAGAIN).
-        self.sock.setsockopt(zmq.SNDHWM, SEND_HWM)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME)
-        self.sock.bind(endpoint(runtime_dir, USER_SOCKET))
-        (runtime_dir / USER_SOCKET).chmod(0o600)
         self.sessions: dict[bytes, ClientSession] = {}
         self.fds = FdServer(loop, runtime_dir)
         self.monitors = Monitors(self.fds)
@@ -97,38 +87,17 @@ class UserMode(KsPropertyRequests):
             p.OpenMonitor: self._open_monitor,
             p.CloseMonitor: lambda s, rid, body: self.monitors.close(s.identity, body.handle),
         }
+        self.router = Router(loop, ctx, runtime_dir, USER_SOCKET, "user", USER_BUDGET,
+                             self._on_frame, interrupt=False)
         pnp.on_event = self.broadcast
-        loop.add_socket(self.sock, self.drain, interrupt=False)
 
     def send(self, identity: bytes, frame: bytes) -> None:
-        try:
-            self.sock.send_multipart([identity, frame], flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            self.loop.stats["user_send_dropped"] += 1
-        except zmq.ZMQError:  # the peer is gone (EHOSTUNREACH)
-            self.loop.stats["user_send_unroutable"] += 1
-        self.loop.waiter.touched(self.sock)
+        self.router.send(identity, frame)
 
     def broadcast(self, body: Any) -> None:
         frame = p.encode_event(body)
         for identity in self.sessions:
             self.send(identity, frame)
-
-    def drain(self) -> None:
-        for _ in range(USER_BUDGET):
-            try:
-                parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                return
-            if len(parts) != 2:
-                self.loop.stats["user_malformed"] += 1
-                continue
-            try:
-                self._on_frame(parts[0], parts[1])
-            except Exception:  # a bug must cost one frame, not the kernel or the drain
-                self.loop.stats["user_handler_errors"] += 1
-                log.exception("user frame handler raised")
-        self.loop.waiter.touched(self.sock)  # the budget ran out: more may wait
 
     def _on_frame(self, identity: bytes, frame: bytes) -> None:
         try:
@@ -382,4 +351,4 @@ class UserMode(KsPropertyRequests):
         for session in tuple(self.sessions.values()):
             self.end_session(session, "kernel shutdown")
         self.fds.close()
-        self.sock.close(linger=0)
+        self.router.close()

@@ -231,7 +231,15 @@ class KernelProcess:
             # nobody else holds the kernel to stop it.
             kernel._shut_down(STOP_GRACE)
             raise
+        # A ready kernel has read its configuration: the file goes now, so an owner
+        # killed later (a test's timeout, SIGKILL) leaves nothing behind in /tmp.
+        kernel._remove_config()
         return kernel
+
+    def _remove_config(self) -> None:
+        if self._config_dir is not None:
+            shutil.rmtree(self._config_dir, ignore_errors=True)
+            self._config_dir = None
 
     def _read(self) -> None:
         stdout = self.process.stdout
@@ -296,8 +304,7 @@ class KernelProcess:
             self._reader.join(5)
             if self.process.stdout is not None:
                 self.process.stdout.close()
-            if self._config_dir is not None:
-                shutil.rmtree(self._config_dir, ignore_errors=True)
+            self._remove_config()
             # A kernel that had to be killed left its directory; it carries the mark of
             # a kernel that is gone now, so this removes it (and nothing else).
             remove_runtime_dir(self.runtime)

@@ -73,3 +73,15 @@ def test_start_connect_stop(runtime_dir: Path) -> None:
     assert not runtime_dir.exists()
     with pytest.raises(ValueError, match="not both"):
         start_kernel(config, config_path=Path("kernel.toml"))
+
+
+def test_the_private_config_file_is_gone_once_the_kernel_is_ready(runtime_dir: Path) -> None:
+    # So an owner killed while the kernel runs (a test's timeout, SIGKILL) leaves no
+    # portcls-config-* directory behind.
+    config = toml_config([{"name": "loopback", "miniport": "loopback"}])
+    with start_kernel(config, runtime=runtime_dir) as kernel:
+        config_path = Path(str(kernel.process.args[-1]))
+        assert config_path.name == "kernel.toml"
+        assert not config_path.exists() and not config_path.parent.exists()
+        with kernel.connect() as client:
+            assert client.wait_for_filter("loopback").id == "loopback"
