@@ -54,6 +54,7 @@ __all__ = [
     "Status",
     "StatusError",
     "link_events",
+    "overrides",
 ]
 
 
@@ -562,3 +563,11 @@ class MiniportDMus(ABC):
 
     def close(self) -> None:  # noqa: B027 - an optional hook; the default does nothing
         """The device is being unloaded; release the hardware."""
+
+
+def overrides(miniport: MiniportMidi | MiniportDMus, hook: str) -> bool:
+    """True if `miniport`'s class overrides the optional `hook` ("service",
+    "data_range_intersection") of the contract it implements."""
+    method = getattr(type(miniport), hook)
+    return all(method is not getattr(base, hook)
+               for base in (MiniportMidi, MiniportDMus) if isinstance(miniport, base))

@@ -205,7 +205,10 @@ class FaultInjector(MiniportMidi):
             raise StatusError(Status.INVALID_PARAMETER, "after_seconds must be a number >= 0")
         if (after_bytes is not None or after_seconds is not None) and fault is None:
             raise StatusError(Status.INVALID_PARAMETER, "a trigger needs a fault")
-        self.inner: MiniportMidi = registry.load(miniport)(**(options or {}))
+        inner = registry.load(miniport)(**(options or {}))
+        if not isinstance(inner, MiniportMidi):
+            raise StatusError(Status.NOT_SUPPORTED, f"{miniport!r} is not a MIDI miniport")
+        self.inner: MiniportMidi = inner
         self.fault = fault
         self.after_bytes = 0 if fault is not None and after_seconds is None else after_bytes
         self.after_seconds = after_seconds
