@@ -33,7 +33,13 @@ from __future__ import annotations
 import collections
 from typing import Final
 
-from ipc.dmusic import DONT_HOLD_FOR_SEQUENCING, RECORD_FLAG_INCOMPLETE, join_group, split_group
+from ipc.dmusic import (
+    DONT_HOLD_FOR_SEQUENCING,
+    RECORD_FLAG_INCOMPLETE,
+    join_group,
+    prefetch_from_wire,
+    split_group,
+)
 from ipc.ks import KSDATAFORMAT_SUBTYPE_DIRECTMUSIC, RENDER_FLAG_BUFFER_END, DataFormat
 from ipc.midi import InvalidMessage, check_message
 from ipc.ring import Record
@@ -64,11 +70,13 @@ def is_dmus_format(fmt: DataFormat) -> bool:
 
 
 def check_prefetch(value: object) -> int:
-    """A schedule pre-fetch from a NewStream reply: an int, 0 <= x < 2**63 or
-    DONT_HOLD_FOR_SEQUENCING; StatusError(INVALID_PARAMETER) otherwise."""
-    if type(value) is not int or not (0 <= value < 1 << 63 or value == DONT_HOLD_FOR_SEQUENCING):
-        raise StatusError(Status.INVALID_PARAMETER, f"bad schedule pre-fetch {value!r}")
-    return value
+    """A schedule pre-fetch from a NewStream reply (ipc.dmusic `prefetch_from_wire`: an
+    int 0 <= x < 2**63, or DONT_HOLD_FOR_SEQUENCING as DONT_HOLD_ON_WIRE or as itself);
+    StatusError(INVALID_PARAMETER) otherwise."""
+    try:
+        return prefetch_from_wire(value)
+    except ValueError as exc:
+        raise StatusError(Status.INVALID_PARAMETER, str(exc)) from None
 
 
 def release_ahead(prefetch: int) -> int:

@@ -29,7 +29,7 @@ import zmq
 from ipc import protocol as p
 from ipc import trace
 from ipc.credentials import LaunchCredentials
-from ipc.dmusic import DmusStreamType
+from ipc.dmusic import DmusStreamType, prefetch_to_wire
 from ipc.ks import DataFormat, DataRange, KsState
 from ipc.procwatch import ProcessWatch
 from ipc.rpc import RpcEndpoint
@@ -255,8 +255,9 @@ class MiniportHost:
                 self.dmus = DmusSupport()
             dmus = self.dmus
             kind = DmusStreamType.MIDI_CAPTURE if body.capture else DmusStreamType.MIDI_RENDER
-            mxf, group, reply["prefetch"] = dmus.check_new_stream(self.miniport.new_stream(
+            mxf, group, prefetch = dmus.check_new_stream(self.miniport.new_stream(
                 body.pin, kind, fmt, dmus.allocator, dmus.master_clock))
+            reply["prefetch"] = prefetch_to_wire(prefetch)
             hs = DmusHostStream.create(body.stream, body.pin, body.capture, mxf, dmus.allocator)
             if hs.sink is not None:
                 try:
