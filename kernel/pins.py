@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from ipc import trace
 from ipc.channel import ChannelReader, ChannelWriter
+from ipc.dmusic import prefetch_to_wire
 from ipc.ks import DataFormat, KsState
 from ipc.ring import Record, RingError
 from ipc.status import Status, StatusError
@@ -210,6 +211,8 @@ class Pin:
             "capture": self.capture,
             "stats": dict(self.stats),
             "stray_bytes": self.parser.stray_bytes,
+            "miniport_kind": self.miniport_kind,
+            "schedule_prefetch": prefetch_to_wire(self.schedule_prefetch),
         }
 
 
@@ -285,6 +288,12 @@ class CapturePin(Pin):
                 # The ring was empty after these; what the miniport reads next comes
                 # with its own interrupt.
                 return
+
+    def info(self) -> dict[str, Any]:
+        out = super().info()
+        if self.dmus is not None:
+            out["stray_bytes"] += self.dmus.stray_bytes
+        return out
 
     def _flush_backlog(self) -> bool:
         writer = self.client_writer

@@ -10,6 +10,8 @@ from ipc.dmusic import join_group, split_group
 from ipc.ks import KSDATAFORMAT_SUBTYPE_DIRECTMUSIC, DataFormat
 from ipc.midi import FLAG_SYSEX, FLAG_SYSEX_MORE
 from miniports.mpu401.miniport import CAPTURE_PIN, DMUS_RENDER_PIN, RENDER_PIN
+from miniports.testing import assert_conformant, check_miniport
+from miniports.testing.conformance import DMUS_CHECKS
 
 DMUS = DataFormat(sub_format=KSDATAFORMAT_SUBTYPE_DIRECTMUSIC)
 MS = 10_000
@@ -81,3 +83,25 @@ def test_dmusuart_capture_passes_up_in_pause_and_midi_pins_still_work(start_kern
         assert inp.receive(timeout=5).data == b"\x90\x40\x01"
         out.close()
         inp.close()
+
+
+def test_the_conformance_suite_passes_on_the_dmusuart() -> None:
+    report = assert_conformant(
+        "dmusuart",
+        options={"baud": 1_000_000, "capture_ring": 1 << 16},
+        resources={"io": [[0x330, 2]], "irq": [9]},
+    )
+    names = [r.name for r in report.results]
+    assert set(DMUS_CHECKS) <= set(names) and names[-1] == "shutdown"
+    assert all(r.outcome == "passed" for r in report.results), report.summary()
+
+
+def test_the_conformance_suite_passes_on_a_dont_hold_dmus_loopback() -> None:
+    report = assert_conformant("tests.dmus_miniports:DmusLoopback",
+                               options={"prefetch": "dont_hold"})
+    assert all(r.outcome == "passed" for r in report.results), report.summary()
+
+
+def test_the_dmus_checks_skip_on_a_midi_miniport() -> None:
+    report = check_miniport("loopback", checks=["states", *DMUS_CHECKS])
+    assert [r.outcome for r in report.results] == ["passed"] + ["skipped"] * len(DMUS_CHECKS)

@@ -237,7 +237,7 @@ class DMusUartMiniport(MiniportDMus):
         if not valid:
             raise StatusError(Status.INVALID_PARAMETER,
                               'prefetch must be an integer >= 0 (100 ns) or "dont_hold"')
-        self.prefetch = prefetch
+        self.prefetch: int = int(prefetch)
         self.hw = _Hardware(self, clsid=clsid, **options)
         if self.hw.clsid == CLSID_MiniportDriverUart:
             raise StatusError(Status.INVALID_PARAMETER, "that is the MIDI UART's clsid")
