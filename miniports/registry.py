@@ -19,6 +19,7 @@ BUILTIN: Final[dict[str, str]] = {
     "loopback": "miniports.loopback:LoopbackMiniport",
     "mpu401": "miniports.mpu401.miniport:UartMiniport",
     "faulty": "miniports.testing.faults:FaultInjector",
+    "faulty_dmus": "miniports.testing.faults:DmusFaultInjector",
     "rtmidi": "miniports.rtmidi.miniport:RtMidiMiniport",
     "dmusuart": "miniports.mpu401.dmusuart:DMusUartMiniport",
 }

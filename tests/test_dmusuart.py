@@ -3,7 +3,13 @@ looped, driven as an IMiniportDMus with a pre-fetch."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
+
+import pytest
 
 import ksclient
 from ipc.dmusic import join_group, split_group
@@ -13,6 +19,7 @@ from miniports.mpu401.miniport import CAPTURE_PIN, DMUS_RENDER_PIN, RENDER_PIN
 from miniports.testing import assert_conformant, check_miniport
 from miniports.testing.conformance import DMUS_CHECKS
 
+ROOT = Path(__file__).resolve().parent.parent
 DMUS = DataFormat(sub_format=KSDATAFORMAT_SUBTYPE_DIRECTMUSIC)
 MS = 10_000
 
@@ -105,3 +112,18 @@ def test_the_conformance_suite_passes_on_a_dont_hold_dmus_loopback() -> None:
 def test_the_dmus_checks_skip_on_a_midi_miniport() -> None:
     report = check_miniport("loopback", checks=["states", *DMUS_CHECKS])
     assert [r.outcome for r in report.results] == ["passed"] + ["skipped"] * len(DMUS_CHECKS)
+
+
+@pytest.mark.slow
+def test_the_dmusuart_is_crash_tested_like_any_other(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ksclient.cli", "crashtest", "--miniport", "dmusuart",
+         "--options", '{"baud": 1000000}', "--resources", '{"io": [[816, 2]], "irq": [9]}',
+         "--iterations", "6", "--json", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert "PASS" in proc.stdout
+    summary = json.loads(report.read_text())
+    assert summary["summary"]["faults"] == 6
