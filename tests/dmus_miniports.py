@@ -249,3 +249,46 @@ class BothKinds(DmusLoopback, MiniportMidi):
         if allocator is None:
             return MiniportMidiStream(), None  # the MIDI interface: never asked for
         return super().new_stream(pin, stream_type, fmt, allocator, master_clock)
+
+
+class LeakyDmusLoopback(DmusLoopback):
+    """Plays like DmusLoopback but never gives its render events back to the allocator."""
+
+    def service(self) -> None:
+        allocator = self.allocator
+        self.allocator = _KeepingAllocator(allocator)
+        try:
+            super().service()
+        finally:
+            self.allocator = allocator
+
+
+class _KeepingAllocator(AllocatorMXF):
+    """Passes everything to the real allocator except returned events (the leak)."""
+
+    def __init__(self, inner: AllocatorMXF) -> None:
+        self.inner = inner
+
+    def get_message(self) -> DmusKernelEvent:
+        return self.inner.get_message()
+
+    def get_buffer_size(self) -> int:
+        return self.inner.get_buffer_size()
+
+    def get_buffer(self) -> bytearray:
+        return self.inner.get_buffer()
+
+    def put_buffer(self, buffer: bytearray) -> None:
+        self.inner.put_buffer(buffer)
+
+    def put_message(self, event: DmusKernelEvent) -> None:
+        pass
+
+    def set_state(self, state: KsState) -> None:
+        pass
+
+    def connect_output(self, sink: MXF) -> None:
+        pass
+
+    def disconnect_output(self, sink: MXF) -> None:
+        pass

@@ -26,6 +26,7 @@ from ipc.midi import FLAG_SYSEX, FLAG_SYSEX_MORE
 from ipc.status import StatusError
 from kernel.dmuspins import check_prefetch
 from miniports.host.dmus import DEFAULT_BUFFER_SIZE
+from miniports.testing import check_miniport
 
 DMUS = DataFormat(sub_format=KSDATAFORMAT_SUBTYPE_DIRECTMUSIC)
 MS = 10_000
@@ -294,3 +295,12 @@ def test_prefetch_from_a_host_is_checked() -> None:
     for bad in (-2, (1 << 63) + 1, 1.5, True, "10", None):
         with pytest.raises(StatusError):
             check_prefetch(bad)
+
+
+def test_the_allocator_check_catches_a_miniport_that_keeps_events() -> None:
+    report = check_miniport("tests.dmus_miniports:LeakyDmusLoopback", options={"prefetch": 0},
+                            checks=["roundtrip", "allocator"])
+    outcomes = {r.name: (r.outcome, r.detail) for r in report.results}
+    assert outcomes["roundtrip"][0] == "passed"
+    assert outcomes["allocator"][0] == "failed"
+    assert "OutstandingEvents" in outcomes["allocator"][1]
