@@ -292,3 +292,23 @@ class _KeepingAllocator(AllocatorMXF):
 
     def disconnect_output(self, sink: MXF) -> None:
         pass
+
+
+class BadPrefetchHost(DmusLoopback):
+    """A hostile host: its NewStream replies carry a pre-fetch no honest host sends."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        from miniports.host import loop
+
+        loop.prefetch_to_wire = lambda prefetch: -5  # type: ignore[assignment]
+
+
+class BadKindHost(DmusLoopback):
+    """A hostile host: its Init reply names a kind that does not exist."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        from miniports.host import loop
+
+        loop.MiniportHost._kind = lambda self: "synth"  # type: ignore[method-assign]

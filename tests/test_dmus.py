@@ -23,7 +23,7 @@ from ipc.dmusic import (
 )
 from ipc.ks import KSDATAFORMAT_SUBTYPE_DIRECTMUSIC, DataFormat, KsState
 from ipc.midi import FLAG_SYSEX, FLAG_SYSEX_MORE
-from ipc.status import StatusError
+from ipc.status import Status, StatusError
 from kernel.dmuspins import check_prefetch
 from miniports.host.dmus import DEFAULT_BUFFER_SIZE
 from miniports.testing import check_miniport
@@ -304,3 +304,35 @@ def test_the_allocator_check_catches_a_miniport_that_keeps_events() -> None:
     assert outcomes["roundtrip"][0] == "passed"
     assert outcomes["allocator"][0] == "failed"
     assert "OutstandingEvents" in outcomes["allocator"][1]
+
+
+def test_a_bad_prefetch_from_a_hostile_host_fails_the_open_and_nothing_else(
+        start_kernel, tmp_path) -> None:
+    kernel = start_kernel(_config(tmp_path / "log", cls="BadPrefetchHost"))
+    with kernel.connect() as c:
+        c.wait_for_filter("dmus")
+        # Twice: the miniport's stream was closed again (else "render pin in use").
+        for _ in range(2):
+            with pytest.raises(ksclient.KsError) as err:
+                c.open_render("dmus", fmt=DMUS)
+            assert err.value.status == Status.INVALID_PARAMETER
+        assert c.stats()["pins"] == []
+        assert c.stats()["devices"]["dmus"]["state"] == "running"
+
+
+def test_a_bad_kind_from_a_hostile_host_fails_its_init_only(start_kernel, tmp_path) -> None:
+    kernel = start_kernel(_config(tmp_path / "log", cls="BadKindHost") + """
+restart = "never"
+
+[[device]]
+name = "loopback"
+miniport = "loopback"
+""")
+    with kernel.connect() as c:
+        c.wait_for_filter("loopback")
+        deadline = time.monotonic() + 10
+        while c.stats()["devices"]["dmus"]["state"] != "failed":
+            assert time.monotonic() < deadline, c.stats()["devices"]["dmus"]
+            time.sleep(0.05)
+        assert "dmus" not in {f.id for f in c.filters()}
+        assert "bad kind" in str(c.stats()["devices"]["dmus"]), c.stats()["devices"]["dmus"]
