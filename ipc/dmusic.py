@@ -42,17 +42,13 @@ __all__ = [
     "DMUS_KEF_EVENT_INCOMPLETE",
     "DMUS_KEF_PACKAGE_EVENT",
     "DONT_HOLD_FOR_SEQUENCING",
-    "DONT_HOLD_ON_WIRE",
     "EVENT_HEADER",
     "GROUP_PREFIX",
     "MAX_CHANNEL_GROUP",
-    "MAX_WIRE_PREFETCH",
     "RECORD_FLAG_INCOMPLETE",
     "DmusStreamType",
     "event_size",
     "join_group",
-    "prefetch_from_wire",
-    "prefetch_to_wire",
     "split_group",
 ]
 
@@ -119,6 +115,9 @@ def split_group(payload: bytes | bytearray | memoryview) -> tuple[int, bytes]:
         raise ValueError(f"channel group {group} is not in 1..{MAX_CHANNEL_GROUP}")
     return group, bytes(payload[GROUP_PREFIX.size:])
 
+
+# The schedule pre-fetch on the wire (added after the vocabulary above).
+__all__ += ["DONT_HOLD_ON_WIRE", "MAX_WIRE_PREFETCH", "prefetch_from_wire", "prefetch_to_wire"]
 
 DONT_HOLD_ON_WIRE: Final = -1
 """DONT_HOLD_FOR_SEQUENCING in a NewStream reply's "prefetch": the wire's ints are
