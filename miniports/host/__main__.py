@@ -2,6 +2,6 @@
 
 import sys
 
-from miniports.host.loop import main
+from miniports.host.device import main
 
 sys.exit(main())
