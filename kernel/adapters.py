@@ -143,7 +143,7 @@ class AdapterCalls:
         self.filters[fid] = filter_
         sub.filter = filter_
         device.state = "running"
-        log.info("device %s: filter %s published", device.config.name, fid)
+        log.info("device %s: filter published", fid)
         self.on_event(p.DeviceArrival(fid))
         self.check_ready()
         return {"filter": fid}
@@ -196,9 +196,10 @@ class AdapterCalls:
         device = self.devices.get(report.device)
         if (
             not self._is_launch(device, identity, report.pid, report.secret)
-            or device is None or device.state not in ("starting", "running")
+            or device is None or device.state not in ("starting", "running") or device.started
         ):
             raise StatusError(Status.INVALID_DEVICE_REQUEST, "not a device that is starting")
+        device.started = True
         if report.status == Status.SUCCESS:
             device.state = "running"
             self.check_ready()

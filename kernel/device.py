@@ -67,6 +67,8 @@ class Device:
     last_exit: str = ""
     restart_due: bool = False
     """The back-off has elapsed but the failed process is still dying: start on its exit."""
+    started: bool = False
+    """The adapter's start_device has returned in the current process (DeviceStarted)."""
     launch: LaunchCredentials | None = None
     """What the process started last must show to register (its bus identity, a secret)."""
 

@@ -178,7 +178,12 @@ class PnpManager(adapters.AdapterCalls):
         self.check_ready()
 
     def check_ready(self) -> None:
-        if self._ready_reported or any(d.state == "starting" for d in self.devices.values()):
+        """Report the kernel ready once every device has started (its start_device
+        returned, DeviceStarted) or failed."""
+        if self._ready_reported or any(
+            d.state == "starting" or (d.state == "running" and not d.started)
+            for d in self.devices.values()
+        ):
             return
         self._ready_reported = True
         if self.on_ready is not None:
@@ -198,6 +203,7 @@ class PnpManager(adapters.AdapterCalls):
             "--resources", json.dumps(cfg.resources),
         ]
         device.state = "starting"
+        device.started = False
         device.launch = LaunchCredentials.new(cfg.name)
         # Its own process group: a Ctrl-C at the terminal reaches the kernel alone, which
         # then stops its miniports in order (one traceback per miniport otherwise).

@@ -73,16 +73,16 @@ def _device_processes(kernel: KernelProcess, device: str) -> list[psutil.Process
 
 def test_an_adapter_registers_two_subdevices_and_a_physical_connection(start_kernel) -> None:
     kernel = start_kernel(CARD)
+    # The kernel is ready once every start_device returned: nothing to wait for.
     with kernel.connect() as c:
-        c.wait_for_filter("card")
-        c.wait_for_filter("card/dmus")
         filters = {f.id: f for f in c.filters()}
         assert set(filters) == {"card", "card/dmus", "loopback"}
         assert (filters["card"].device, filters["card"].name) == ("card", "uart")
         assert (filters["card/dmus"].device, filters["card/dmus"].name) == ("card", "dmus")
         assert filters["loopback"].name == "midi"  # the default adapter's one subdevice
         # PcRegisterPhysicalConnection(uart pin 2 -> dmus pin 3), seen from both ends.
-        assert _wired(c, "card", 2) == {"filter": "card/dmus", "pin": 3}
+        assert c.pin_property("card", 2, "physicalconnection") == {"filter": "card/dmus",
+                                                                   "pin": 3}
         assert c.pin_property("card/dmus", 3, "physicalconnection") == {"filter": "card",
                                                                         "pin": 2}
         assert c.pin_property("card", 3, "physicalconnection") is None
@@ -289,3 +289,26 @@ def test_subdevice_identities_belong_to_their_launch_only() -> None:
         assert not launch.admits(forged, launch.secret), forged
     with pytest.raises(ValueError):
         launch.for_subdevice(64)
+
+
+def _readme_adapter_blocks() -> tuple[str, str]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Writing an adapter"):]
+    python = re.search(r"```python\n(.*?)```", section, re.S)
+    toml = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert python and toml
+    return python.group(1), toml.group(1)
+
+
+def test_the_readme_adapter_runs(start_kernel, tmp_path: Path) -> None:
+    code, config = _readme_adapter_blocks()
+    (tmp_path / "myadapter.py").write_text(code)
+    kernel = start_kernel(config, env={"PORTCLS_MINIPORT_PATH": str(tmp_path)})
+    with kernel.connect() as c:
+        c.wait_for_filter("card/extra")
+        assert {f.id: f.name for f in c.filters()} == {"card": "uart", "card/extra": "extra"}
+        assert _wired(c, "card", 2) == {"filter": "card/extra", "pin": 0}
+        assert c.pin_property("card/extra", 0, "physicalconnection") == {"filter": "card",
+                                                                         "pin": 2}
+        _roundtrip(c, "card", 67)
+        _roundtrip(c, "card/extra", 68)
