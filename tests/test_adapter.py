@@ -16,8 +16,11 @@ from typing import Any
 
 import psutil
 import pytest
+import zmq
 
+from ipc import protocol as p
 from ipc.credentials import LaunchCredentials
+from ipc.runtime import BUS_SOCKET, endpoint
 from kernel.config import ConfigError, parse
 from tests.conftest import ROOT, KernelProcess
 
@@ -312,3 +315,36 @@ def test_the_readme_adapter_runs(start_kernel, tmp_path: Path) -> None:
                                                                          "pin": 2}
         _roundtrip(c, "card", 67)
         _roundtrip(c, "card/extra", 68)
+
+
+def test_an_impostor_cannot_add_a_subdevice_to_a_running_device(start_kernel) -> None:
+    kernel = start_kernel(CARD)
+    with kernel.connect() as c:
+        pid = c.stats()["devices"]["card"]["pid"]
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, b"card\0" + b"0" * 32 + b"/5")
+        sock.connect(endpoint(kernel.runtime, BUS_SOCKET))
+        try:
+            # The device's pid and a subdevice-shaped identity, but not the launch's.
+            sock.send(p.encode_request(1, p.Register("card", pid, "loopback", False, False,
+                                                     secret=b"\0" * 32)))
+            sock.send(p.encode_request(2, p.DeviceStarted("card", pid, b"\0" * 32, 0xC0000001,
+                                                          "forged failure")))
+            sock.send(p.encode_request(3, p.RegisterSubdevice("forged")))
+            sock.send(p.encode_request(4, p.RegisterPhysicalConnection("uart", 2, "dmus", 2)))
+            replies = []
+            while len(replies) < 4 and sock.poll(5000):
+                replies.append(p.decode(sock.recv()))
+        finally:
+            sock.close()
+            ctx.term()
+        assert len(replies) == 4 and all(isinstance(r, p.Reply) and not r.ok for r in replies)
+        stats = c.stats()
+        assert stats["kernel"]["bus_impostors"] >= 2
+        device = stats["devices"]["card"]
+        assert (device["state"], device["filters"], device["restarts"]) == (
+            "running", ["card", "card/dmus"], 0)
+        assert c.pin_property("card/dmus", 2, "physicalconnection") is None
+        _roundtrip(c, "card/dmus", 69)
