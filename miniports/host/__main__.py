@@ -1,4 +1,5 @@
-"""python -m miniports.host --runtime DIR --device NAME --miniport SPEC [--options JSON]"""
+"""python -m miniports.host --runtime DIR --device NAME (--miniport SPEC | --adapter SPEC)
+[--options JSON] [--resources JSON]"""
 
 import sys
 

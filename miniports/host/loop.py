@@ -1,4 +1,6 @@
-"""The host process: its loop, the kernel's requests, heartbeats, shutdown.
+"""One miniport host (one port of the device): its loop, the kernel's requests,
+heartbeats, shutdown. The device's process runs one per port its adapter binds
+(miniports.host.device), each on its own thread with its own bus connection.
 
 One thread runs the loop. It waits in one epoll (`Waiter`) on the bus socket,
 the stream rings' doorbells, a wake-up pipe (for `notify` and events posted
