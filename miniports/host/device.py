@@ -40,12 +40,13 @@ from ipc import protocol as p
 from ipc import trace
 from ipc.credentials import MAX_SUBDEVICES, LaunchCredentials
 from ipc.rpc import RpcEndpoint
-from ipc.runtime import BUS_SOCKET, ENV_MINIPORT_PATH, endpoint
+from ipc.runtime import BUS_SOCKET, endpoint
 from ipc.status import Status, StatusError
 from miniports import registry
 from miniports.adapter import Adapter, AdapterPort, DefaultAdapter, DeviceObject
 from miniports.contract import MiniportMidi, ResourceList
-from miniports.host.loop import EXIT_MINIPORT_FAULT, MiniportHost
+from miniports.host.loop import EXIT_MINIPORT_FAULT, MiniportHost, load_miniport
+from miniports.host.loop import _extend_path as extend_path
 
 __all__ = ["HostDevice", "load_miniport", "main"]
 
@@ -236,35 +237,11 @@ class HostDevice(DeviceObject):
             return self._fault or 0
 
 
-def _extend_path() -> None:
-    """Where the user's own miniports and adapters (module:Class) are found: appended
-    after the project's packages, which are imported already, so nothing there can
-    shadow them."""
-    for entry in os.environ.get(ENV_MINIPORT_PATH, "").split(os.pathsep):
-        if entry and entry not in sys.path:
-            sys.path.append(entry)
-
-
 def _options(options_json: str) -> dict[str, Any]:
     options = json.loads(options_json)
     if not isinstance(options, dict):
         raise ValueError("options must be a JSON object")
     return options
-
-
-def load_miniport(spec: str, options_json: str) -> MiniportMidi:
-    """The miniport `spec` names, constructed with the JSON `options`; StatusError
-    (DEVICE_CONFIGURATION_ERROR) with the reason if it cannot be loaded or constructed."""
-    try:
-        options = _options(options_json)
-        cls = registry.load(spec)
-        return cls(**options)
-    except StatusError as exc:
-        raise StatusError(Status.DEVICE_CONFIGURATION_ERROR, exc.message) from exc
-    except Exception as exc:  # the miniport's constructor may raise anything
-        raise StatusError(
-            Status.DEVICE_CONFIGURATION_ERROR, f"{spec}: {type(exc).__name__}: {exc}"
-        ) from exc
 
 
 def load_adapter(spec: str, options_json: str) -> Adapter:
@@ -322,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"miniport host {args.device}: {exc}", file=sys.stderr)
     # Stopped by the kernel, never by the terminal's Ctrl-C (it is in its own group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _extend_path()
+    extend_path()  # where module:Class miniports and adapters are found
     try:
         resources = ResourceList.from_wire(_options(args.resources))
         if args.adapter:

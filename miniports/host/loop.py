@@ -16,7 +16,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import json
 import os
+import sys
 import threading
 import time
 import traceback
@@ -32,9 +34,10 @@ from ipc import protocol as p
 from ipc.credentials import LaunchCredentials
 from ipc.ks import DataFormat, DataRange, KsState
 from ipc.procwatch import ProcessWatch
-from ipc.runtime import now_100ns
+from ipc.runtime import ENV_MINIPORT_PATH, now_100ns
 from ipc.status import Status, StatusError
 from ipc.waiter import Waiter
+from miniports import registry
 from miniports.contract import MiniportMidi, ResourceList
 from miniports.host.bus import KernelBus
 from miniports.host.calls import MiniportFault, call_miniport, call_miniport_hook
@@ -396,3 +399,28 @@ class MiniportHost:
                 os.close(fd)
         if self._kernel_watch is not None:
             self._kernel_watch.close()
+
+
+def _extend_path() -> None:
+    """Where the user's own miniports (module:Class) are found: appended after the
+    project's packages, which are imported already, so nothing there can shadow them."""
+    for entry in os.environ.get(ENV_MINIPORT_PATH, "").split(os.pathsep):
+        if entry and entry not in sys.path:
+            sys.path.append(entry)
+
+
+def load_miniport(spec: str, options_json: str) -> MiniportMidi:
+    """The miniport `spec` names, constructed with the JSON `options`; StatusError
+    (DEVICE_CONFIGURATION_ERROR) with the reason if it cannot be loaded or constructed."""
+    try:
+        options = json.loads(options_json)
+        if not isinstance(options, dict):
+            raise ValueError("options must be a JSON object")
+        cls = registry.load(spec)
+        return cls(**options)
+    except StatusError as exc:
+        raise StatusError(Status.DEVICE_CONFIGURATION_ERROR, exc.message) from exc
+    except Exception as exc:  # the miniport's constructor may raise anything
+        raise StatusError(
+            Status.DEVICE_CONFIGURATION_ERROR, f"{spec}: {type(exc).__name__}: {exc}"
+        ) from exc
