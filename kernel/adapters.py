@@ -34,10 +34,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from ipc import protocol as p
+from ipc.runtime import now_100ns
 from ipc.status import Status, StatusError
 from kernel.config import KernelConfig
 from kernel.connection import MiniportConnection
 from kernel.device import Device, Subdevice
+from kernel.dpc import Dpc, Timer
 from kernel.filters import Filter
 from kernel.loop import KernelLoop
 from kernel.port import CLSID_PortDMus, CLSID_PortMidi, pc_new_port
@@ -86,6 +88,27 @@ class AdapterCalls:
 
     def _is_launch(self, device: Device | None, identity: bytes, pid: int, secret: bytes) -> bool:
         raise NotImplementedError
+
+    def _arm_start_timer(self, device: Device) -> None:
+        """A start_device that has not returned within `start_timeout` of the process's
+        start is the device's fault (a hung adapter, or a port.init that never ends):
+        the device is removed and restarted, so the kernel's readiness never waits on it
+        for longer."""
+        process = device.process
+
+        def overdue() -> None:
+            if device.process is process and not device.started and device.state in (
+                    "starting", "running"):
+                timeout = self.config.start_timeout
+                self._fail_device(device, f"start_device did not return in {timeout:g} s",
+                                  restart=True)
+                self.check_ready()
+
+        if device.start_timer is not None:
+            self.loop.scheduler.cancel_timer(device.start_timer)
+        device.start_timer = Timer(Dpc(overdue))
+        self.loop.scheduler.set_timer(
+            device.start_timer, now_100ns() + int(self.config.start_timeout * 1e7))
 
     def bind(self, conn: MiniportConnection) -> None:
         """PcNewPort and IPort::Init (miniport.init, then its description) for a host that
@@ -200,6 +223,8 @@ class AdapterCalls:
         ):
             raise StatusError(Status.INVALID_DEVICE_REQUEST, "not a device that is starting")
         device.started = True
+        if device.start_timer is not None:
+            self.loop.scheduler.cancel_timer(device.start_timer)
         if report.status == Status.SUCCESS:
             device.state = "running"
             self.check_ready()

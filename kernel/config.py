@@ -12,6 +12,7 @@ cable looped back).
     malformed_window = 10.0      #   this many seconds is a fault (0 = never)
     stop_grace = 1.0             # SIGTERM to a failed miniport, SIGKILL this much later
     ring_capacity = 65536        # least bytes in a stream's kernel-miniport ring
+    start_timeout = 60.0         # an adapter's start_device not done by then is a fault
 
     [[device]]
     name = "loopback"            # the filter's name; unique
@@ -73,7 +74,7 @@ def _check_keys(table: dict[str, Any], known: tuple[str, ...], where: str) -> No
 
 
 _KERNEL_KEYS = ("heartbeat_interval", "heartbeat_timeout", "call_timeout", "ring_capacity",
-                "malformed_limit", "malformed_window", "stop_grace")
+                "malformed_limit", "malformed_window", "stop_grace", "start_timeout")
 _RESTART_KEYS = ("limit", "window", "backoff", "max_backoff")
 _DEVICE_KEYS = ("name", "miniport", "adapter", "options", "resources", "properties",
                 "restart", "physical_connections")
@@ -134,6 +135,8 @@ class KernelConfig:
     malformed_limit: int = 50
     malformed_window: float = 10.0
     stop_grace: float = 1.0
+    start_timeout: float = 60.0
+    """Seconds a device's start_device may take (registering its ports included)."""
 
 
 DEFAULT = KernelConfig(
@@ -293,6 +296,7 @@ def parse(data: dict[str, Any]) -> KernelConfig:
         malformed_limit=malformed_limit,
         malformed_window=_number(kernel, "malformed_window", 10.0, 0.01),
         stop_grace=_number(kernel, "stop_grace", 1.0, 0.0),
+        start_timeout=_number(kernel, "start_timeout", 60.0, 0.1),
     )
 
 

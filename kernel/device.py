@@ -64,6 +64,7 @@ class Device:
     restarts: collections.deque[float] = field(default_factory=collections.deque)
     restart_timer: Timer | None = None
     kill_timer: Timer | None = None
+    start_timer: Timer | None = None
     last_exit: str = ""
     restart_due: bool = False
     """The back-off has elapsed but the failed process is still dying: start on its exit."""

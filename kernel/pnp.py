@@ -213,6 +213,7 @@ class PnpManager(adapters.AdapterCalls):
                 pass_fds=(fd,), process_group=0)
         device.watch = ProcessWatch(device.process.pid, device.process)
         self.loop.watch_process(device.watch, lambda: self._on_process_exit(device))
+        self._arm_start_timer(device)
         log.info("device %s: %s %s started, pid %d", cfg.name,
                  "adapter" if cfg.adapter else "miniport", cfg.adapter or cfg.miniport,
                  device.process.pid)

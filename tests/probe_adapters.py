@@ -8,6 +8,7 @@ file named in their options (`report`), written by the device's process.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +92,13 @@ class FailingStart(Adapter):
         if self.crash:
             raise RuntimeError("the adapter is broken")
         raise StatusError(Status.IO_DEVICE_ERROR, "the second codec does not answer")
+
+
+class HangingStart(Adapter):
+    """One loopback subdevice, then a start_device that never returns."""
+
+    def start_device(self, device: DeviceObject, resources: ResourceList) -> None:
+        port = pc_new_port(CLSID_PortMidi)
+        port.init(device, LoopbackMiniport())
+        pc_register_subdevice(device, "first", port)
+        threading.Event().wait()

@@ -348,3 +348,27 @@ def test_an_impostor_cannot_add_a_subdevice_to_a_running_device(start_kernel) ->
             "running", ["card", "card/dmus"], 0)
         assert c.pin_property("card/dmus", 2, "physicalconnection") is None
         _roundtrip(c, "card/dmus", 69)
+
+
+def test_a_start_device_that_never_returns_is_a_fault(start_kernel) -> None:
+    kernel = start_kernel("""
+[kernel]
+start_timeout = 1.0
+
+[[device]]
+name = "stuck"
+adapter = "tests.probe_adapters:HangingStart"
+restart = { limit = 1, backoff = 0.1 }
+
+[[device]]
+name = "loopback"
+miniport = "loopback"
+""")
+    with kernel.connect() as c:  # ready: a hung start does not hold the kernel up
+        deadline = time.monotonic() + 30
+        while (device := c.stats()["devices"]["stuck"])["state"] != "failed":
+            assert time.monotonic() < deadline, device
+            time.sleep(0.1)
+        assert "start_device did not return in 1 s" in device["last_exit"], device
+        assert device["restarts"] == 1 and "stuck" not in {f.id for f in c.filters()}
+        _roundtrip(c, "loopback", 70)
