@@ -23,6 +23,9 @@ from dataclasses import dataclass
 SECRET_BYTES = 32
 MAX_IDENTITY = 255
 """ZeroMQ's limit on a routing identity."""
+MAX_SUBDEVICES = 64
+"""Subdevice hosts one launch may run (identities "<launch>/0" .. "<launch>/63")."""
+_SUFFIX = 3
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,17 @@ class LaunchCredentials:
 
     @classmethod
     def new(cls, device: str) -> LaunchCredentials:
-        identity = device.encode()[: MAX_IDENTITY - 34] + b"\0" + secrets.token_hex(16).encode()
+        name = device.encode()[: MAX_IDENTITY - 34 - _SUFFIX]
+        identity = name + b"\0" + secrets.token_hex(16).encode()
         return cls(identity, secrets.token_bytes(SECRET_BYTES))
+
+    def for_subdevice(self, index: int) -> LaunchCredentials:
+        """The credentials of this launch's subdevice host `index` (one bus connection
+        per port the adapter binds): the launch's identity + "/<index>", the same secret.
+        ValueError outside 0 .. MAX_SUBDEVICES - 1."""
+        if not 0 <= index < MAX_SUBDEVICES:
+            raise ValueError(f"subdevice index {index} outside 0..{MAX_SUBDEVICES - 1}")
+        return LaunchCredentials(self.identity + b"/%d" % index, self.secret)
 
     @property
     def device(self) -> str:
@@ -41,9 +53,21 @@ class LaunchCredentials:
         return self.identity.partition(b"\0")[0].decode("utf-8", "replace")
 
     def admits(self, identity: bytes, secret: bytes) -> bool:
-        """Whether a peer with this bus identity and secret is this launch (the secret is
-        compared in constant time)."""
-        return identity == self.identity and hmac.compare_digest(self.secret, secret)
+        """Whether a peer with this bus identity and secret is this launch or one of its
+        subdevice hosts (`for_subdevice`); the secret is compared in constant time."""
+        return self.subdevice_index(identity) is not None and hmac.compare_digest(
+            self.secret, secret)
+
+    def subdevice_index(self, identity: bytes) -> int | None:
+        """-1 for the launch's own identity, the index for one of its subdevice hosts',
+        None for any other identity (no secret checked)."""
+        if identity == self.identity:
+            return -1
+        head, sep, index = identity.rpartition(b"/")
+        if head != self.identity or not sep or not index.isdigit() or len(index) > 2:
+            return None
+        value = int(index)
+        return value if value < MAX_SUBDEVICES and index == b"%d" % value else None
 
     @contextlib.contextmanager
     def hand_over(self) -> Iterator[int]:

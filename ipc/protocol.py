@@ -562,6 +562,11 @@ class Register:
     secret: bytes = b""
     """The launch's secret (ipc.credentials): proof that this is the process the kernel
     started for `device`."""
+    port_clsid: str = ""
+    """The port the adapter made for this miniport (PcNewPort's class id); "" is
+    CLSID_PortMidi. Unknown ids are refused with NOT_SUPPORTED."""
+    resources: Any = None
+    """What the adapter passed to `port.init`; None: the device's configured resources."""
     OP: ClassVar[str]
 
 
@@ -575,6 +580,51 @@ class LoadFailed:
     pid: Pid
     reason: str
     secret: bytes = b""
+    OP: ClassVar[str]
+
+
+@message("device_started")
+@dataclass(frozen=True, slots=True)
+class DeviceStarted:
+    """The adapter's `start_device` returned (sent under the launch's own identity, not a
+    subdevice's): `status` SUCCESS, or the failure it returned with `reason`. A failed
+    start fails the device (its filters withdrawn) and it is not restarted, as an
+    IPort::Init failure was before adapters."""
+
+    device: str
+    pid: Pid
+    secret: bytes
+    status: StatusCode
+    reason: str = ""
+    OP: ClassVar[str]
+
+
+MAX_SUBDEVICE_NAME: Final = 64
+
+
+@message("register_subdevice")
+@dataclass(frozen=True, slots=True)
+class RegisterSubdevice:
+    """PcRegisterSubdevice for the port of the sending connection: publish its filter
+    under `name` (unique per device). Reply: {"filter": the published filter's id}."""
+
+    name: str
+    OP: ClassVar[str]
+
+
+@message("register_physical_connection")
+@dataclass(frozen=True, slots=True)
+class RegisterPhysicalConnection:
+    """PcRegisterPhysicalConnection[ToExternal|FromExternal] between subdevices of the
+    sender's device, by subdevice name; with `from_external` (`to_external`) the
+    `from_name` (`to_name`) is instead another filter's id, outside this device."""
+
+    from_name: str
+    from_pin: Handle
+    to_name: str
+    to_pin: Handle
+    from_external: bool = False
+    to_external: bool = False
     OP: ClassVar[str]
 
 
@@ -772,4 +822,16 @@ class CloseStream:
 @message("unload")
 @dataclass(frozen=True, slots=True)
 class Unload:
+    OP: ClassVar[str]
+
+
+@message("init_complete")
+@dataclass(frozen=True, slots=True)
+class InitComplete:
+    """IPort::Init ran in the kernel for this host's port (the miniport's init, then its
+    description): `status` SUCCESS or why it failed. The adapter's `port.init` returns,
+    or raises, with it."""
+
+    status: StatusCode
+    message: str = ""
     OP: ClassVar[str]

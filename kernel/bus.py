@@ -57,6 +57,8 @@ class Bus:
             p.StreamError: self._stream_error,
             p.DeviceProperty: self._device_property,
             p.Registry: self._registry,
+            p.RegisterSubdevice: lambda conn, body: pnp.register_subdevice(conn, body.name),
+            p.RegisterPhysicalConnection: pnp.register_physical_connection,
         }
 
     def send(self, identity: bytes, frame: bytes) -> None:
@@ -77,9 +79,13 @@ class Bus:
         if isinstance(msg, p.Request) and isinstance(msg.body, p.Register):
             self._register(pnp, identity, msg.rid, msg.body)
             return
-        if isinstance(msg, p.Request) and isinstance(msg.body, p.LoadFailed):
+        if isinstance(msg, p.Request) and isinstance(msg.body, (p.LoadFailed, p.DeviceStarted)):
+            # The device's process itself, under its launch identity: no connection.
             try:
-                pnp.load_failed(identity, msg.body)
+                if isinstance(msg.body, p.LoadFailed):
+                    pnp.load_failed(identity, msg.body)
+                else:
+                    pnp.device_started(identity, msg.body)
             except StatusError as exc:
                 self.loop.stats["bus_rejected"] += 1
                 self.send(identity, p.encode_exception(msg.rid, exc))
@@ -138,7 +144,7 @@ class Bus:
                 conn.count_malformed()
 
     def _port(self, conn: MiniportConnection, initialised: bool = False) -> PortMidi:
-        port = self.pnp.devices[conn.device].port
+        port = self.pnp.port_of(conn)
         if initialised and (port is None or not port.init_started):
             raise StatusError(Status.UNSUCCESSFUL, "the port is not initialised")
         if port is None:
@@ -149,7 +155,7 @@ class Bus:
         self._port(conn).register_service_group(conn.group(body.group))
 
     def _stream_error(self, conn: MiniportConnection, body: Any) -> None:
-        port = self.pnp.devices[conn.device].port
+        port = self.pnp.port_of(conn)
         pin = port.streams.get(body.stream) if port is not None else None
         if pin is None:
             raise StatusError(Status.INVALID_PARAMETER, f"no stream {body.stream}")

@@ -12,11 +12,14 @@ cable looped back).
     malformed_window = 10.0      #   this many seconds is a fault (0 = never)
     stop_grace = 1.0             # SIGTERM to a failed miniport, SIGKILL this much later
     ring_capacity = 65536        # least bytes in a stream's kernel-miniport ring
+    start_timeout = 60.0         # an adapter's start_device not done by then is a fault
 
     [[device]]
     name = "loopback"            # the filter's name; unique
     miniport = "loopback"        # a registered miniport or "module:Class"
     options = { max_write = 3 } # constructor keyword arguments
+    # or, instead of miniport: adapter = "mpu401card" (a registered adapter or
+    # "module:Class"; options go to its constructor); its start_device binds the ports
     resources = { io = [[0x330, 2]], irq = [9] }
     properties = { friendly_name = "Loopback" }
     restart = { limit = 5, window = 60.0, backoff = 0.2 }   # limit 0 (or "never"): no restart
@@ -71,10 +74,10 @@ def _check_keys(table: dict[str, Any], known: tuple[str, ...], where: str) -> No
 
 
 _KERNEL_KEYS = ("heartbeat_interval", "heartbeat_timeout", "call_timeout", "ring_capacity",
-                "malformed_limit", "malformed_window", "stop_grace")
+                "malformed_limit", "malformed_window", "stop_grace", "start_timeout")
 _RESTART_KEYS = ("limit", "window", "backoff", "max_backoff")
-_DEVICE_KEYS = ("name", "miniport", "options", "resources", "properties", "restart",
-                "physical_connections")
+_DEVICE_KEYS = ("name", "miniport", "adapter", "options", "resources", "properties",
+                "restart", "physical_connections")
 _CONNECTION_KEYS = ("pin", "to", "to_pin")
 _HOTPLUG_KEYS = ("api", "match", "direction", "prefix", "options", "interval", "restart")
 
@@ -96,7 +99,11 @@ class DeviceConfig:
     properties: dict[str, Any] = field(default_factory=dict)
     restart: RestartPolicy = RestartPolicy()
     physical_connections: tuple[tuple[int, str, int], ...] = ()
-    """PcRegisterPhysicalConnection: (this filter's pin, other filter, its pin) wires."""
+    """PcRegisterPhysicalConnection: (this filter's pin, other filter, its pin) wires,
+    on the device's first filter (the one named like the device)."""
+    adapter: str = ""
+    """The adapter plugin whose start_device binds the device's ports ("": the default
+    adapter: one port, `miniport`, one subdevice); `options` are then the adapter's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +135,8 @@ class KernelConfig:
     malformed_limit: int = 50
     malformed_window: float = 10.0
     stop_grace: float = 1.0
+    start_timeout: float = 60.0
+    """Seconds a device's start_device may take (registering its ports included)."""
 
 
 DEFAULT = KernelConfig(
@@ -234,19 +243,26 @@ def parse(data: dict[str, Any]) -> KernelConfig:
     for raw in raw_devices:
         if not isinstance(raw, dict):
             raise _config_error("each [[device]] must be a table")
-        name, miniport = raw.get("name"), raw.get("miniport")
+        name, miniport, adapter = raw.get("name"), raw.get("miniport"), raw.get("adapter")
         if not isinstance(name, str) or not _NAME.match(name):
             raise _config_error(f"device name {name!r}: letters, digits, _ . - (max 64)")
         if name in seen:
             raise _config_error(f"device name {name!r} is used twice")
         seen.add(name)
-        if not isinstance(miniport, str) or not miniport:
-            raise _config_error(f"device {name!r} needs a miniport")
         _check_keys(raw, _DEVICE_KEYS, f"device {name!r}")
+        if adapter is not None and (not isinstance(adapter, str) or not adapter):
+            raise _config_error(f"device {name!r}: adapter must be a name or module:Class",
+                                "adapter")
+        if adapter is not None and miniport is not None:
+            raise _config_error(f"device {name!r}: give a miniport or an adapter, not both "
+                                "(the adapter chooses its miniports)", "adapter")
+        if adapter is None and (not isinstance(miniport, str) or not miniport):
+            raise _config_error(f"device {name!r} needs a miniport (or an adapter)")
         devices.append(
             DeviceConfig(
                 name=name,
-                miniport=miniport,
+                miniport=miniport if isinstance(miniport, str) else "",
+                adapter=adapter or "",
                 options=_table(raw, "options"),
                 resources=_table(raw, "resources"),
                 properties=_table(raw, "properties"),
@@ -280,6 +296,7 @@ def parse(data: dict[str, Any]) -> KernelConfig:
         malformed_limit=malformed_limit,
         malformed_window=_number(kernel, "malformed_window", 10.0, 0.01),
         stop_grace=_number(kernel, "stop_grace", 1.0, 0.0),
+        start_timeout=_number(kernel, "start_timeout", 60.0, 0.1),
     )
 
 

@@ -55,16 +55,15 @@ class FloodWatch:
         seconds, self._last = max(now - self._last, 1e-3), now
         seen: dict[object, int] = {}
         for device in tuple(self.pnp.devices.values()):
-            conn = device.conn
-            if conn is None:
-                continue
-            channels: list[Any] = [conn.interrupts]
-            if device.port is not None:
-                for pin in device.port.streams.values():
-                    channels += _pin_sides(pin)[1]
-            if self._over(conn, _idle(channels), seconds, seen):
-                self.loop.stats["miniport_floods"] += 1
-                self.pnp.miniport_fault(conn, "doorbell flood: wake-ups with no work")
+            for sub in tuple(device.subdevices.values()):
+                conn = sub.conn
+                channels: list[Any] = [conn.interrupts]
+                if sub.port is not None:
+                    for pin in sub.port.streams.values():
+                        channels += _pin_sides(pin)[1]
+                if self._over(conn, _idle(channels), seconds, seen):
+                    self.loop.stats["miniport_floods"] += 1
+                    self.pnp.miniport_fault(conn, "doorbell flood: wake-ups with no work")
         for session in tuple(self.user.sessions.values()):
             total = _idle(c for i in session.pins.values() for c in _pin_sides(i.pin)[0])
             if self._over(session, total, seconds, seen):

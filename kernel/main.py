@@ -8,9 +8,11 @@ import logging
 import os
 import resource
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from ipc import trace
+from ipc.ks import PinDescriptor
 from ipc.platform import PlatformError, check_platform
 from ipc.runtime import default_runtime_dir
 from ipc.status import StatusError
@@ -21,18 +23,24 @@ from kernel.kernel import Kernel
 def describe(kernel: Kernel) -> str:
     lines = [f"kernel {os.getpid()} ready in {kernel.runtime_dir}"]
     for device in kernel.devices.values():
-        f = device.filter
-        if f is None:
+        if not device.filters:
             lines.append(f"  {device.config.name}: {device.state} {device.last_exit}".rstrip())
-            continue
         pid = device.process.pid if device.process else "?"
-        lines.append(f"  {f.fid} ({device.config.miniport}, pid {pid})")
-        for i, pin in enumerate(f.descriptor.pins):
-            kind = "render" if pin.dataflow == 1 else "capture"
-            if not pin.streaming:
-                kind = "bridge " + ("in" if pin.dataflow == 1 else "out")
-            lines.append(f"    pin {i}: {pin.name} [{kind}]")
+        driver = device.config.miniport or f"adapter {device.config.adapter}"
+        for f in device.filters:
+            lines.append(f"  {f.fid} ({driver}, pid {pid})")
+            lines.extend(_pins(f.descriptor.pins))
     return "\n".join(lines)
+
+
+def _pins(pins: Sequence[PinDescriptor]) -> list[str]:
+    lines = []
+    for i, pin in enumerate(pins):
+        kind = "render" if pin.dataflow == 1 else "capture"
+        if not pin.streaming:
+            kind = "bridge " + ("in" if pin.dataflow == 1 else "out")
+        lines.append(f"    pin {i}: {pin.name} [{kind}]")
+    return lines
 
 
 ENV_CPUS = "PORTCLS_CPUS"

@@ -1,12 +1,14 @@
-"""The PnP manager: devices' miniport processes started, watched, restarted, published.
+"""The PnP manager: devices' processes started, watched, restarted, published.
 
 Supervisor → device → process, as circus keeps arbiter, watcher and process:
-`PnpManager` starts each configured device's miniport host, accepts its
-registration on the bus, binds a port to it (PcNewPort, port.init,
-PcRegisterSubdevice), watches the process through a pidfd and the connection
-through heartbeats, and on any fault removes the device (surprise removal:
-its filter goes, its pins fail with STATUS_DEVICE_REMOVED) and restarts it
-with back-off within the restart limit.
+`PnpManager` starts each configured device's process, where its adapter's
+`start_device` runs; each port the adapter binds is a miniport host that
+registers on the bus, and the kernel does that port's half of the PortCls
+flow (PcNewPort, IPort::Init, PcRegisterSubdevice, PcRegisterPhysicalConnection:
+see `kernel.adapters`). It watches the process through a pidfd and each
+connection through heartbeats, and on any fault removes the device (surprise
+removal: all its filters go, its pins fail with STATUS_DEVICE_REMOVED) and
+restarts it with back-off within the restart limit.
 """
 
 from __future__ import annotations
@@ -20,27 +22,26 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from ipc import protocol as p
 from ipc.credentials import LaunchCredentials
 from ipc.procwatch import ProcessWatch
 from ipc.runtime import now_100ns
 from ipc.status import Status, StatusError
+from kernel import adapters
 from kernel.config import DeviceConfig, KernelConfig
 from kernel.connection import ConnectionLimits, MiniportConnection
-from kernel.device import Device, exit_reason
+from kernel.device import Device, Subdevice, exit_reason
 from kernel.dpc import Dpc, Timer
 from kernel.filters import Filter
 from kernel.loop import KernelLoop
-from kernel.port import CLSID_PortMidi, PortMidi, pc_new_port
+from kernel.port import PortMidi
 
 log = logging.getLogger("portcls.kernel")
 
-SUBDEVICE: Final = "midi"
 
-
-class PnpManager:
+class PnpManager(adapters.AdapterCalls):
     """Every device of one kernel, from configuration to published filter and back."""
 
     def __init__(
@@ -102,11 +103,24 @@ class PnpManager:
 
     def connection(self, identity: bytes) -> MiniportConnection | None:
         """The registered connection that `identity` speaks for, if any (the identity is
-        the launch's, which no other process knows)."""
+        one of the launch's, which no other process knows)."""
+        sub = self._subdevice_of(identity)
+        return sub.conn if sub is not None else None
+
+    def _subdevice_of(self, identity: bytes) -> Subdevice | None:
         device = self.devices.get(identity.partition(b"\0")[0].decode("utf-8", "replace"))
-        if device is None or device.conn is None or device.conn.identity != identity:
-            return None
-        return device.conn
+        return device.subdevices.get(identity) if device is not None else None
+
+    def subdevice(self, conn: MiniportConnection) -> Subdevice:
+        """The subdevice `conn` is the host of; INVALID_DEVICE_STATE once it is gone."""
+        sub = self._subdevice_of(conn.identity)
+        if sub is None or sub.conn is not conn:
+            raise StatusError(Status.INVALID_DEVICE_STATE, "the subdevice is gone")
+        return sub
+
+    def port_of(self, conn: MiniportConnection) -> PortMidi | None:
+        sub = self._subdevice_of(conn.identity)
+        return sub.port if sub is not None and sub.conn is conn else None
 
     def _is_launch(self, device: Device | None, identity: bytes, pid: int, secret: bytes) -> bool:
         """Whether this comes from the process started last for `device` (its pid, its bus
@@ -125,15 +139,16 @@ class PnpManager:
             problem = f"no device {reg.device!r} is configured"
         elif not self._is_launch(device, identity, reg.pid, reg.secret):
             problem = "the registering process is not the one the kernel started"
-        elif device.state != "starting" or device.conn is not None:
-            problem = f"device {reg.device!r} is not waiting for a miniport"
+        elif device.state not in ("starting", "running") or identity in device.subdevices:
+            problem = f"device {reg.device!r} is not waiting for this miniport"
         elif reg.version != p.PROTOCOL_VERSION:
             problem = f"protocol version {reg.version}, kernel speaks {p.PROTOCOL_VERSION}"
         if problem is not None or device is None:
             raise StatusError(Status.INVALID_DEVICE_REQUEST, problem or "")
+        clsid = adapters.port_clsid(reg.port_clsid)
         conn = MiniportConnection(self.loop, self._send_bus, self._limits, reg, identity)
         conn.on_fault = self.miniport_fault
-        device.conn = conn
+        device.subdevices[identity] = Subdevice(conn, clsid=clsid, resources=reg.resources)
         interrupt_channel = None
         try:
             interrupt_channel = conn.open_interrupt_channel()
@@ -153,7 +168,7 @@ class PnpManager:
         device = self.devices.get(report.device)
         if (
             not self._is_launch(device, identity, report.pid, report.secret)
-            or device is None or device.state != "starting"
+            or device is None or device.state != "starting" or device.subdevices
         ):
             raise StatusError(Status.INVALID_DEVICE_REQUEST, "not a device that is starting")
         reason = f"configuration error: {report.reason}"
@@ -162,43 +177,13 @@ class PnpManager:
         device.state = "failed"
         self.check_ready()
 
-    def bind(self, conn: MiniportConnection) -> None:
-        """PnP start: PcNewPort, port.init (miniport.init + description), PcRegisterSubdevice."""
-        device = self.devices[conn.device]
-        port = pc_new_port(self.loop, CLSID_PortMidi, self.runtime_dir,
-                           self.config.ring_capacity)
-        device.port = port
-
-        def bound(error: StatusError | None) -> None:
-            if device.conn is not conn:
-                return
-            if error is not None:
-                log.error("device %s failed to start: %s", conn.device, error)
-                device.last_exit = f"init failed: {error}"
-                self._fail_device(device, f"init failed: {error}", restart=False)
-                return
-            self.pc_register_subdevice(device, SUBDEVICE, port)
-
-        port.init(conn, device.config.resources, bound)
-
-    def pc_register_subdevice(self, device: Device, name: str, port: PortMidi) -> None:
-        """Publish the port's filter; every client hears of its arrival."""
-        fid = device.config.name
-        if fid in self.filters:
-            raise StatusError(Status.OBJECT_NAME_COLLISION, f"filter {fid} exists")
-        filter_ = Filter(fid, device.config.name, name, port)
-        for pin, to, to_pin in device.config.physical_connections:
-            # KSPROPERTY_PIN_PHYSICALCONNECTION: the wire the adapter registered.
-            filter_.physical_connections[pin] = {"filter": to, "pin": to_pin}
-        self.filters[fid] = filter_
-        device.filter = filter_
-        device.state = "running"
-        log.info("device %s: filter published", fid)
-        self.on_event(p.DeviceArrival(fid))
-        self.check_ready()
-
     def check_ready(self) -> None:
-        if self._ready_reported or any(d.state == "starting" for d in self.devices.values()):
+        """Report the kernel ready once every device has started (its start_device
+        returned, DeviceStarted) or failed."""
+        if self._ready_reported or any(
+            d.state == "starting" or (d.state == "running" and not d.started)
+            for d in self.devices.values()
+        ):
             return
         self._ready_reported = True
         if self.on_ready is not None:
@@ -208,14 +193,17 @@ class PnpManager:
 
     def _start_device(self, device: Device) -> None:
         cfg = device.config
+        driver = ["--adapter", cfg.adapter] if cfg.adapter else ["--miniport", cfg.miniport]
         args = [
             sys.executable, "-P", "-m", "miniports.host",
             "--runtime", str(self.runtime_dir),
             "--device", cfg.name,
-            "--miniport", cfg.miniport,
+            *driver,
             "--options", json.dumps(cfg.options),
+            "--resources", json.dumps(cfg.resources),
         ]
         device.state = "starting"
+        device.started = False
         device.launch = LaunchCredentials.new(cfg.name)
         # Its own process group: a Ctrl-C at the terminal reaches the kernel alone, which
         # then stops its miniports in order (one traceback per miniport otherwise).
@@ -225,7 +213,9 @@ class PnpManager:
                 pass_fds=(fd,), process_group=0)
         device.watch = ProcessWatch(device.process.pid, device.process)
         self.loop.watch_process(device.watch, lambda: self._on_process_exit(device))
-        log.info("device %s: miniport %s started, pid %d", cfg.name, cfg.miniport,
+        self._arm_start_timer(device)
+        log.info("device %s: %s %s started, pid %d", cfg.name,
+                 "adapter" if cfg.adapter else "miniport", cfg.adapter or cfg.miniport,
                  device.process.pid)
 
     def _on_process_exit(self, device: Device) -> None:
@@ -264,7 +254,8 @@ class PnpManager:
     def miniport_fault(self, conn: MiniportConnection, reason: str) -> None:
         """A miniport broke the contract (hung, garbage): remove it and kill its process."""
         device = self.devices.get(conn.device)
-        if device is None or device.conn is not conn:
+        sub = device.subdevices.get(conn.identity) if device is not None else None
+        if device is None or sub is None or sub.conn is not conn:
             return
         log.warning("device %s: fault: %s", conn.device, reason)
         self._fail_device(device, reason, restart=True)
@@ -300,21 +291,24 @@ class PnpManager:
         self.loop.scheduler.set_timer(device.kill_timer, now_100ns() + int(grace * 1e7))
 
     def _remove_device(self, device: Device, reason: str) -> None:
-        """Surprise (or orderly) removal: withdraw the filter, fail its pins, drop its groups."""
+        """Surprise (or orderly) removal: withdraw every filter of the device (a removal
+        event each), fail their pins, drop their groups and connections."""
         removed = StatusError(Status.DEVICE_REMOVED, f"device {device.config.name}: {reason}")
-        filter_ = device.filter
-        if filter_ is not None:
-            del self.filters[filter_.fid]
-            device.filter = None
-            log.info("device %s: filter withdrawn: %s", filter_.fid, reason)
-            self.on_event(p.DeviceRemoval(filter_.fid, reason))
-        if device.port is not None:
-            device.port.remove_streams(removed)
-            device.port.release()
-            device.port = None
-        if device.conn is not None:
-            device.conn.close()
-            device.conn = None
+        subdevices = list(device.subdevices.values())
+        device.subdevices.clear()
+        for sub in subdevices:
+            filter_ = sub.filter
+            if filter_ is not None:
+                del self.filters[filter_.fid]
+                sub.filter = None
+                log.info("device %s: filter withdrawn: %s", filter_.fid, reason)
+                self.on_event(p.DeviceRemoval(filter_.fid, reason))
+        for sub in subdevices:
+            if sub.port is not None:
+                sub.port.remove_streams(removed)
+                sub.port.release()
+                sub.port = None
+            sub.conn.close()
 
     def _schedule_restart(self, device: Device) -> None:
         policy = device.config.restart
@@ -351,20 +345,21 @@ class PnpManager:
     def _check_heartbeats(self) -> None:
         now = self.loop.clock_seconds()
         for device in tuple(self.devices.values()):
-            conn = device.conn
-            if conn is not None and now - conn.last_seen > self.config.heartbeat_timeout:
-                self.miniport_fault(conn, f"no heartbeat for {now - conn.last_seen:.1f} s")
+            for conn in device.conns:
+                if now - conn.last_seen > self.config.heartbeat_timeout:
+                    self.miniport_fault(conn, f"no heartbeat for {now - conn.last_seen:.1f} s")
+                    break
         self._arm_heartbeat_check()
 
     def _safety_sweep(self) -> None:
         # A wake-up lost to store reordering (Python cannot fence) is rescued here.
         for device in tuple(self.devices.values()):
-            if device.conn is not None:
-                device.conn.take_interrupts()
+            for conn in device.conns:
+                conn.take_interrupts()
         self.loop.scheduler.run_dpcs()
         for device in tuple(self.devices.values()):
-            if device.port is not None:
-                for pin in tuple(device.port.streams.values()):
+            for port in device.ports:
+                for pin in tuple(port.streams.values()):
                     pin.request_service()
 
     def shutdown(self, grace: float) -> None:
@@ -372,9 +367,10 @@ class PnpManager:
         for device in self.devices.values():
             if device.restart_timer is not None:
                 self.loop.scheduler.cancel_timer(device.restart_timer)
-            if device.conn is not None:
+            if device.subdevices:
                 device.state = "stopping"
-                device.conn.call(p.Unload(), lambda _: None, timeout=grace)
+                for conn in device.conns:
+                    conn.call(p.Unload(), lambda _: None, timeout=grace)
             elif device.process is not None:
                 device.state = "stopping"
                 self._kill(device)
@@ -390,8 +386,8 @@ class PnpManager:
                 device.process.wait()
                 self._on_process_exit(device)
         for device in self.devices.values():
-            if device.port is not None:
-                device.port.release()
+            for port in device.ports:
+                port.release()
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -400,8 +396,9 @@ class PnpManager:
                 "pid": d.process.pid if d.process else None,
                 "restarts": len(d.restarts),
                 "last_exit": d.last_exit,
-                "malformed": d.conn.malformed if d.conn else 0,
-                "services": d.port.services if d.port else 0,
+                "malformed": sum(c.malformed for c in d.conns),
+                "services": sum(port.services for port in d.ports),
+                "filters": [f.fid for f in d.filters],
             }
             for name, d in self.devices.items()
         }

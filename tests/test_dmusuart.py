@@ -127,3 +127,30 @@ def test_the_dmusuart_is_crash_tested_like_any_other(tmp_path: Path) -> None:
     assert "PASS" in proc.stdout
     summary = json.loads(report.read_text())
     assert summary["summary"]["faults"] == 6
+
+
+CARD = """
+[[device]]
+name = "card"
+adapter = "mpu401card"
+options = { cable = "loopback", baud = 3125000 }
+resources = { io = [[0x330, 2], [0x300, 2]], irq = [9, 10] }
+"""
+
+
+def test_the_mpu401card_adapters_second_subdevice_is_the_dmusuart(start_kernel) -> None:
+    kernel = start_kernel(CARD)
+    with kernel.connect() as c:
+        c.wait_for_filter("card/dmus")
+        out = c.open_render("card/dmus", pin=DMUS_RENDER_PIN, fmt=DMUS)
+        inp = c.open_capture("card/dmus", pin=CAPTURE_PIN, fmt=DMUS)
+        kinds = {p["filter"]: p["miniport_kind"] for p in c.stats()["pins"]}
+        assert kinds == {"card/dmus": "dmus"}
+        inp.run()
+        out.run()
+        out.send_raw(join_group(1, b"\x90\x30\x30"))
+        assert [(g, d) for _, g, d in _receive(inp, 1)] == [(1, b"\x90\x30\x30")]
+        out.close()
+        inp.close()
+        with c.open_render("card"):
+            assert c.stats()["pins"][0]["miniport_kind"] == "midi"

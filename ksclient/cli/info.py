@@ -29,8 +29,25 @@ def pin_kind(pin: ksclient.PinInfo) -> str:
     return "render" if pin.dataflow == DataFlow.IN else "capture"
 
 
-def filter_record(f: ksclient.FilterInfo, devices: dict[str, Any]) -> dict[str, Any]:
-    """A filter as a JSON object: its pins and its device's state from `stats()`."""
+def physical_connections(client: ksclient.Client, f: ksclient.FilterInfo) -> dict[int, str]:
+    """KSPROPERTY_PIN_PHYSICALCONNECTION of each pin that has one: "<filter>:<pin>"; a
+    filter removed meanwhile has none."""
+    wires = {}
+    for pin in f.pins:
+        try:
+            wire = client.pin_property(f.id, pin.id, "physicalconnection")
+        except ksclient.KsError:
+            return {}
+        if isinstance(wire, dict):
+            wires[pin.id] = f"{wire.get('filter')}:{wire.get('pin')}"
+    return wires
+
+
+def filter_record(f: ksclient.FilterInfo, devices: dict[str, Any],
+                  wires: dict[int, str] | None = None) -> dict[str, Any]:
+    """A filter as a JSON object: its pins (with their physical connections, `wires`)
+    and its device's state from `stats()`."""
+    wires = wires or {}
     return {
         "id": f.id, "device": f.device, "subdevice": f.name,
         "device_state": devices.get(f.device, {}),
@@ -40,6 +57,7 @@ def filter_record(f: ksclient.FilterInfo, devices: dict[str, Any]) -> dict[str, 
             "category": guid_name(pin.category), "open": f.open_counts[pin.id],
             "max_instances": None if pin.max_instances == UNLIMITED else pin.max_instances,
             "data_ranges": [_range(r) for r in pin.data_ranges],
+            "physical_connection": wires.get(pin.id),
         } for pin in f.pins],
     }
 
@@ -64,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         f = client.filter(args.target)
         devices = client.stats().get("devices", {})
         registry = client.device_registry(f.device)
-    record = filter_record(f, devices)
+        wires = physical_connections(client, f)
+    record = filter_record(f, devices, wires)
     record["registry"] = [{**key, "values": {name: _json_value(value) for name, value
                                              in key["values"].items()}} for key in registry]
     if args.json:
@@ -77,11 +96,12 @@ def run(args: argparse.Namespace) -> int:
         out.print(f"  state {_state(state.get('state', '?'))}, pid {state.get('pid')}, "
                   f"restarts {state.get('restarts', 0)}, "
                   f"last failure: {state.get('last_exit') or 'none'}")
-    table = Table("pin", "name", "kind", "category", "instances", "data ranges")
+    table = Table("pin", "name", "kind", "category", "instances", "data ranges", "wired to")
     for pin in record["pins"]:
         limit = "unlimited" if pin["max_instances"] is None else pin["max_instances"]
         table.add_row(str(pin["id"]), pin["name"], pin["kind"], pin["category"] or "",
-                      f"{pin['open']}/{limit}", ", ".join(pin["data_ranges"]) or "-")
+                      f"{pin['open']}/{limit}", ", ".join(pin["data_ranges"]) or "-",
+                      pin["physical_connection"] or "")
     out.print(table)
     for key in record["registry"]:
         out.print(f"  registry key {key['type']}\\{key['path']}", highlight=False)
@@ -107,7 +127,8 @@ def run_ls_json(client: ksclient.Client) -> int:
     filters = client.filters()
     devices = client.stats().get("devices", {})
     print(json.dumps({
-        "filters": [filter_record(f, devices) for f in filters],
+        "filters": [filter_record(f, devices, physical_connections(client, f))
+                    for f in filters],
         "devices": devices,
     }))
     return 0

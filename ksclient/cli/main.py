@@ -108,6 +108,7 @@ def _ls(args: argparse.Namespace) -> int:
             print("no filters")
         for f in filters:
             print(f"{f.id}  (device {f.device}, subdevice {f.name})")
+            wires = info.physical_connections(client, f)
             for pin in f.pins:
                 if pin.communication == Communication.NONE:
                     kind = "bridge " + ("in" if pin.dataflow == DataFlow.IN else "out")
@@ -115,9 +116,10 @@ def _ls(args: argparse.Namespace) -> int:
                     kind = "render" if pin.dataflow == DataFlow.IN else "capture"
                 limit = "unlimited" if pin.max_instances == 0xFFFFFFFF else pin.max_instances
                 ranges = len(pin.data_ranges)
+                wire = f"  wired to {wires[pin.id]}" if pin.id in wires else ""
                 print(
                     f"  pin {pin.id}: {pin.name:<12} {kind:<10} instances {f.open_counts[pin.id]}"
-                    f"/{limit}  data ranges {ranges}"
+                    f"/{limit}  data ranges {ranges}{wire}"
                 )
         info.print_other_devices(client, filters)
     return 0

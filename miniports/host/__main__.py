@@ -1,7 +1,8 @@
-"""python -m miniports.host --runtime DIR --device NAME --miniport SPEC [--options JSON]"""
+"""python -m miniports.host --runtime DIR --device NAME (--miniport SPEC | --adapter SPEC)
+[--options JSON] [--resources JSON]"""
 
 import sys
 
-from miniports.host.loop import main
+from miniports.host.device import main
 
 sys.exit(main())

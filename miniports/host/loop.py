@@ -1,4 +1,6 @@
-"""The host process: its loop, the kernel's requests, heartbeats, shutdown.
+"""One miniport host (one port of the device): its loop, the kernel's requests,
+heartbeats, shutdown. The device's process runs one per port its adapter binds
+(miniports.host.device), each on its own thread with its own bus connection.
 
 One thread runs the loop. It waits in one epoll (`Waiter`) on the bus socket,
 the stream rings' doorbells, a wake-up pipe (for `notify` and events posted
@@ -11,29 +13,29 @@ interrupt on which the kernel runs the other half.
 
 from __future__ import annotations
 
-import argparse
+import collections
 import contextlib
 import functools
 import json
 import os
-import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
 import zmq
 
 from ipc import protocol as p
-from ipc import trace
 from ipc.credentials import LaunchCredentials
 from ipc.dmusic import DmusStreamType, prefetch_to_wire
 from ipc.ks import DataFormat, DataRange, KsState
 from ipc.procwatch import ProcessWatch
-from ipc.rpc import RpcEndpoint
-from ipc.runtime import BUS_SOCKET, ENV_MINIPORT_PATH, endpoint, now_100ns
+from ipc.runtime import ENV_MINIPORT_PATH, now_100ns
 from ipc.status import Status, StatusError
 from ipc.waiter import Waiter
 from miniports import registry
@@ -45,7 +47,7 @@ from miniports.host.dpc import NOTIFY_ALL, HostServiceGroup, ServiceGroups
 from miniports.host.port import HostPort
 from miniports.host.streams import HostStream, StreamTable
 
-__all__ = ["EXIT_MINIPORT_FAULT", "MiniportHost", "main"]
+__all__ = ["EXIT_MINIPORT_FAULT", "MiniportHost"]
 
 EXIT_MINIPORT_FAULT = p.EXIT_MINIPORT_FAULT
 
@@ -57,7 +59,12 @@ def _group(group: Any) -> HostServiceGroup | None:
 
 
 class MiniportHost:
-    """Runs one miniport object for the kernel; see the module docstring."""
+    """Runs one miniport object for the kernel; see the module docstring.
+
+    One host serves one port the device's adapter bound (`port_clsid`, `resources`:
+    what the adapter gave PcNewPort and port.init; see miniports.host.device). Other
+    threads reach it only through `wait_init`, `call_kernel` and `stop`.
+    """
 
     dmus: DmusSupport | None = None
     """A DirectMusic miniport's allocator, master clock and counts (set by `_init`)."""
@@ -70,10 +77,18 @@ class MiniportHost:
         miniport: MiniportMidi | MiniportDMus,
         heartbeat: float = 1.0,
         launch: LaunchCredentials | None = None,
+        port_clsid: str = "",
+        resources: dict[str, Any] | None = None,
     ) -> None:
         self.runtime_dir = runtime_dir
         self.launch = launch
         self.device = device
+        self.port_clsid = port_clsid
+        self.resources = resources
+        self._init_done = threading.Event()
+        self._init_error: StatusError | None = None
+        self._jobs: collections.deque[tuple[Any, Future[Any]]] = collections.deque()
+        self._jobs_lock = threading.Lock()
         self.miniport_name = miniport_name
         self.miniport = miniport
         self.heartbeat = heartbeat
@@ -103,14 +118,25 @@ class MiniportHost:
             p.StreamSetFormat: self._set_format,
             p.CloseStream: self._close_stream,
             p.Unload: self._unload,
+            p.InitComplete: self._init_complete,
         }
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b"!")
+        fd = self._wake_w
+        if fd >= 0:
+            with contextlib.suppress(BlockingIOError):
+                os.write(fd, b"!")
 
     def run(self) -> int:
-        """Register with the kernel, then serve it until unloaded or it dies; the exit status."""
+        """Register with the kernel, then serve it until unloaded or it dies; the exit status.
+        StatusError if the kernel refuses the registration. Call it on the thread that
+        made the host."""
+        try:
+            return self._serve()
+        finally:
+            self._end_waits()
+
+    def _serve(self) -> int:
         reply = self.bus.call(
             p.Register(
                 self.device,
@@ -119,6 +145,8 @@ class MiniportHost:
                 self._has_service,
                 overrides(self.miniport, "data_range_intersection"),
                 secret=self.launch.secret if self.launch is not None else b"",
+                port_clsid=self.port_clsid,
+                resources=self.resources,
             ),
             timeout=10.0,
         )
@@ -163,6 +191,7 @@ class MiniportHost:
             self._on_ready(fd)
         self.bus.flush()
         self._handle_backlog()
+        self._run_jobs()
         now = time.monotonic()
         if now >= next_beat:
             self.bus.post(p.Heartbeat())
@@ -299,6 +328,67 @@ class MiniportHost:
     def _unload(self, body: p.Unload) -> None:
         self.running = False
 
+    def _init_complete(self, body: p.InitComplete) -> None:
+        """The kernel ran IPort::Init for this port: `wait_init` returns (or raises) now."""
+        if not self._init_done.is_set():
+            if body.status != Status.SUCCESS:
+                self._init_error = StatusError(body.status, body.message)
+            self._init_done.set()
+
+    # What other threads (the adapter's) may call.
+
+    def wait_init(self, timeout: float) -> None:
+        """Block until the kernel ran IPort::Init for this host's port; raise its failure,
+        DEVICE_REMOVED if the host ended first, IO_TIMEOUT after `timeout` seconds."""
+        if not self._init_done.wait(timeout):
+            raise StatusError(Status.IO_TIMEOUT, f"IPort::Init did not end in {timeout:g} s")
+        if self._init_error is not None:
+            raise self._init_error
+
+    def call_kernel(self, body: Any, timeout: float = 10.0) -> Any:
+        """Make a request to the kernel from another thread: the loop thread sends it
+        between two turns (the socket is the loop's). Its result, or the StatusError it
+        failed with; DEVICE_REMOVED once the host has ended."""
+        future: Future[Any] = Future()
+        with self._jobs_lock:
+            if not self.running:
+                raise StatusError(Status.DEVICE_REMOVED, "the miniport host has ended")
+            self._jobs.append((body, future))
+        self._wake()
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            raise StatusError(Status.IO_TIMEOUT, f"no answer to {body.OP}") from None
+
+    def stop(self) -> None:
+        """End the loop at its next turn (from any thread)."""
+        with self._jobs_lock:
+            self.running = False
+            self._wake()
+
+    def _run_jobs(self) -> None:
+        while self._jobs:
+            with self._jobs_lock:
+                body, future = self._jobs.popleft()
+            try:
+                result = self.bus.call(body)
+            except StatusError as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def _end_waits(self) -> None:
+        """The host ends: whoever waits for its init or a call hears DEVICE_REMOVED."""
+        gone = StatusError(Status.DEVICE_REMOVED, "the miniport host has ended")
+        with self._jobs_lock:
+            self.running = False
+            jobs, self._jobs = self._jobs, collections.deque()
+        for _, future in jobs:
+            future.set_exception(gone)
+        if not self._init_done.is_set():
+            self._init_error = gone
+            self._init_done.set()
+
     def _run_dpcs(self) -> None:
         """Run the miniport's half of the requested groups' DPCs, then raise the interrupt
         on which the kernel runs its half of the same groups."""
@@ -346,7 +436,9 @@ class MiniportHost:
         self.bus.close()
         self.ctx.term()
         self.waiter.close()
-        for fd in (self._wake_r, self._wake_w):
+        with self._jobs_lock:  # `stop` from another thread must not write to a reused fd
+            fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
         if self._kernel_watch is not None:
@@ -376,54 +468,3 @@ def load_miniport(spec: str, options_json: str) -> MiniportMidi | MiniportDMus:
         raise StatusError(
             Status.DEVICE_CONFIGURATION_ERROR, f"{spec}: {type(exc).__name__}: {exc}"
         ) from exc
-
-
-def _report_load_failure(
-    runtime: Path, device: str, reason: str, launch: LaunchCredentials | None
-) -> bool:
-    """Tell the kernel why, instead of registering; True once it acknowledged."""
-    ctx: zmq.Context[Any] = zmq.Context()
-    try:
-        identity = launch.identity if launch is not None else device.encode()
-        rpc = RpcEndpoint(ctx, endpoint(runtime, BUS_SOCKET), identity)
-        try:
-            secret = launch.secret if launch is not None else b""
-            rpc.call(p.LoadFailed(device, os.getpid(), reason[:p.MAX_STR], secret), 3.0)
-            return True
-        except StatusError:
-            return False
-        finally:
-            rpc.close()
-    finally:
-        ctx.term()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m miniports.host")
-    parser.add_argument("--runtime", required=True, type=Path)
-    parser.add_argument("--device", required=True)
-    parser.add_argument("--miniport", required=True)
-    parser.add_argument("--options", default="{}", help="JSON object of constructor options")
-    parser.add_argument("--launch-fd", type=int, default=None,
-                        help="a pipe holding this launch's credentials (from the kernel)")
-    args = parser.parse_args(argv)
-    launch = None
-    if args.launch_fd is not None:
-        # Read before any miniport code runs, and closed: nothing else here sees them.
-        try:
-            launch = LaunchCredentials.receive(args.launch_fd)
-        except (OSError, ValueError) as exc:
-            print(f"miniport host {args.device}: {exc}", file=sys.stderr)
-    # Stopped by the kernel, never by the terminal's Ctrl-C (it is in its own group).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _extend_path()
-    try:
-        miniport = load_miniport(args.miniport, args.options)
-    except StatusError as exc:
-        if not _report_load_failure(args.runtime, args.device, exc.message, launch):
-            print(f"miniport host {args.device}: {exc.message}", file=sys.stderr)
-        return p.EXIT_CONFIG_ERROR
-    if trace.ON:
-        trace.set_process_name(f"miniport {args.device}")
-    host = MiniportHost(args.runtime, args.device, args.miniport, miniport, launch=launch)
-    return host.run()
