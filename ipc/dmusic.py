@@ -114,3 +114,33 @@ def split_group(payload: bytes | bytearray | memoryview) -> tuple[int, bytes]:
     if not 1 <= group <= MAX_CHANNEL_GROUP:
         raise ValueError(f"channel group {group} is not in 1..{MAX_CHANNEL_GROUP}")
     return group, bytes(payload[GROUP_PREFIX.size:])
+
+
+# The schedule pre-fetch on the wire (added after the vocabulary above).
+__all__ += ["DONT_HOLD_ON_WIRE", "MAX_WIRE_PREFETCH", "prefetch_from_wire", "prefetch_to_wire"]
+
+DONT_HOLD_ON_WIRE: Final = -1
+"""DONT_HOLD_FOR_SEQUENCING in a NewStream reply's "prefetch": the wire's ints are
++-2**53 (ipc.protocol INT_BOUNDS), and no real pre-fetch is negative."""
+MAX_WIRE_PREFETCH: Final = 1 << 53
+"""The largest pre-fetch a reply carries (28 years): longer ones are sent as this."""
+
+
+def prefetch_to_wire(prefetch: int) -> int:
+    """A schedule pre-fetch for a reply: DONT_HOLD_FOR_SEQUENCING as DONT_HOLD_ON_WIRE,
+    anything longer than MAX_WIRE_PREFETCH as that."""
+    if prefetch == DONT_HOLD_FOR_SEQUENCING:
+        return DONT_HOLD_ON_WIRE
+    return min(prefetch, MAX_WIRE_PREFETCH)
+
+
+def prefetch_from_wire(value: object) -> int:
+    """A schedule pre-fetch from a reply: an int 0 <= x < 2**63, or DONT_HOLD_ON_WIRE /
+    DONT_HOLD_FOR_SEQUENCING (both give DONT_HOLD_FOR_SEQUENCING). ValueError otherwise."""
+    if type(value) is not int:
+        raise ValueError(f"a schedule pre-fetch is an int, not {type(value).__name__}")
+    if value in (DONT_HOLD_ON_WIRE, DONT_HOLD_FOR_SEQUENCING):
+        return DONT_HOLD_FOR_SEQUENCING
+    if not 0 <= value < 1 << 63:
+        raise ValueError(f"bad schedule pre-fetch {value}")
+    return value

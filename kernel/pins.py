@@ -22,9 +22,11 @@ from typing import Any, Final
 
 from ipc import trace
 from ipc.channel import ChannelReader, ChannelWriter
+from ipc.dmusic import prefetch_to_wire
 from ipc.ks import DataFormat, KsState
 from ipc.ring import Record, RingError
 from ipc.status import Status, StatusError
+from kernel.dmuspins import DmusCapture, for_client, is_dmus_format
 from kernel.loop import KernelLoop
 from kernel.midiparse import MidiStreamParser
 from kernel.monitor import MonitorTap, copy_to
@@ -39,6 +41,11 @@ class Pin:
     """One open pin instance and its miniport stream (the render/capture parts below)."""
 
     capture: bool = False
+    miniport_kind: str = "midi"
+    """The kind of the port's miniport: "midi" or "dmus" (set by the port)."""
+    schedule_prefetch: int = 0
+    """A DMus stream's schedule pre-fetch (100 ns; possibly DONT_HOLD_FOR_SEQUENCING),
+    from its NewStream reply; 0 for a MIDI stream."""
 
     def __init__(
         self,
@@ -204,6 +211,8 @@ class Pin:
             "capture": self.capture,
             "stats": dict(self.stats),
             "stray_bytes": self.parser.stray_bytes,
+            "miniport_kind": self.miniport_kind,
+            "schedule_prefetch": prefetch_to_wire(self.schedule_prefetch),
         }
 
 
@@ -218,12 +227,16 @@ class CapturePin(Pin):
         self.mp_reader: ChannelReader | None = None
         self.backlog: list[tuple[int, int, bytes]] = []
         self.waiting_client = False
+        self.dmus: DmusCapture | None = None
+        """A DMus miniport's parser per channel group (made when the channels open)."""
 
     def open_channels(self) -> None:
         assert isinstance(self.client_end, ChannelWriter)
         self.client_writer = self.client_end
         assert isinstance(self.miniport_end, ChannelReader)
         self.mp_reader = self.miniport_end
+        if self.miniport_kind == "dmus":
+            self.dmus = DmusCapture(self.stats)
 
     def _channels(self) -> tuple[list[ChannelReader | None], list[ChannelWriter | None]]:
         return [self.mp_reader], [self.client_writer]
@@ -247,15 +260,27 @@ class CapturePin(Pin):
             if not records:
                 return
             messages: list[tuple[int, int, bytes]] = []
-            for record in records:
-                messages += parser.feed(record.data, record.timestamp)
+            taps = messages
+            if self.dmus is not None:
+                grouped = self.dmus.feed(records)
+                messages = for_client(grouped, is_dmus_format(self.format), self.stats)
+                taps = [(t, f, m) for t, f, _, m in grouped]
+            else:
+                for record in records:
+                    messages += parser.feed(record.data, record.timestamp)
+                if is_dmus_format(self.format):
+                    taps = messages
+                    messages = for_client([(t, f, 1, m) for t, f, m in messages], True,
+                                          self.stats)
             if trace.ON:
                 trace_captured(self.handle, records)
-            if self.state != KsState.RUN:
+            # DirectMusic capture passes events up in PAUSE too (PortCls).
+            if self.state != KsState.RUN and not (
+                    self.dmus is not None and self.state == KsState.PAUSE):
                 self.stats["dropped"] += len(messages)
             else:
                 if self.taps:
-                    copy_to(self.taps, messages)
+                    copy_to(self.taps, taps)
                 self.backlog = messages
                 if not self._flush_backlog():
                     return
@@ -263,6 +288,12 @@ class CapturePin(Pin):
                 # The ring was empty after these; what the miniport reads next comes
                 # with its own interrupt.
                 return
+
+    def info(self) -> dict[str, Any]:
+        out = super().info()
+        if self.dmus is not None:
+            out["stray_bytes"] += self.dmus.stray_bytes
+        return out
 
     def _flush_backlog(self) -> bool:
         writer = self.client_writer
@@ -291,6 +322,8 @@ class CapturePin(Pin):
 
     def flush(self) -> None:
         super().flush()
+        if self.dmus is not None:
+            self.dmus.reset()
         self.stats["flushed"] += len(self.backlog)
         self.backlog.clear()
         if self.mp_reader is not None:

@@ -31,6 +31,7 @@ from ipc.ks import (
 from ipc.ring import RingError
 from ipc.status import Status, StatusError
 from kernel.connection import MiniportConnection
+from kernel.dmuspins import check_prefetch
 from kernel.loop import KernelLoop
 from kernel.pins import CapturePin, Pin
 from kernel.renderpin import RenderPin
@@ -62,6 +63,8 @@ class PortMidi:
         self.initialised = False
         self.init_started = False
         self.services = 0
+        self.kind = "midi"
+        """The miniport's kind, from its Init reply: "dmus" (IMiniportDMus) or "midi"."""
 
     def init(self, conn: MiniportConnection, resources: dict[str, Any], done: Done) -> None:
         """IPort::Init: miniport.init, then get_description; `done(error or None)`.
@@ -90,6 +93,10 @@ class PortMidi:
                 gid = result.get("group") if isinstance(result, dict) else None
                 if gid is not None and not isinstance(gid, int):
                     raise StatusError(Status.INVALID_PARAMETER, "init returned a bad group")
+                kind = result.get("kind", "midi") if isinstance(result, dict) else "midi"
+                if kind not in ("midi", "dmus"):
+                    raise StatusError(Status.INVALID_PARAMETER, "init returned a bad kind")
+                self.kind = kind
                 if gid is not None and not self.registered_group:
                     # The miniport did not RegisterServiceGroup: join the group it returned.
                     self.group = conn.group(gid)
@@ -193,6 +200,7 @@ class PortMidi:
             self.loop, handle, filter_id, pin_id, fmt, client_end, client_fds, mp_end, mp_fds,
             on_error, lambda reason: conn.on_fault(conn, reason),
         )
+        pin.miniport_kind = self.kind
         self.streams[handle] = pin
         pin.on_release.append(self._forget)
 
@@ -204,6 +212,9 @@ class PortMidi:
             pin.close_miniport_fds()  # the host has its own opens now, or never will
             try:
                 result = reply.unwrap()
+                if self.kind == "dmus":
+                    pin.schedule_prefetch = check_prefetch(
+                        result.get("prefetch", 0) if isinstance(result, dict) else None)
                 pin.open_channels()
                 gid = result.get("group") if isinstance(result, dict) else None
                 if gid is not None:
@@ -404,7 +415,8 @@ def default_intersection(client: DataRange, ours: DataRange) -> DataFormat | Non
 def pc_new_port(
     loop: KernelLoop, clsid: str, runtime_dir: Path, ring_capacity: int
 ) -> PortMidi:
-    """PcNewPort: CLSID_PortMidi and CLSID_PortDMus both give the MIDI port."""
+    """PcNewPort: CLSID_PortMidi and CLSID_PortDMus both give the one port, which
+    drives a DirectMusic miniport or a MIDI one (its `kind`, learnt at Init)."""
     if clsid not in (CLSID_PortMidi, CLSID_PortDMus):
         raise StatusError(Status.NOT_SUPPORTED, f"no port class {clsid}")
     return PortMidi(loop, clsid, runtime_dir, ring_capacity)

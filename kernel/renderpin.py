@@ -15,6 +15,7 @@ from typing import Any, Final
 from ipc import protocol as p
 from ipc import trace
 from ipc.channel import ChannelReader, ChannelWriter
+from ipc.dmusic import GROUP_PREFIX
 from ipc.ks import (
     BUFFER_MARKER,
     RENDER_FLAG_BUFFER_END,
@@ -24,6 +25,7 @@ from ipc.ks import (
 )
 from ipc.ring import Record, RingError
 from ipc.status import Status
+from kernel.dmuspins import convert_render, is_dmus_format, release_ahead
 from kernel.dpc import Dpc, Timer
 from kernel.monitor import copy_to
 from kernel.pins import Pin, trace_released
@@ -91,7 +93,11 @@ class RenderPin(Pin):
             room = SEQUENCER_LIMIT - len(queue)
             try:
                 if room > 0:
-                    queue.extend(reader.receive_many(max_records=room))
+                    records = reader.receive_many(max_records=room)
+                    if records and (self.miniport_kind == "dmus" or is_dmus_format(self.format)):
+                        records = convert_render(records, is_dmus_format(self.format),
+                                                 self.miniport_kind == "dmus", self.stats)
+                    queue.extend(records)
             except RingError as exc:
                 self._client_ring_fault(exc)
                 return
@@ -119,24 +125,30 @@ class RenderPin(Pin):
         An event is due when the stream clock reaches its presentation time (or, with
         RENDER_FLAG_PHYSICAL_TIME, the shared clock its physical time). Only the head
         of the queue decides: a later event never overtakes an earlier one. A buffer's
-        end marker at the head completes the buffer."""
+        end marker at the head completes the buffer.
+
+        For a DMus miniport an event is due `schedule_prefetch` earlier (at once for
+        DONT_HOLD_FOR_SEQUENCING) and goes with its presentation time on the master
+        clock (the shared clock) as its timestamp."""
         scheduler = self.loop.scheduler
         clock = scheduler.clock
         stream = self.clock
+        dmus = self.miniport_kind == "dmus"
+        ahead = release_ahead(self.schedule_prefetch) if dmus else 0
         while True:
             now = clock()
             stream_now = stream.time(now)
             batch: list[Record] = []
             for record in queue:
                 flags = record.flags
-                if flags & RENDER_FLAG_BUFFER_END or record.timestamp > (
+                if flags & RENDER_FLAG_BUFFER_END or record.timestamp - ahead > (
                     now if flags & RENDER_FLAG_PHYSICAL_TIME else stream_now
                 ):
                     break
                 batch.append(record)
             if batch:
                 start = trace.now() if trace.ON else 0
-                sent = writer.send_many(batch)
+                sent = writer.send_many(self._master_times(batch, now) if dmus else batch)
                 if trace.ON:
                     trace_released(start, self.handle, self.stats["released"], sent)
                 if sent == len(queue):
@@ -147,7 +159,8 @@ class RenderPin(Pin):
                 self.stats["released"] += sent
                 if self.taps and sent:
                     # As played: the shared-clock time it went to the miniport.
-                    copy_to(self.taps, [(now, 0, r.data) for r in batch[:sent]])
+                    skip = GROUP_PREFIX.size if dmus else 0
+                    copy_to(self.taps, [(now, 0, r.data[skip:]) for r in batch[:sent]])
                 if sent < len(batch):
                     if writer.prepare_to_wait_for_space(len(batch[sent].data)):
                         self.waiting_miniport = True
@@ -167,9 +180,22 @@ class RenderPin(Pin):
             head = queue[0]
             deadline = (head.timestamp if head.flags & RENDER_FLAG_PHYSICAL_TIME
                         else stream.to_physical(head.timestamp))
+            if deadline is not None:
+                deadline = max(0, deadline - ahead)
             if deadline is not None and self.timer.due != deadline:
                 scheduler.set_timer(self.timer, deadline)
             return True
+
+    def _master_times(self, batch: list[Record], now: int) -> list[Record]:
+        """The records as a DMus miniport gets them: timestamp = presentation time on
+        the master clock (a stream time mapped by the running clock), flags 0."""
+        stream = self.clock
+        out = []
+        for record in batch:
+            when = (record.timestamp if record.flags & RENDER_FLAG_PHYSICAL_TIME
+                    else stream.to_physical(record.timestamp))
+            out.append(Record(max(0, now if when is None else when), 0, record.data))
+        return out
 
     def _report_buffers(self, numbers: list[int], status: int) -> None:
         """Tell the client these buffers completed, as runs of consecutive numbers."""

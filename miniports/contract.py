@@ -1,9 +1,12 @@
 """The miniport contract: what a miniport author implements, and the port it talks to.
 
 A miniport is a class derived from `MiniportMidi`, with streams derived from
-`MiniportMidiStream`. It runs in its own process (the miniport host), which
-stands in for the PortCls port driver: it calls the miniport's methods when
-the kernel asks, and hands the miniport a `Port` for the calls back
+`MiniportMidiStream`; or (DirectMusic) from `MiniportDMus`, whose streams are
+`MXF`s exchanging `DmusKernelEvent` chains with an `AllocatorMXF` and a
+`MasterClock` (see the DirectMusic part at the end of this module). It runs
+in its own process (the miniport host), which stands in for the PortCls port
+driver: it calls the miniport's methods when the kernel asks, and hands the
+miniport a `Port` for the calls back
 (`notify`, `register_service_group`, `new_service_group`, ...).
 
 Every method reports failure by raising `StatusError` with an NTSTATUS code;
@@ -14,6 +17,7 @@ IMiniportMidiStream applies almost word for word.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -21,26 +25,36 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
 
+from ipc.dmusic import DmusStreamType
 from ipc.ks import DataFormat, DataRange, FilterDescriptor, KsState
 from ipc.status import Status, StatusError
 
 __all__ = [
+    "MXF",
+    "AllocatorMXF",
     "DataFormat",
     "DataRange",
+    "DmusKernelEvent",
+    "DmusStreamType",
     "FifoCaptureStream",
     "FilterDescriptor",
     "InterruptSync",
     "InterruptSyncMode",
     "KsState",
+    "MasterClock",
+    "MiniportDMus",
     "MiniportMidi",
     "MiniportMidiStream",
     "Port",
+    "PortDMus",
     "PortServiceGroup",
     "RegistryKey",
     "ResourceList",
     "ServiceSink",
     "Status",
     "StatusError",
+    "link_events",
+    "overrides",
 ]
 
 
@@ -377,3 +391,183 @@ class MiniportMidi(ABC):
 
     def close(self) -> None:  # noqa: B027 - an optional hook; the default does nothing
         """The device is being unloaded; release the hardware."""
+
+
+# DirectMusic (dmusicks.h): IMiniportDMus, IMXF, IAllocatorMXF, IMasterClock.
+
+PortDMus = Port
+"""IPortDMus: the same port as IPortMidi (one implementation since Windows XP). A
+DirectMusic miniport gets it in `MiniportDMus.init` and calls `notify(group)` after
+its capture MXF put events into the port's sink."""
+
+
+@dataclass(slots=True, eq=False)
+class DmusKernelEvent:
+    """DMUS_KERNEL_EVENT: one event, or the head of a chain linked by `next_event`.
+
+    `data` holds the event's bytes (cbEvent is `len(data)`): a whole MIDI message,
+    or (`DMUS_KEF_EVENT_INCOMPLETE` in `flags`) a SysEx fragment or raw capture
+    bytes. A `DMUS_KEF_PACKAGE_EVENT` has no data of its own: its `package` chain
+    (uData.pPackageEvt) is handled atomically. `pres_time_100ns` is on the master
+    clock; `channel_group` is 1..65535. Events come from an `AllocatorMXF` and go
+    back to it (whole chains) when the miniport is done with them.
+    """
+
+    channel_group: int = 1
+    flags: int = 0
+    pres_time_100ns: int = 0
+    byte_position: int = 0
+    data: bytes = b""
+    next_event: DmusKernelEvent | None = None
+    package: DmusKernelEvent | None = None
+
+    @property
+    def cb_event(self) -> int:
+        """cbEvent: the unrounded length of the event's data."""
+        return len(self.data)
+
+    def chain(self) -> list[DmusKernelEvent]:
+        """The events of the chain this one heads, in order (bounded against cycles:
+        a chain longer than 1 << 20 events or that loops raises ValueError)."""
+        out: list[DmusKernelEvent] = []
+        seen: set[int] = set()
+        event: DmusKernelEvent | None = self
+        while event is not None:
+            if id(event) in seen or len(out) >= 1 << 20:
+                raise ValueError("an event chain that loops")
+            seen.add(id(event))
+            out.append(event)
+            event = event.next_event
+        return out
+
+
+def link_events(events: list[DmusKernelEvent]) -> DmusKernelEvent | None:
+    """Link `events` into one chain through `next_event`; its head (None if empty)."""
+    for first, second in itertools.pairwise(events):
+        first.next_event = second
+    if events:
+        events[-1].next_event = None
+        return events[0]
+    return None
+
+
+class MXF(ABC):
+    """IMXF: a DirectMusic stream (or filter, or sink) that takes event chains.
+
+    Every method may raise StatusError; a render stream's `put_message` owns the
+    events it was given from then on and returns them to the allocator when done.
+    """
+
+    @abstractmethod
+    def set_state(self, state: KsState) -> None:
+        """Move to `state` (one step at a time). Render: hold events outside RUN,
+        return them to the allocator at STOP. Capture: events put in RUN or PAUSE go
+        up, in STOP/ACQUIRE they are discarded."""
+
+    @abstractmethod
+    def put_message(self, event: DmusKernelEvent) -> None:
+        """Take the chain `event` heads (DMUS_KEF_PACKAGE_EVENT events whole)."""
+
+    @abstractmethod
+    def connect_output(self, sink: MXF) -> None:
+        """Capture: send events to `sink` from now on; StatusError(INVALID_DEVICE_REQUEST)
+        on a stream that has no output."""
+
+    @abstractmethod
+    def disconnect_output(self, sink: MXF) -> None:
+        """Stop sending events to `sink` (which must be the connected one)."""
+
+    def close(self) -> None:  # noqa: B027 - an optional hook; the default does nothing
+        """The stream's pin was closed (the last Release): give back what it holds."""
+
+
+class AllocatorMXF(MXF):
+    """IAllocatorMXF: the port's bounded pool of events and buffers.
+
+    `put_message` takes whole chains (packages included) back into the pool.
+    Exhausted pool: StatusError(INSUFFICIENT_RESOURCES).
+    """
+
+    @abstractmethod
+    def get_message(self) -> DmusKernelEvent:
+        """A fresh, zeroed event from the pool."""
+
+    @abstractmethod
+    def get_buffer_size(self) -> int:
+        """The size of the buffers `get_buffer` hands out; longer data goes as a package."""
+
+    @abstractmethod
+    def get_buffer(self) -> bytearray:
+        """A buffer of `get_buffer_size()` bytes from the pool."""
+
+    @abstractmethod
+    def put_buffer(self, buffer: bytearray) -> None:
+        """Give back a buffer from `get_buffer`."""
+
+
+class MasterClock(ABC):
+    """IMasterClock: the one reference clock of the kernel's DirectMusic streams."""
+
+    @abstractmethod
+    def get_time(self) -> int:
+        """Now, in 100 ns on the shared monotonic clock (ipc.runtime.now_100ns)."""
+
+
+class MiniportDMus(ABC):
+    """IMiniportDMus. A plugin like `MiniportMidi`; the port asks for this interface
+    first, so a class that is both is driven as a DirectMusic miniport.
+
+    The constructor takes the device's options as keyword arguments and must not
+    touch the hardware: that happens in `init`.
+    """
+
+    @abstractmethod
+    def get_description(self) -> FilterDescriptor:
+        """The static filter descriptor: pins, nodes, connections, categories."""
+
+    def data_range_intersection(
+        self, pin: int, client_format: DataFormat, miniport_range: DataRange
+    ) -> DataFormat:
+        """As `MiniportMidi.data_range_intersection`: the default raises
+        STATUS_NOT_IMPLEMENTED (the port's own intersection)."""
+        raise StatusError(Status.NOT_IMPLEMENTED)
+
+    @abstractmethod
+    def init(self, resources: ResourceList, port: Port) -> PortServiceGroup | None:
+        """Bind to the port (IPortDMus) and the hardware; the group the port should join.
+
+        StatusError fails the device (IO_DEVICE_ERROR, DEVICE_CONFIGURATION_ERROR).
+        """
+
+    @abstractmethod
+    def new_stream(
+        self,
+        pin: int,
+        stream_type: DmusStreamType,
+        fmt: DataFormat,
+        allocator: AllocatorMXF,
+        master_clock: MasterClock,
+    ) -> tuple[MXF, PortServiceGroup | None, int]:
+        """A new stream, in KSSTATE_STOP: `(mxf, group, schedule_prefetch)`.
+
+        MIDI_RENDER: the port `put_message`s each event once the master clock is within
+        `schedule_prefetch` (100 ns, >= 0, or DONT_HOLD_FOR_SEQUENCING: at once) of its
+        presentation time; the miniport plays it at that time. MIDI_CAPTURE: the port
+        connects its sink with `connect_output`; the miniport puts stamped events in it
+        and calls `port.notify(group)`. StatusError(INSUFFICIENT_RESOURCES) if no stream
+        is left, INVALID_DEVICE_REQUEST for a type the pin does not stream.
+        """
+
+    def service(self) -> None:  # noqa: B027 - an optional hook; the default does nothing
+        """Called when the port's sink is serviced, before the group's streams move."""
+
+    def close(self) -> None:  # noqa: B027 - an optional hook; the default does nothing
+        """The device is being unloaded; release the hardware."""
+
+
+def overrides(miniport: MiniportMidi | MiniportDMus, hook: str) -> bool:
+    """True if `miniport`'s class overrides the optional `hook` ("service",
+    "data_range_intersection") of the contract it implements."""
+    method = getattr(type(miniport), hook)
+    return all(method is not getattr(base, hook)
+               for base in (MiniportMidi, MiniportDMus) if isinstance(miniport, base))

@@ -8,9 +8,8 @@
   to the "dmus" filter's bridge-in pin (3, its MIDI IN)
 
 so clients see the filters "<device>" (the UART, registered first) and
-"<device>/dmus". DMUS_MINIPORT is the one line that makes the second subdevice
-DirectMusic: it is CLSID_MiniportDriverUart (the MIDI miniport) until the built-in
-DirectMusic UART exists, then CLSID_MiniportDriverDMusUART.
+"<device>/dmus". DMUS_MINIPORT makes the second subdevice DirectMusic: it is
+CLSID_MiniportDriverDMusUART, the built-in DirectMusic UART.
 
 Resources: the card's I/O range(s) and IRQ(s). Subdevice i takes I/O range i
 and IRQ i (the last one when there are fewer): with one range both miniports
@@ -38,12 +37,12 @@ from miniports.contract import ResourceList
 from miniports.mpu401.miniport import (
     BRIDGE_IN_PIN,
     BRIDGE_OUT_PIN,
+    CLSID_MiniportDriverDMusUART,
     CLSID_MiniportDriverUart,
 )
 
-DMUS_MINIPORT: Final = CLSID_MiniportDriverUart
-"""The second subdevice's miniport: CLSID_MiniportDriverDMusUART once that is the
-built-in DirectMusic UART (the one-line change)."""
+DMUS_MINIPORT: Final = CLSID_MiniportDriverDMusUART
+"""The second subdevice's miniport: the built-in DirectMusic UART."""
 
 SUBDEVICES: Final = (
     ("uart", CLSID_PortMidi, CLSID_MiniportDriverUart),

@@ -13,7 +13,7 @@ from typing import Final
 
 from ipc.status import Status, StatusError
 from miniports.adapter import Adapter
-from miniports.contract import MiniportMidi
+from miniports.contract import MiniportDMus, MiniportMidi
 
 ENTRY_POINT_GROUP: Final = "portcls.miniports"
 
@@ -21,7 +21,9 @@ BUILTIN: Final[dict[str, str]] = {
     "loopback": "miniports.loopback:LoopbackMiniport",
     "mpu401": "miniports.mpu401.miniport:UartMiniport",
     "faulty": "miniports.testing.faults:FaultInjector",
+    "faulty_dmus": "miniports.testing.faults:DmusFaultInjector",
     "rtmidi": "miniports.rtmidi.miniport:RtMidiMiniport",
+    "dmusuart": "miniports.mpu401.dmusuart:DMusUartMiniport",
 }
 
 
@@ -33,7 +35,7 @@ def available() -> dict[str, str]:
     return found
 
 
-def _import(spec: str) -> type[MiniportMidi]:
+def _import(spec: str) -> type[MiniportMidi | MiniportDMus]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise StatusError(Status.INVALID_PARAMETER, f"{spec!r} is not 'module:Class'")
@@ -44,12 +46,14 @@ def _import(spec: str) -> type[MiniportMidi]:
             Status.NOT_SUPPORTED, f"miniport {spec!r} is not available: {exc}"
         ) from exc
     cls = getattr(module, attr, None)
-    if not isinstance(cls, type) or not issubclass(cls, MiniportMidi):
-        raise StatusError(Status.INVALID_PARAMETER, f"{spec!r} is not a MiniportMidi subclass")
+    if not isinstance(cls, type) or not issubclass(cls, MiniportMidi | MiniportDMus):
+        raise StatusError(
+            Status.INVALID_PARAMETER, f"{spec!r} is not a MiniportMidi or MiniportDMus subclass"
+        )
     return cls
 
 
-def load(name: str) -> type[MiniportMidi]:
+def load(name: str) -> type[MiniportMidi | MiniportDMus]:
     """The class for a registered name or a `module:Class` spec."""
     if ":" in name:
         return _import(name)

@@ -25,6 +25,7 @@ from miniports.mpu401 import (
     MidiFramer,
     Mpu401,
 )
+from miniports.mpu401.dmusuart import DMusUartMiniport
 from miniports.testing import assert_conformant, running_kernel, toml_config
 from miniports.uart import (
     CLSID_MiniportDriverDMusUART,
@@ -213,15 +214,17 @@ def test_cables_by_name() -> None:
 
 
 def test_pc_new_miniport_knows_the_uart_class_ids() -> None:
-    for clsid in (
-        CLSID_MiniportDriverUart,
-        CLSID_MiniportDriverDMusUART,
-        CLSID_MiniportDriverDMusUARTCapture,
-        "{" + CLSID_MiniportDriverUart.upper() + "}",
-        "CLSID_MiniportDriverDMusUART",
-    ):
+    for clsid in (CLSID_MiniportDriverUart, "{" + CLSID_MiniportDriverUart.upper() + "}"):
         miniport = pc_new_miniport(clsid, baud=FAST)
         assert isinstance(miniport, UartMiniport) and miniport.baud == FAST
+    # The DirectMusic ids give the DirectMusic UART, on the same hardware code.
+    for clsid in (
+        CLSID_MiniportDriverDMusUART,
+        CLSID_MiniportDriverDMusUARTCapture,
+        "CLSID_MiniportDriverDMusUART",
+    ):
+        dmus = pc_new_miniport(clsid, baud=FAST)
+        assert isinstance(dmus, DMusUartMiniport) and dmus.hw.baud == FAST
     assert pc_new_miniport("CLSID_MiniportDriverDMusUARTCapture").clsid == (
         CLSID_MiniportDriverDMusUARTCapture
     )

@@ -20,6 +20,7 @@ callback, an emulated card) and wakes the loop through a pipe.
   port.py     the `Port` a miniport sees, and its registry keys
   dpc.py      the miniport's service groups, their timers and DPC runs
   streams.py  each stream's render pump and capture drain, and their rings
+  dmus.py     a DirectMusic miniport's streams (IMXF), its allocator and master clock
   calls.py    calling into the miniport: its answers vs. its faults
 
 Run as: python -m miniports.host --runtime DIR --device NAME (--miniport SPEC |

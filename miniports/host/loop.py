@@ -32,15 +32,17 @@ import zmq
 
 from ipc import protocol as p
 from ipc.credentials import LaunchCredentials
+from ipc.dmusic import DmusStreamType, prefetch_to_wire
 from ipc.ks import DataFormat, DataRange, KsState
 from ipc.procwatch import ProcessWatch
 from ipc.runtime import ENV_MINIPORT_PATH, now_100ns
 from ipc.status import Status, StatusError
 from ipc.waiter import Waiter
 from miniports import registry
-from miniports.contract import MiniportMidi, ResourceList
+from miniports.contract import MiniportDMus, MiniportMidi, ResourceList, overrides
 from miniports.host.bus import KernelBus
 from miniports.host.calls import MiniportFault, call_miniport, call_miniport_hook
+from miniports.host.dmus import DmusHostStream, DmusSupport
 from miniports.host.dpc import NOTIFY_ALL, HostServiceGroup, ServiceGroups
 from miniports.host.port import HostPort
 from miniports.host.streams import HostStream, StreamTable
@@ -64,12 +66,15 @@ class MiniportHost:
     threads reach it only through `wait_init`, `call_kernel` and `stop`.
     """
 
+    dmus: DmusSupport | None = None
+    """A DirectMusic miniport's allocator, master clock and counts (set by `_init`)."""
+
     def __init__(
         self,
         runtime_dir: Path,
         device: str,
         miniport_name: str,
-        miniport: MiniportMidi,
+        miniport: MiniportMidi | MiniportDMus,
         heartbeat: float = 1.0,
         launch: LaunchCredentials | None = None,
         port_clsid: str = "",
@@ -99,7 +104,7 @@ class MiniportHost:
         self.streams = StreamTable(self.waiter, runtime_dir, self.bus.post)
         self.groups = ServiceGroups(self.bus.post_call, self._wake, self._service_port)
         self.port = HostPort(self.bus, self.streams.by_id, runtime_dir, self.groups)
-        self._has_service = type(self.miniport).service is not MiniportMidi.service
+        self._has_service = overrides(self.miniport, "service")
         self._initialised = False
         self.running = True
         self._kernel_watch: ProcessWatch | None = None
@@ -138,8 +143,7 @@ class MiniportHost:
                 os.getpid(),
                 self.miniport_name,
                 self._has_service,
-                type(self.miniport).data_range_intersection
-                is not MiniportMidi.data_range_intersection,
+                overrides(self.miniport, "data_range_intersection"),
                 secret=self.launch.secret if self.launch is not None else b"",
                 port_clsid=self.port_clsid,
                 resources=self.resources,
@@ -237,12 +241,24 @@ class MiniportHost:
             self.bus.reply(frame.rid, result)
 
     def _init(self, body: p.Init) -> Any:
+        """IPort::Init: the miniport is asked for IMiniportDMus first, then IMiniportMidi
+        (else STATUS_INVALID_PARAMETER); the reply's "kind" says which ("dmus", "midi")."""
         if self._initialised:
-            return {"group": None, "again": True}
+            return {"group": None, "again": True, "kind": self._kind()}
+        kind = self._kind()
+        if kind == "dmus" and self.dmus is None:
+            self.dmus = DmusSupport()
         group = _group(self.miniport.init(ResourceList.from_wire(body.resources), self.port))
         self._initialised = True
         self.groups.port_init_returned(group)
-        return {"group": None if group is None else group.gid}
+        return {"group": None if group is None else group.gid, "kind": kind}
+
+    def _kind(self) -> str:
+        if isinstance(self.miniport, MiniportDMus):
+            return "dmus"
+        if isinstance(self.miniport, MiniportMidi):
+            return "midi"
+        raise StatusError(Status.INVALID_PARAMETER, "neither IMiniportDMus nor IMiniportMidi")
 
     def _get_description(self, body: p.GetDescription) -> Any:
         desc = self.miniport.get_description()
@@ -258,30 +274,56 @@ class MiniportHost:
         return fmt.to_wire()
 
     def _new_stream(self, body: p.NewStream) -> Any:
+        """NewStream; a DirectMusic stream's reply also carries its "prefetch" (100 ns)."""
         channel = self.streams.check_new(body.stream, body.channel)
-        stream, group = self.miniport.new_stream(
-            body.pin, body.capture, DataFormat.from_wire(body.format)
-        )
-        hs = HostStream(body.stream, body.pin, body.capture, stream)
+        fmt = DataFormat.from_wire(body.format)
+        reply: dict[str, Any] = {}
+        hs: HostStream
+        if isinstance(self.miniport, MiniportDMus):
+            if self.dmus is None:
+                self.dmus = DmusSupport()
+            dmus = self.dmus
+            kind = DmusStreamType.MIDI_CAPTURE if body.capture else DmusStreamType.MIDI_RENDER
+            mxf, group, prefetch = dmus.check_new_stream(self.miniport.new_stream(
+                body.pin, kind, fmt, dmus.allocator, dmus.master_clock))
+            reply["prefetch"] = prefetch_to_wire(prefetch)
+            hs = DmusHostStream.create(body.stream, body.pin, body.capture, mxf, dmus.allocator)
+            if hs.sink is not None:
+                try:
+                    mxf.connect_output(hs.sink)
+                except StatusError:
+                    call_miniport_hook("close", mxf.close)
+                    raise
+        else:
+            stream, group = self.miniport.new_stream(body.pin, body.capture, fmt)
+            hs = HostStream(body.stream, body.pin, body.capture, stream)
         self.streams.add(hs, channel)
         group = _group(group)
-        if group is None:
-            return {"group": None}
-        self.groups.add_stream(hs.sid, group, functools.partial(self._service_stream, hs))
-        return {"group": group.gid}
+        if group is not None:
+            self.groups.add_stream(hs.sid, group, functools.partial(self._service_stream, hs))
+        return {"group": None if group is None else group.gid, **reply}
 
     def _set_state(self, body: p.StreamSetState) -> None:
         hs = self.streams.get(body.stream)
         hs.set_state(KsState(body.state))
         if hs.state == KsState.RUN and not hs.capture:
             self.streams.pump_render(hs)
+        if hs.state == KsState.STOP and self.dmus is not None:
+            self.dmus.publish(self.port, self._dmus_streams())
+
+    def _dmus_streams(self) -> list[DmusHostStream]:
+        return [hs for hs in self.streams if isinstance(hs, DmusHostStream)]
 
     def _set_format(self, body: p.StreamSetFormat) -> None:
         self.streams.get(body.stream).stream.set_format(DataFormat.from_wire(body.format))
 
     def _close_stream(self, body: p.CloseStream) -> None:
         self.groups.remove_stream(body.stream)
-        self.streams.remove(body.stream)
+        hs = self.streams.remove(body.stream)
+        if isinstance(hs, DmusHostStream) and self.dmus is not None:
+            hs.close_stream()
+            self.dmus.stream_closed(hs)
+            self.dmus.publish(self.port, self._dmus_streams())
 
     def _unload(self, body: p.Unload) -> None:
         self.running = False
@@ -379,7 +421,9 @@ class MiniportHost:
             self.streams.pump_render(hs)
 
     def _read(self, hs: HostStream, when: int) -> None:
-        if hs.state != KsState.RUN or self.streams.by_id.get(hs.sid) is not hs:
+        """A capture stream's part of a DPC: in RUN (a DirectMusic stream: RUN or PAUSE)."""
+        moving = (KsState.RUN, KsState.PAUSE) if isinstance(hs, DmusHostStream) else (KsState.RUN,)
+        if hs.state not in moving or self.streams.by_id.get(hs.sid) is not hs:
             return
         if not hs.held:
             hs.isr_time = when
@@ -409,7 +453,7 @@ def _extend_path() -> None:
             sys.path.append(entry)
 
 
-def load_miniport(spec: str, options_json: str) -> MiniportMidi:
+def load_miniport(spec: str, options_json: str) -> MiniportMidi | MiniportDMus:
     """The miniport `spec` names, constructed with the JSON `options`; StatusError
     (DEVICE_CONFIGURATION_ERROR) with the reason if it cannot be loaded or constructed."""
     try:

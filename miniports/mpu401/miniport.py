@@ -74,11 +74,13 @@ from ipc.ks import (
     PinDescriptor,
 )
 from ipc.midi import data_length, is_channel_status, is_realtime, is_status
+from ipc.runtime import now_100ns
 from miniports import mpu401
 from miniports.contract import (
     DataFormat,
     InterruptSync,
     KsState,
+    MiniportDMus,
     MiniportMidi,
     MiniportMidiStream,
     Port,
@@ -308,6 +310,8 @@ class UartMiniport(MiniportMidi):
         self.base = 0
         self.use_irq = False
         self.ring = bytearray()
+        self.ring_time = 0
+        """When the ISR stored the first byte `ring` holds (shared clock, 100 ns)."""
         self.capture: UartCaptureStream | None = None
         self.renders: dict[int, UartRenderStream] = {}
         self.stats: collections.Counter[str] = collections.Counter()
@@ -436,8 +440,7 @@ class UartMiniport(MiniportMidi):
     def _isr(self) -> bool:
         """The interrupt service routine; runs with the interrupt-sync lock held."""
         present = stored = False
-        capture = self.capture
-        keep = capture is not None and capture.state == KsState.RUN
+        keep = self.keeping_input()
         for _ in range(ISR_READ_LIMIT):
             if self._status() & mpu401.STATUS_INPUT_EMPTY:
                 break
@@ -446,6 +449,8 @@ class UartMiniport(MiniportMidi):
             if not keep:
                 continue
             if len(self.ring) < self.capture_ring:
+                if not self.ring:
+                    self.ring_time = now_100ns()
                 self.ring.append(byte)
                 stored = True
             else:
@@ -453,6 +458,11 @@ class UartMiniport(MiniportMidi):
         if stored and self._port is not None:
             self._port.notify(self._group)
         return present
+
+    def keeping_input(self) -> bool:
+        """Whether the ISR keeps what it reads: while the capture stream runs."""
+        capture = self.capture
+        return capture is not None and capture.state == KsState.RUN
 
     def send_bytes(self, data: bytes, tracker: MessageTracker) -> int:
         """The body of a write, run under the interrupt-sync lock; the count sent."""
@@ -541,13 +551,20 @@ _BY_NAME: Final = {
 }
 
 
-def pc_new_miniport(clsid: str, **options: Any) -> MiniportMidi:
+def pc_new_miniport(clsid: str, **options: Any) -> MiniportMidi | MiniportDMus:
     """PcNewMiniport: a new built-in miniport for a class id (a GUID string or its name).
 
-    The three MPU-401 UART ids give one implementation, `UartMiniport`.
-    Anything else raises StatusError(INVALID_PARAMETER), as PortCls does.
+    The three MPU-401 UART ids drive one card with one hardware implementation:
+    CLSID_MiniportDriverUart gives the MIDI miniport `UartMiniport`,
+    CLSID_MiniportDriverDMusUART and ...DMusUARTCapture the DirectMusic one
+    (`miniports.mpu401.dmusuart.DMusUartMiniport`). Anything else raises
+    StatusError(INVALID_PARAMETER), as PortCls does.
     """
     normal = _BY_NAME.get(clsid.strip() if isinstance(clsid, str) else "", _normal_clsid(clsid))
     if normal not in UART_CLSIDS:
         raise StatusError(Status.INVALID_PARAMETER, f"no built-in miniport for {clsid!r}")
-    return UartMiniport(clsid=normal, **options)
+    if normal == CLSID_MiniportDriverUart:
+        return UartMiniport(clsid=normal, **options)
+    from miniports.mpu401.dmusuart import DMusUartMiniport  # it builds on this module
+
+    return DMusUartMiniport(clsid=normal, **options)

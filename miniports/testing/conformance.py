@@ -22,6 +22,19 @@ client SDK, what a client and the port rely on:
   stop_flush      going to STOP drops what was queued and not yet played
   shutdown        the kernel unloads the miniport cleanly: exit 0, nothing left behind
 
+A DirectMusic miniport (IMiniportDMus; the port tells which when a pin opens)
+runs every check above (MIDI-format pins are its channel group 1) and these:
+
+  prefetch        events at future times come back in order, none before its
+                  presentation time minus the stream's schedule pre-fetch (the port
+                  never hands one over earlier)
+  pause_capture   a capture pin in PAUSE passes events up; in ACQUIRE it does not
+  dmus_format     DirectMusic-format pins (where the pins take them) carry channel
+                  group 1 both ways (structured events and real-time bytes)
+  allocator       once its streams stopped and closed, the port's allocator has
+                  every event and buffer back (the host's "DMusAllocator" counts),
+                  a 2 KiB SysEx (a package) and an event held at STOP included
+
 The checks from `roundtrip` on need a loop: what the device renders must come
 back on its capture pin (the loopback does that by design; an MPU-401 with its
 cable looped back; an rtmidi device whose output port is wired to its input,
@@ -44,7 +57,8 @@ from typing import Any
 import psutil
 
 import ksclient
-from ipc.ks import DataFormat, KsState
+from ipc.dmusic import DONT_HOLD_ON_WIRE, join_group, split_group
+from ipc.ks import KSDATAFORMAT_SUBTYPE_DIRECTMUSIC, DataFormat, KsState
 from ipc.runtime import runtime_base
 from ipc.status import Status
 from ksclient.launch import (
@@ -57,6 +71,7 @@ from ksclient.launch import (
 
 __all__ = [
     "CHECKS",
+    "DMUS_CHECKS",
     "CheckResult",
     "ConformanceError",
     "ConformanceReport",
@@ -176,6 +191,24 @@ class _Suite:
         self.info = client.filter(DEVICE)
         self.render = self._pin(capture=False)
         self.capture = self._pin(capture=True)
+        self.miniport_kind, self.schedule_prefetch = self._kind()
+
+    def _kind(self) -> tuple[str, int]:
+        """The miniport's kind and the render stream's pre-fetch, as the port reports
+        them for an open pin."""
+        pin_id = self.render if self.render is not None else self.capture
+        if pin_id is None:
+            return "midi", 0
+        with self.client.open_pin(DEVICE, pin_id) as pin:
+            for info in self.client.stats()["pins"]:
+                if info["handle"] == pin.handle:
+                    return str(info.get("miniport_kind", "midi")), int(
+                        info.get("schedule_prefetch", 0))
+        return "midi", 0
+
+    def _dmus_only(self) -> None:
+        if self.miniport_kind != "dmus":
+            raise _Skip("not a DirectMusic miniport")
 
     def _pin(self, capture: bool) -> int | None:
         with contextlib.suppress(ksclient.NotFoundError):
@@ -297,14 +330,25 @@ class _Suite:
                         raise AssertionError(f"pin {pin_id}: asked for {state.name}, "
                                              f"is {pin.state.name}")
 
-    def _loop_pins(self, run: bool = True) -> tuple[ksclient.RenderPin, ksclient.CapturePin]:
+    def _loop_pins(
+        self, run: bool = True, fmt: DataFormat | None = None,
+    ) -> tuple[ksclient.RenderPin, ksclient.CapturePin]:
         if not self.loop:
             raise _Skip("no loop from render to capture (loop=False)")
         if self.render is None or self.capture is None:
             raise _Skip("the filter lacks a render or a capture pin")
-        out = self.client.open_render(DEVICE, self.render)
+        render, capture = self.render, self.capture
+        if fmt is not None:
+            pins = [p for p in self.info.pins if p.streaming
+                    and any(r.matches(fmt) for r in p.data_ranges)]
+            renders = [p.id for p in pins if p.is_render]
+            captures = [p.id for p in pins if p.is_capture]
+            if not renders or not captures:
+                raise _Skip("no render and capture pin take that format")
+            render, capture = renders[0], captures[0]
+        out = self.client.open_render(DEVICE, render, fmt)
         try:
-            inp = self.client.open_capture(DEVICE, self.capture)
+            inp = self.client.open_capture(DEVICE, capture, fmt)
         except BaseException:
             out.close()
             raise
@@ -417,11 +461,84 @@ class _Suite:
                 raise AssertionError("an event queued before STOP was played after it")
 
 
+    def prefetch(self) -> None:
+        self._dmus_only()
+        out, inp = self._loop_pins()
+        with out, inp:
+            dont_hold = self.schedule_prefetch == DONT_HOLD_ON_WIRE
+            ahead = self.schedule_prefetch
+            start = ksclient.now() + 50 * MS
+            times = [start + i * 20 * MS for i in range(8)]
+            wanted = [bytes((0x90, i, 1 + i)) for i in range(len(times))]
+            for at, data in zip(times, wanted, strict=True):
+                out.send(data, at=at)
+            got = self._expect(inp, wanted)
+            for i, (message, at) in enumerate(zip(got, times, strict=True)):
+                if not dont_hold and message.timestamp < at - ahead:
+                    raise AssertionError(
+                        f"event {i} came back {(at - message.timestamp) / MS:.1f} ms before "
+                        f"its presentation time, more than the pre-fetch of {ahead / MS:g} ms")
+
+    def pause_capture(self) -> None:
+        self._dmus_only()
+        out, inp = self._loop_pins()
+        with out, inp:
+            inp.pause()
+            marker = bytes((0x90, 3, 3))
+            out.send(marker)
+            self._expect(inp, [marker], then_silent=0.0)
+            inp.walk_to(KsState.ACQUIRE)
+            out.send(bytes((0x90, 4, 4)))
+            time.sleep(0.3)
+            inp.run()
+            marker = bytes((0x90, 5, 5))
+            out.send(marker)
+            self._expect(inp, [marker])
+
+    def dmus_format(self) -> None:
+        self._dmus_only()
+        out, inp = self._loop_pins(fmt=DataFormat(sub_format=KSDATAFORMAT_SUBTYPE_DIRECTMUSIC))
+        with out, inp:
+            wanted = [bytes((0x90, 64, 100)), b"\xf8", bytes((0xC0, 5)), bytes((0x80, 64, 0))]
+            for message in wanted:
+                out.send_raw(join_group(1, message))
+            got = [split_group(m.data) for m in self._expect(
+                inp, [join_group(1, m) for m in wanted])]
+            if got != [(1, m) for m in wanted]:
+                raise AssertionError(f"DirectMusic-format events came back as {got}")
+
+    def allocator(self) -> None:
+        self._dmus_only()
+        out, inp = self._loop_pins()
+        with out, inp:
+            sysex = bytes([0xF0, 0x7D]) + bytes(i % 128 for i in range(2000)) + b"\xf7"
+            wanted = [bytes((0x90, 6, 6)), sysex, bytes((0x80, 6, 0))]
+            out.send_many(wanted)
+            self._expect(inp, wanted, then_silent=0.0)
+            out.send(bytes((0x90, 7, 7)), at=ksclient.now() + 10_000_000)  # held at STOP
+            out.stop()
+            inp.stop()
+        values: dict[str, int] = {}
+        for key in self.client.device_registry(DEVICE):
+            if key["path"] == "DMusAllocator":
+                values = key["values"]
+        if not values:
+            raise AssertionError("the port published no allocator counts")
+        leaked = {k: values[k] for k in ("OutstandingEvents", "OutstandingBuffers") if values[k]}
+        if leaked:
+            raise AssertionError(f"not given back to the allocator after STOP and close: {leaked}")
+
+
+MS = 10_000
+"""One millisecond in 100 ns units."""
+
 CHECKS: tuple[str, ...] = (
     "descriptor", "format", "intersection", "instances", "states", "set_format", "roundtrip",
     "first_interrupt",
     "timestamps", "sysex_realtime", "burst", "stop_flush", "shutdown",
 )
+DMUS_CHECKS: tuple[str, ...] = ("prefetch", "pause_capture", "dmus_format", "allocator")
+"""Run by default on a DirectMusic miniport (before "shutdown"); skipped on a MIDI one."""
 
 
 def check_miniport(
@@ -434,17 +551,18 @@ def check_miniport(
     env: Mapping[str, str] | None = None,
     burst: int = 2000,
     timeout: float = 20.0,
-    checks: Iterable[str] = CHECKS,
+    checks: Iterable[str] | None = None,
 ) -> ConformanceReport:
     """Run the conformance checks on `miniport` (a registered name or `module:Class`).
 
     `options` and `resources` are the device's configuration; `prepare` runs
     once the kernel is up (to wire an external loop, say); `env` is the
-    environment of the kernel and miniport processes. Returns the report;
+    environment of the kernel and miniport processes. `checks` defaults to CHECKS,
+    and DMUS_CHECKS too for a DirectMusic miniport. Returns the report;
     `assert_conformant` raises on a failure instead.
     """
-    wanted = list(checks)
-    unknown = set(wanted) - set(CHECKS)
+    wanted = list(checks) if checks is not None else list(CHECKS)
+    unknown = set(wanted) - set(CHECKS) - set(DMUS_CHECKS)
     if unknown:
         raise ValueError(f"unknown checks {sorted(unknown)}; known: {CHECKS}")
     report = ConformanceReport(miniport)
@@ -469,6 +587,8 @@ def check_miniport(
             if prepare is not None:
                 prepare(kut)
             suite = _Suite(kut, client, loop, burst, timeout)
+            if checks is None and suite.miniport_kind == "dmus":
+                wanted[-1:-1] = DMUS_CHECKS  # before "shutdown"
             for name in wanted:
                 if name == "shutdown":
                     continue

@@ -2,9 +2,10 @@
 
 `run_crashtest` starts a private kernel (its own runtime directory) with two
 devices: "faulty", the miniport under test wrapped in the fault injector
-(miniports.testing.faults), and "healthy", a loopback device a background thread
-streams through steadily. Each iteration streams through the faulty device
-(with `auto_reopen`), injects one fault, and measures:
+(miniports.testing.faults; a DirectMusic miniport in its DMus twin), and
+"healthy", a loopback device a background thread streams through steadily.
+Each iteration streams through the faulty device (with `auto_reopen`), injects
+one fault, and measures:
 
   detect   fault injected -> removal event (seconds)
   recover  removal event -> arrival event after the restart (seconds)
@@ -41,7 +42,10 @@ import psutil
 
 import ksclient
 from ipc.runtime import runtime_base
+from ipc.status import StatusError
 from ksclient.launch import KernelProcess, KernelStartError, toml_config
+from miniports import registry
+from miniports.contract import MiniportDMus
 from miniports.testing.faults import trigger_fault
 
 FAULT_KINDS: Final = ("kill", "segv", "exception", "hang", "corrupt", "flood")
@@ -214,7 +218,7 @@ def _config(
             {"name": HEALTHY, "miniport": "loopback", "restart": "never"},
             {
                 "name": FAULTY,
-                "miniport": "faulty",
+                "miniport": _injector(miniport),
                 "options": {"miniport": miniport, "options": options},
                 "resources": resources,
                 "restart": {"limit": 1000000, "window": 5.0, "backoff": 0.05,
@@ -228,6 +232,16 @@ def _config(
             "stop_grace": 0.5,
         },
     )
+
+
+def _injector(miniport: str) -> str:
+    """The fault injector for `miniport`: "faulty_dmus" for a DirectMusic miniport (found
+    from here), else "faulty"."""
+    try:
+        cls = registry.load(miniport)
+    except StatusError:
+        return "faulty"
+    return "faulty_dmus" if issubclass(cls, MiniportDMus) else "faulty"
 
 
 class _HealthyStream(threading.Thread):

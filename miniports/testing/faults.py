@@ -58,12 +58,18 @@ from typing import Any, Final
 
 import zmq
 
+from ipc.dmusic import DmusStreamType
 from miniports import registry
 from miniports.contract import (
+    MXF,
+    AllocatorMXF,
     DataFormat,
     DataRange,
+    DmusKernelEvent,
     FilterDescriptor,
     KsState,
+    MasterClock,
+    MiniportDMus,
     MiniportMidi,
     MiniportMidiStream,
     Port,
@@ -78,6 +84,7 @@ __all__ = [
     "FLOOD_FRAMES",
     "PROCESS_FAULTS",
     "TRIGGER_SIGNAL",
+    "DmusFaultInjector",
     "FaultInjector",
     "InjectedFault",
     "command_path",
@@ -165,71 +172,58 @@ class _FaultyStream(MiniportMidiStream):
         self._owner.streams.remove(self)
 
 
-class FaultInjector(MiniportMidi):
-    """Any miniport, passed through until a fault fires; see the module docstring.
+def _load_inner(
+    miniport: Any, options: Any, fault: Any, after_bytes: Any, after_seconds: Any,
+) -> MiniportMidi | MiniportDMus:
+    """Check an injector's options and construct the miniport it wraps;
+    StatusError(INVALID_PARAMETER) for bad options."""
+    if not isinstance(miniport, str) or not miniport:
+        raise StatusError(Status.INVALID_PARAMETER, "miniport must be a name or module:Class")
+    if registry.available().get(miniport, miniport).startswith(__name__ + ":"):
+        raise StatusError(Status.INVALID_PARAMETER, "the fault injector cannot wrap itself")
+    if options is not None and not isinstance(options, dict):
+        raise StatusError(Status.INVALID_PARAMETER, "options must be a table")
+    if fault is not None and fault not in FAULTS:
+        raise StatusError(
+            Status.INVALID_PARAMETER, f"no fault {fault!r} (known: {', '.join(FAULTS)})"
+        )
+    if after_bytes is not None and (
+        isinstance(after_bytes, bool) or not isinstance(after_bytes, int) or after_bytes < 0
+    ):
+        raise StatusError(Status.INVALID_PARAMETER, "after_bytes must be an int >= 0")
+    if after_seconds is not None and (
+        isinstance(after_seconds, bool)
+        or not isinstance(after_seconds, (int, float))
+        or after_seconds < 0
+    ):
+        raise StatusError(Status.INVALID_PARAMETER, "after_seconds must be a number >= 0")
+    if (after_bytes is not None or after_seconds is not None) and fault is None:
+        raise StatusError(Status.INVALID_PARAMETER, "a trigger needs a fault")
+    return registry.load(miniport)(**(options or {}))
 
-    Options: `miniport` (name or module:Class, default "loopback"), `options`
-    (its keyword arguments), `fault` (one of FAULTS or None), `after_bytes`,
-    `after_seconds`, `control` (accept run-time triggers, default True).
-    StatusError(INVALID_PARAMETER) for bad options.
-    """
 
-    def __init__(
-        self,
-        miniport: str = "loopback",
-        options: dict[str, Any] | None = None,
-        fault: str | None = None,
-        after_bytes: int | None = None,
-        after_seconds: float | None = None,
-        control: bool = True,
+class _Faults:
+    """The fault machinery both injectors share: triggers, arming, firing."""
+
+    def _setup_faults(
+        self, fault: str | None, after_bytes: int | None, after_seconds: float | None,
+        control: bool,
     ) -> None:
-        if not isinstance(miniport, str) or not miniport:
-            raise StatusError(Status.INVALID_PARAMETER, "miniport must be a name or module:Class")
-        if registry.available().get(miniport, miniport).startswith(__name__ + ":"):
-            raise StatusError(Status.INVALID_PARAMETER, "the fault injector cannot wrap itself")
-        if options is not None and not isinstance(options, dict):
-            raise StatusError(Status.INVALID_PARAMETER, "options must be a table")
-        if fault is not None and fault not in FAULTS:
-            raise StatusError(
-                Status.INVALID_PARAMETER, f"no fault {fault!r} (known: {', '.join(FAULTS)})"
-            )
-        if after_bytes is not None and (
-            isinstance(after_bytes, bool) or not isinstance(after_bytes, int) or after_bytes < 0
-        ):
-            raise StatusError(Status.INVALID_PARAMETER, "after_bytes must be an int >= 0")
-        if after_seconds is not None and (
-            isinstance(after_seconds, bool)
-            or not isinstance(after_seconds, (int, float))
-            or after_seconds < 0
-        ):
-            raise StatusError(Status.INVALID_PARAMETER, "after_seconds must be a number >= 0")
-        if (after_bytes is not None or after_seconds is not None) and fault is None:
-            raise StatusError(Status.INVALID_PARAMETER, "a trigger needs a fault")
-        self.inner: MiniportMidi = registry.load(miniport)(**(options or {}))
         self.fault = fault
         self.after_bytes = 0 if fault is not None and after_seconds is None else after_bytes
         self.after_seconds = after_seconds
         self.control = bool(control)
         self.bytes_moved = 0
-        self.streams: list[_FaultyStream] = []
         self._armed: str | None = None
         self._port: Port | None = None
         self._thread = threading.get_ident()
         self._timer: threading.Timer | None = None
         self._command: Path | None = None
 
-    def get_description(self) -> FilterDescriptor:
-        return self.inner.get_description()
-
-    def data_range_intersection(
-        self, pin: int, client_format: DataFormat, miniport_range: DataRange
-    ) -> DataFormat:
-        return self.inner.data_range_intersection(pin, client_format, miniport_range)
-
-    def init(self, resources: ResourceList, port: Port) -> PortServiceGroup | None:
+    def _start_faults(self, port: Port) -> None:
+        """At init: listen for run-time triggers, start the timed one."""
         self._port = port
         self._thread = threading.get_ident()
-        group = self.inner.init(resources, port)
         runtime_dir = getattr(port, "runtime_dir", None)
         if self.control and isinstance(runtime_dir, Path):
             self._command = command_path(runtime_dir, os.getpid())
@@ -238,24 +232,10 @@ class FaultInjector(MiniportMidi):
             self._timer = threading.Timer(self.after_seconds, self.fire, (self.fault,))
             self._timer.daemon = True
             self._timer.start()
-        return group
 
-    def new_stream(
-        self, pin: int, capture: bool, fmt: DataFormat
-    ) -> tuple[MiniportMidiStream, PortServiceGroup | None]:
-        inner, group = self.inner.new_stream(pin, capture, fmt)
-        stream = _FaultyStream(self, inner, capture)
-        self.streams.append(stream)
-        return stream, group
-
-    def service(self) -> None:
-        self.checkpoint("service")
-        self.inner.service()
-
-    def close(self) -> None:
+    def _stop_faults(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self.inner.close()
 
     def _on_trigger_signal(self, signum: int, frame: Any) -> None:
         if self._command is None:
@@ -375,3 +355,138 @@ class FaultInjector(MiniportMidi):
                 self._port.notify()
             return True
         return False
+
+
+class FaultInjector(_Faults, MiniportMidi):
+    """Any miniport, passed through until a fault fires; see the module docstring.
+
+    Options: `miniport` (name or module:Class, default "loopback"), `options`
+    (its keyword arguments), `fault` (one of FAULTS or None), `after_bytes`,
+    `after_seconds`, `control` (accept run-time triggers, default True).
+    StatusError(INVALID_PARAMETER) for bad options; a DirectMusic miniport is
+    wrapped by `DmusFaultInjector` ("faulty_dmus") instead (NOT_SUPPORTED here).
+    """
+
+    def __init__(
+        self,
+        miniport: str = "loopback",
+        options: dict[str, Any] | None = None,
+        fault: str | None = None,
+        after_bytes: int | None = None,
+        after_seconds: float | None = None,
+        control: bool = True,
+    ) -> None:
+        inner = _load_inner(miniport, options, fault, after_bytes, after_seconds)
+        if not isinstance(inner, MiniportMidi):
+            raise StatusError(Status.NOT_SUPPORTED,
+                              f"{miniport!r} is a DirectMusic miniport: use faulty_dmus")
+        self.inner: MiniportMidi = inner
+        self.streams: list[_FaultyStream] = []
+        self._setup_faults(fault, after_bytes, after_seconds, control)
+
+    def get_description(self) -> FilterDescriptor:
+        return self.inner.get_description()
+
+    def data_range_intersection(
+        self, pin: int, client_format: DataFormat, miniport_range: DataRange
+    ) -> DataFormat:
+        return self.inner.data_range_intersection(pin, client_format, miniport_range)
+
+    def init(self, resources: ResourceList, port: Port) -> PortServiceGroup | None:
+        self._port = port
+        group = self.inner.init(resources, port)
+        self._start_faults(port)
+        return group
+
+    def new_stream(
+        self, pin: int, capture: bool, fmt: DataFormat
+    ) -> tuple[MiniportMidiStream, PortServiceGroup | None]:
+        inner, group = self.inner.new_stream(pin, capture, fmt)
+        stream = _FaultyStream(self, inner, capture)
+        self.streams.append(stream)
+        return stream, group
+
+    def service(self) -> None:
+        self.checkpoint("service")
+        self.inner.service()
+
+    def close(self) -> None:
+        self._stop_faults()
+        self.inner.close()
+
+
+class _FaultyMxf(MXF):
+    """A DirectMusic stream passed through; put_message is a checkpoint ("write")."""
+
+    def __init__(self, owner: DmusFaultInjector, inner: MXF) -> None:
+        self._owner = owner
+        self._inner = inner
+
+    def set_state(self, state: KsState) -> None:
+        self._inner.set_state(state)
+
+    def put_message(self, event: DmusKernelEvent) -> None:
+        self._owner.checkpoint("write")
+        moved = sum(len(e.data) for e in event.chain())
+        self._inner.put_message(event)
+        self._owner.moved(moved, "write")
+
+    def connect_output(self, sink: MXF) -> None:
+        self._inner.connect_output(sink)
+
+    def disconnect_output(self, sink: MXF) -> None:
+        self._inner.disconnect_output(sink)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class DmusFaultInjector(_Faults, MiniportDMus):
+    """`FaultInjector` for a DirectMusic miniport (registered as "faulty_dmus"): the same
+    options and faults; a render stream's put_message counts as a write, the port's
+    service as a read point ("hang_read" and "hang" fire in either)."""
+
+    def __init__(
+        self,
+        miniport: str = "dmusuart",
+        options: dict[str, Any] | None = None,
+        fault: str | None = None,
+        after_bytes: int | None = None,
+        after_seconds: float | None = None,
+        control: bool = True,
+    ) -> None:
+        inner = _load_inner(miniport, options, fault, after_bytes, after_seconds)
+        if not isinstance(inner, MiniportDMus):
+            raise StatusError(Status.NOT_SUPPORTED, f"{miniport!r} is not a DirectMusic miniport")
+        self.inner: MiniportDMus = inner
+        self._setup_faults(fault, after_bytes, after_seconds, control)
+
+    def get_description(self) -> FilterDescriptor:
+        return self.inner.get_description()
+
+    def data_range_intersection(
+        self, pin: int, client_format: DataFormat, miniport_range: DataRange
+    ) -> DataFormat:
+        return self.inner.data_range_intersection(pin, client_format, miniport_range)
+
+    def init(self, resources: ResourceList, port: Port) -> PortServiceGroup | None:
+        self._port = port
+        group = self.inner.init(resources, port)
+        self._start_faults(port)
+        return group
+
+    def new_stream(
+        self, pin: int, stream_type: DmusStreamType, fmt: DataFormat,
+        allocator: AllocatorMXF, master_clock: MasterClock,
+    ) -> tuple[MXF, PortServiceGroup | None, int]:
+        mxf, group, prefetch = self.inner.new_stream(pin, stream_type, fmt, allocator,
+                                                     master_clock)
+        return _FaultyMxf(self, mxf), group, prefetch
+
+    def service(self) -> None:
+        self.checkpoint("read")
+        self.inner.service()
+
+    def close(self) -> None:
+        self._stop_faults()
+        self.inner.close()
