@@ -17,8 +17,8 @@ one holds SysEx bytes, whole or a piece of a longer one (see `ipc.dmusic`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final, TypeAlias
 
 from ipc import dmusic as grammar
 from ipc.dmusic import (
@@ -38,10 +38,12 @@ __all__ = [
     "EVENT_HEADER",
     "FORMAT",
     "MAX_CHANNEL_GROUP",
+    "Captured",
     "DmusEvent",
     "FramingError",
     "event",
     "event_size",
+    "frame_captured",
     "pack",
     "unpack",
 ]
@@ -115,3 +117,54 @@ def unpack(buffer: bytes | bytearray | memoryview) -> list[DmusEvent]:
         return grammar.unpack_buffer(buffer)
     except grammar.DmusFramingError as exc:
         raise FramingError.from_grammar(exc) from None
+
+
+Captured: TypeAlias = tuple[int, bytes, int]
+"""A captured message for `frame_captured`: (stream time, bytes, channel group)."""
+
+
+def frame_captured(
+    size: int, take: Callable[[], Captured | None]
+) -> tuple[int | None, bytes, Captured | None, int]:
+    """Frame captured messages into one DirectMusic buffer of at most `size` bytes, as a
+    capture pin's `read` does: `(first time, buffer, rest, dropped)`.
+
+    `take()` gives the next message, None when none is waiting. The first
+    message's time is the buffer's (None: nothing framed); each rtDelta counts
+    from it. MIDI messages become structured events, SysEx bytes unstructured;
+    a SysEx that does not fit goes in as far as it does and `rest` is the
+    remainder (give it back first next time). A message the grammar cannot carry
+    (say an undefined real-time byte) is dropped and counted in `dropped`.
+    `size` must hold the smallest event (`event_size(1)`, 24 bytes), which every
+    MIDI message (at most 3 bytes) fits, so only a SysEx is ever split.
+    """
+    smallest = event_size(1)
+    if size < smallest:
+        raise ValueError(f"a DirectMusic buffer needs at least {smallest} bytes")
+    out = bytearray()
+    first: int | None = None
+    dropped = 0
+    rest: Captured | None = None
+    while rest is None and size - len(out) >= smallest:
+        message = take()
+        if message is None:
+            break
+        stamp, data, group = message
+        if not data:
+            dropped += 1
+            continue
+        room = ((size - len(out)) & ~7) - EVENT_HEADER.size
+        if len(data) > room:
+            data, rest = data[:room], (stamp, data[room:], group)
+        sysex = data[0] in (SYSEX_START, SYSEX_END) or data[0] < 0x80
+        delta = 0 if first is None else max(0, stamp - first)
+        try:
+            out += grammar.pack_buffer(
+                [(group, delta, 0 if sysex else DMUS_EVENT_STRUCTURED, data)])
+        except grammar.DmusFramingError:
+            dropped += 1
+            rest = None
+            continue
+        if first is None:
+            first = stamp
+    return first, bytes(out), rest, dropped
