@@ -36,7 +36,7 @@ SYSEX_64K = b"\xf0" + bytes(i % 0x80 for i in range(65536 - 2)) + b"\xf7"
 
 MPU = """
 [[device]]
-name = "mpu"
+name = "mpu401"
 miniport = "mpu401"
 resources = { io = [[0x330, 2]], irq = [9] }
 options = { baud = 1000000 }
@@ -187,22 +187,22 @@ def test_the_latency_clock_of_a_midi_stream_is_the_master_time(loopback_kernel) 
 def test_a_directmusic_pin_knows_its_format(start_kernel) -> None:
     kernel = start_kernel(MPU)
     with kernel.connect() as c:
-        c.wait_for_filter("mpu")
-        with c.open_render("mpu", DMUS_RENDER, dmusic.FORMAT) as dm, \
-                c.open_render("mpu", 0) as midi, \
-                c.open_capture("mpu", CAPTURE, dmusic.FORMAT) as cap:
+        c.wait_for_filter("mpu401")
+        with c.open_render("mpu401", DMUS_RENDER, dmusic.FORMAT) as dm, \
+                c.open_render("mpu401", 0) as midi, \
+                c.open_capture("mpu401", CAPTURE, dmusic.FORMAT) as cap:
             assert dm.is_directmusic and cap.is_directmusic and not midi.is_directmusic
             assert dm.format == dmusic.FORMAT
-            master = c.master_clock("mpu")
+            master = c.master_clock("mpu401")
             assert dm.latency_clock() >= master  # master time + a pre-fetch >= 0
 
 
 def test_framing_errors_and_bad_groups_send_nothing(start_kernel) -> None:
     kernel = start_kernel(MPU)
     with kernel.connect() as c:
-        c.wait_for_filter("mpu")
-        with c.open_render("mpu", DMUS_RENDER, dmusic.FORMAT) as dm, \
-                c.open_render("mpu", 0) as midi:
+        c.wait_for_filter("mpu401")
+        with c.open_render("mpu401", DMUS_RENDER, dmusic.FORMAT) as dm, \
+                c.open_render("mpu401", 0) as midi:
             dm.run()
             midi.run()
             good = dmusic.pack([dmusic.event(b"\x90\x3c\x40")])
@@ -229,8 +229,8 @@ def test_framing_errors_and_bad_groups_send_nothing(start_kernel) -> None:
 def test_what_a_directmusic_pin_puts_in_its_ring(start_kernel) -> None:
     kernel = start_kernel(MPU)
     with kernel.connect() as c:
-        c.wait_for_filter("mpu")
-        with c.open_render("mpu", DMUS_RENDER, dmusic.FORMAT) as dm:
+        c.wait_for_filter("mpu401")
+        with c.open_render("mpu401", DMUS_RENDER, dmusic.FORMAT) as dm:
             records = dm._records(SYSEX_64K, ksclient.physical(77), channel_group=300)
             limit = dm._channel.ring.max_payload
             assert len(records) > 1
