@@ -248,3 +248,27 @@ def test_what_a_directmusic_pin_puts_in_its_ring(start_kernel) -> None:
             assert dm._chunked(9, RENDER_FLAG_IN_BUFFER, b"\xf8", 4) == [
                 (9, RENDER_FLAG_IN_BUFFER, g(4, b"\xf8"))]
             assert event_size(3) == 24
+
+
+def test_the_async_flavour_has_the_clocks_and_the_groups(loopback_kernel) -> None:
+    import asyncio
+
+    import ksclient.aio
+
+    async def main() -> None:
+        async with await ksclient.aio.connect(loopback_kernel.runtime) as k:
+            await k.wait_for_filter("loopback")
+            before = ksclient.now()
+            assert before <= await k.master_clock("loopback") <= ksclient.now()
+            out = await k.open_render("loopback")
+            await out.run()
+            assert not out.is_directmusic
+            assert before <= await out.latency_clock() <= ksclient.now()
+            with pytest.raises(ValueError, match="MIDI pin"):
+                await out.send(b"\x90\x3c\x40", channel_group=2)
+            with pytest.raises(ValueError, match="MIDI pin"):
+                await out.send_many([b"\x90\x3c\x40"], channel_group=3)
+            await out.send(b"\x90\x3c\x40", channel_group=1)
+            await out.close()
+
+    asyncio.run(main())
