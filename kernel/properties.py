@@ -1,6 +1,16 @@
 """The KS property requests of user mode: pin properties (data intersection through the
-miniport), connection and stream properties of an open pin, buffer cancellation, and a
-device's registry keys, read-only.
+miniport), connection and stream properties of an open pin, the synth clocks, buffer
+cancellation, and a device's registry keys, read-only.
+
+The synth clocks: the kernel has one master clock, the shared monotonic clock
+in 100 ns (`ipc.runtime.now_100ns`, what `ksclient.now()` reads), and hands it
+to every DirectMusic stream. KSPROPERTY_SYNTH_MASTERCLOCK (KSPROPSETID_SynthClock)
+is a property of the filter, as KS has it: it comes on the filter-handle route
+(a PinProperty request, the pin ignored, as for KSPROPERTY_PIN_CTYPES) under the
+name "masterclock", on any filter, since IPortMidi and IPortDMus are one port.
+KSPROPERTY_SYNTH_LATENCYCLOCK is a property of a pin instance: a connection
+property "latencyclock" of an open pin, the master time plus the stream's
+schedule pre-fetch (0 for a MIDI stream, and for DONT_HOLD_FOR_SEQUENCING).
 
 A part of `UserMode`, kept in its own module for size: the methods it calls on
 user mode are declared here and provided there.
@@ -12,9 +22,12 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from ipc import protocol as p
+from ipc.dmusic import DONT_HOLD_FOR_SEQUENCING
 from ipc.ks import DataFormat, DataRange
+from ipc.runtime import now_100ns
 from ipc.status import Status, StatusError
 from kernel.filters import KSDATAFORMAT_SIZE, Filter, FilterInstance, sized_format
+from kernel.pins import Pin
 from kernel.pnp import PnpManager
 from kernel.renderpin import RenderPin
 from kernel.sessions import ClientSession, PinInstance
@@ -22,6 +35,23 @@ from kernel.sessions import ClientSession, PinInstance
 MAX_CLIENT_RANGES: Final = 64
 PENDING: Final = object()
 """A handler's result meaning "the reply will be sent later"."""
+MAX_PREFETCH: Final = 1 << 40
+"""A schedule pre-fetch beyond this (about 30 hours of 100 ns) is taken as no pre-fetch."""
+
+
+def master_time() -> int:
+    """The kernel's master clock (IMasterClock::GetTime): the shared monotonic clock, 100 ns."""
+    return now_100ns()
+
+
+def schedule_prefetch(pin: Pin) -> int:
+    """A stream's schedule pre-fetch in 100 ns: 0 for a MIDI stream (no such attribute),
+    for DONT_HOLD_FOR_SEQUENCING ("no hold": the miniport sequences itself), and for a
+    value that is not a sane duration."""
+    prefetch = getattr(pin, "schedule_prefetch", 0)
+    if type(prefetch) is not int or prefetch == DONT_HOLD_FOR_SEQUENCING:
+        return 0
+    return prefetch if 0 <= prefetch <= MAX_PREFETCH else 0
 
 
 class KsPropertyRequests:
@@ -61,7 +91,13 @@ class KsPropertyRequests:
         return done
 
     def _pin_property(self, session: ClientSession, rid: int, body: p.PinProperty) -> Any:
+        """KSPROPERTY_PIN_xxx of a filter's pins, and the filter's own properties that come
+        the same way: "masterclock" (KSPROPERTY_SYNTH_MASTERCLOCK, get only)."""
         filter_ = self._filter(body.filter)
+        if body.property == "masterclock":
+            if body.value is not None:
+                raise StatusError(Status.NOT_SUPPORTED, "the master clock is read-only")
+            return master_time()
         if body.property == "cinstances":
             # Per filter instance: `value` names one; None asks about the default one.
             instance_id = body.value if type(body.value) is int else 0
@@ -101,8 +137,8 @@ class KsPropertyRequests:
 
     def _connection_property(self, session: ClientSession, rid: int,
                              body: p.ConnectionProperty) -> Any:
-        """KSPROPSETID_Connection STATE and DATAFORMAT (get and set) and the stream's
-        clock TIME and POSITION (get) of an open pin."""
+        """KSPROPSETID_Connection STATE and DATAFORMAT (get and set), the stream's clock
+        TIME and POSITION and KSPROPERTY_SYNTH_LATENCYCLOCK (get) of an open pin."""
         instance = self._pin(session, body.handle)
         pin = instance.pin
         match body.property, body.value is None:
@@ -123,6 +159,8 @@ class KsPropertyRequests:
             case "position", True:
                 moved = "delivered" if pin.capture else "released"
                 return {"events": pin.stats[moved], "time": pin.clock.time()}
+            case "latencyclock", True:
+                return master_time() + schedule_prefetch(pin)
         raise StatusError(Status.NOT_SUPPORTED,
                           f"no connection property {body.property!r} to "
                           f"{'get' if body.value is None else 'set'}")

@@ -30,6 +30,7 @@ from ksclient.client import (
     FilterInfo,
     KernelEvent,
     MidiMessage,
+    PhysicalTime,
     RenderPin,
 )
 from ksclient.client import (
@@ -67,6 +68,10 @@ class AsyncClient:
 
     async def next_event(self, timeout: float | None = None) -> KernelEvent:
         return await self._run(self.sync.next_event, timeout)
+
+    async def master_clock(self, filter_id: str) -> PhysicalTime:
+        """KSPROPERTY_SYNTH_MASTERCLOCK (see Client.master_clock)."""
+        return await self._run(self.sync.master_clock, filter_id)
 
     async def open_render(
         self, filter_id: str, pin: int | None = None, fmt: DataFormat | None = None,
@@ -115,22 +120,34 @@ class _AsyncPin:
         """The pin's stream time (KSPROPERTY_CLOCK_TIME), from the kernel."""
         return await self.client._run(self.sync.time)
 
+    async def latency_clock(self) -> PhysicalTime:
+        """KSPROPERTY_SYNTH_LATENCYCLOCK (see Pin.latency_clock)."""
+        return await self.client._run(self.sync.latency_clock)
+
+    @property
+    def is_directmusic(self) -> bool:
+        return self.sync.is_directmusic
+
 
 class AsyncRenderPin(_AsyncPin):
     sync: RenderPin
 
-    async def send(self, message: Any, at: int | None = None) -> None:
-        """Queue a message; waits (in a worker thread) only when the ring is full."""
+    async def send(self, message: Any, at: int | None = None, channel_group: int = 1) -> None:
+        """Queue a message; waits (in a worker thread) only when the ring is full.
+        `channel_group`: on a DirectMusic pin (see RenderPin.send)."""
         try:
-            self.sync.send_nowait(message, at)
+            self.sync.send_nowait(message, at, channel_group)
         except errors.WouldBlock:
-            await self.client._run(self.sync.send, message, at)
+            await self.client._run(self.sync.send, message, at, None, channel_group)
 
-    async def send_many(self, messages: list[Any], at: int | None = None) -> None:
-        await self.client._run(self.sync.send_many, messages, at)
+    async def send_many(
+        self, messages: list[Any], at: int | None = None, channel_group: int = 1
+    ) -> None:
+        await self.client._run(self.sync.send_many, messages, at, None, False, channel_group)
 
     async def write(self, buffer: bytes, presentation_time: int = 0) -> BufferRequest:
-        """Queue a KSMUSICFORMAT buffer (see RenderPin.write); `await wait(request)`."""
+        """Queue a KSMUSICFORMAT buffer, or a DirectMusic one on a DirectMusic pin (see
+        RenderPin.write); `await wait(request)`."""
         return await self.client._run(self.sync.write, buffer, presentation_time)
 
     async def wait(self, request: BufferRequest, timeout: float | None = None) -> int:

@@ -16,7 +16,10 @@ running only in RUN, standing still in PAUSE and ACQUIRE, back to 0 at STOP.
 `PhysicalTime` (what `now()` returns) at that time on the shared clock.
 `RenderPin.write` queues a KSMUSICFORMAT buffer (`ksclient.ksmusic`) and returns
 a request that completes when the buffer was handed on; `CapturePin.read`
-returns captured messages framed the same way.
+returns captured messages framed the same way. On a pin opened with the
+DirectMusic format (`ksclient.dmusic.FORMAT`) both take DMUS_EVENTHEADER buffers
+(`ksclient.dmusic`) instead, and every message carries its channel group
+(`send(..., channel_group=g)`, `MidiMessage.channel_group`).
 
 When a device goes away (surprise removal), I/O on its open pins raises
 DeviceRemovedError. A pin opened with `auto_reopen=True` instead waits for the
@@ -45,12 +48,14 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, Self
 
 import zmq
 
+from ipc import dmusic as dmus
 from ipc import protocol as p
 from ipc import trace
 from ipc.channel import PEER_FDS, ChannelReader, ChannelWriter
 from ipc.fdpass import fetch_fds
 from ipc.ks import (
     BUFFER_MARKER,
+    KSDATAFORMAT_SUBTYPE_DIRECTMUSIC,
     RENDER_FLAG_BUFFER_END,
     RENDER_FLAG_IN_BUFFER,
     RENDER_FLAG_PHYSICAL_TIME,
@@ -80,7 +85,7 @@ from ipc.runtime import (
 )
 from ipc.status import Status, StatusError
 from ipc.waiter import Waiter
-from ksclient import errors, ksmusic, tracing
+from ksclient import dmusic, errors, ksmusic, tracing
 
 if TYPE_CHECKING:
     from ksclient.monitor import Monitor
@@ -90,6 +95,8 @@ CALL_TIMEOUT: Final = 10.0
 REOPEN_TIMEOUT: Final = 10.0
 RUN_HISTORY: Final = 64
 """RUN periods a pin remembers to give capture stamps their stream time."""
+MAX_TIME: Final = (1 << 63) - 1
+"""The latest presentation time a record can carry (an i64 of 100 ns)."""
 EVENT_CHECK_SECONDS: Final = 0.01
 """How stale a render pin's view of kernel events may get on the fast path (a check
 of the socket costs ~2 µs, too much for every send)."""
@@ -133,13 +140,15 @@ class MidiMessage(NamedTuple):
     `stream_time` the pin's stream time at that moment (KSPROPERTY_CLOCK_TIME:
     0 at RUN after STOP, standing still in PAUSE), both in 100 ns units.
     A SysEx comes whole (F0 ... F7) unless it was cut short by another status
-    byte, in which case `aborted` is True.
+    byte, in which case `aborted` is True. `channel_group` is the DirectMusic
+    channel group (1..65535) on a DirectMusic pin, 1 on a MIDI pin.
     """
 
     data: bytes
     timestamp: int
     flags: int = 0
     stream_time: int = 0
+    channel_group: int = 1
 
     @property
     def physical_time(self) -> int:
@@ -256,6 +265,13 @@ def _stamp(at: int | None) -> tuple[int, int]:
     return stamp, flags
 
 
+def _group_prefix(channel_group: int) -> bytes:
+    """The record prefix of a DirectMusic channel group; ValueError outside 1..65535."""
+    if type(channel_group) is not int or not 1 <= channel_group <= dmus.MAX_CHANNEL_GROUP:
+        raise ValueError(f"channel group {channel_group!r} is not in 1..{dmus.MAX_CHANNEL_GROUP}")
+    return dmus.GROUP_PREFIX.pack(channel_group)
+
+
 def _to_bytes(message: Any) -> bytes:
     if isinstance(message, bytes):
         return message
@@ -301,6 +317,47 @@ class SysexJoiner:
 
     def clear(self) -> None:
         self._sysex.clear()
+
+
+class GroupJoiner:
+    """What a DirectMusic capture pin does to its records (ipc.dmusic layout: the channel
+    group, then the bytes): strips the group and joins each group's long SysEx, across
+    reads. A record without a valid group, or with a group and no bytes, is dropped
+    and counted in `malformed` (the kernel never writes one; nothing is raised)."""
+
+    def __init__(self) -> None:
+        self._joiners: dict[int, SysexJoiner] = {}
+        self.malformed = 0
+
+    def join(
+        self, records: Iterable[tuple[int, int, Any]]
+    ) -> list[tuple[int, int, bytes, int]]:
+        """(timestamp, flags, data, channel group) of each whole message in `records`."""
+        out = []
+        joiners = self._joiners
+        for timestamp, flags, payload in records:
+            try:
+                group, data = dmus.split_group(payload)
+            except ValueError:
+                self.malformed += 1
+                continue
+            if not data:
+                self.malformed += 1
+                continue
+            if flags & FLAG_SYSEX:
+                joiner = joiners.get(group)
+                if joiner is None:
+                    joiner = joiners[group] = SysexJoiner()
+                whole = joiner.join([(timestamp, flags, data)])
+                if not whole:
+                    continue
+                timestamp, flags, data = whole[0]
+            out.append((timestamp, flags, data, group))
+        return out
+
+    def clear(self) -> None:
+        """Forget the SysEx halves (STOP flushed them); `malformed` stays."""
+        self._joiners.clear()
 
 
 class _Resources:
@@ -578,6 +635,12 @@ class Client:
             return DataFormat.from_wire(answer["format"])
         return answer
 
+    def master_clock(self, filter_id: str) -> PhysicalTime:
+        """KSPROPERTY_SYNTH_MASTERCLOCK of a filter: the kernel's master clock now (100 ns),
+        the shared monotonic clock every DirectMusic stream is timed by (`now()`'s
+        clock, read by the kernel). NotFoundError for an unknown filter."""
+        return PhysicalTime(int(self._call(p.PinProperty(filter_id, 0, "masterclock"))))
+
     def open_filter(self, filter_id: str) -> FilterInstance:
         """Open an instance of a filter (a KS filter handle) to open pins on: a pin's
         per-filter instance limit counts the pins on one filter instance, its global
@@ -603,7 +666,8 @@ class Client:
         `open_filter` (`FilterInstance.open_pin` passes it); 0 the default one.
         """
         fmt = fmt or DataFormat()
-        handle, capture, channel = self._open_channel(filter_id, pin, fmt, capacity, instance)
+        handle, capture, channel, fmt = self._open_channel(
+            filter_id, pin, fmt, capacity, instance)
         pin_obj: RenderPin | CapturePin
         if capture:
             assert isinstance(channel, ChannelReader)
@@ -619,11 +683,15 @@ class Client:
 
     def _open_channel(
         self, filter_id: str, pin: int, fmt: DataFormat, capacity: int, instance: int = 0
-    ) -> tuple[int, bool, ChannelReader | ChannelWriter]:
+    ) -> tuple[int, bool, ChannelReader | ChannelWriter, DataFormat]:
+        """Open the pin: its handle, direction, channel and the format the pin took
+        (what the kernel says; `fmt` where it says nothing usable)."""
         result = self._call(p.OpenPin(filter_id, pin, fmt.to_wire(), capacity, instance))
         handle = int(result["handle"])
         try:
             capture = bool(result["capture"])
+            with contextlib.suppress(StatusError):
+                fmt = DataFormat.from_wire(result.get("format"))
             try:
                 fds = fetch_fds(self.runtime_dir, str(result["token"]), PEER_FDS, CALL_TIMEOUT)
             except OSError as exc:
@@ -633,7 +701,7 @@ class Client:
             opened = (ChannelReader.from_fds(fds, name) if capture
                       else ChannelWriter.from_fds(fds, name))
             self._resources.channels[id(opened)] = opened
-            return handle, capture, opened
+            return handle, capture, opened, fmt
         except BaseException:
             with contextlib.suppress(errors.KsError):
                 self._call(p.ClosePin(handle))
@@ -871,7 +939,7 @@ class Pin:
                     raise error
                 raise errors.KsTimeoutError(f"{self.filter_id} has not come back yet")
             try:
-                handle, _, channel = client._open_channel(
+                handle, _, channel, self._fmt = client._open_channel(
                     self.filter_id, self.pin_id, self._fmt, self._capacity
                 )
             except (errors.DeviceRemovedError, errors.NotFoundError):
@@ -1042,9 +1110,22 @@ class Pin:
         """KSPROPSETID_Connection and stream properties of this pin by name: "state"
         (get; set walks one step, prefer `set_state`), "dataformat" (get; set: see
         `set_format`), "time" (the correlated clock), "position" (events moved and
-        the stream time)."""
+        the stream time), "latencyclock" (get: see `latency_clock`)."""
         self._check()
         return self.client._call(p.ConnectionProperty(self.handle, prop, value))
+
+    def latency_clock(self) -> PhysicalTime:
+        """KSPROPERTY_SYNTH_LATENCYCLOCK: the master clock now plus the stream's schedule
+        pre-fetch (100 ns, on `now()`'s clock): the earliest time an event sent now can
+        still play on time. The master time itself on a stream without pre-fetch (MIDI
+        streams, and DirectMusic miniports that sequence for themselves)."""
+        return PhysicalTime(int(self.connection_property("latencyclock")))
+
+    @property
+    def is_directmusic(self) -> bool:
+        """The pin exchanges DirectMusic data (KSDATAFORMAT_SUBTYPE_DIRECTMUSIC): buffers are
+        DMUS_EVENTHEADER buffers and messages carry a channel group."""
+        return self._fmt.sub_format == KSDATAFORMAT_SUBTYPE_DIRECTMUSIC
 
     @property
     def format(self) -> DataFormat:
@@ -1142,7 +1223,7 @@ class RenderPin(Pin):
         return max(0, self._written - passed) + int(kernel_stats.get("undelivered", 0))
 
     def _records(
-        self, message: Any, at: int | None, raw: bool = False
+        self, message: Any, at: int | None, raw: bool = False, channel_group: int = 1
     ) -> list[tuple[int, int, bytes]]:
         data = _to_bytes(message)
         if not data:
@@ -1150,8 +1231,22 @@ class RenderPin(Pin):
         if not raw:
             check_message(data)
         stamp, flags = _stamp(at)
+        return self._chunked(stamp, flags, data, channel_group)
+
+    def _chunked(
+        self, stamp: int, flags: int, data: bytes, channel_group: int
+    ) -> list[tuple[int, int, bytes]]:
+        """The records of one message: a long one (SysEx) split to fit a record, each
+        chunk with the channel group in front on a DirectMusic pin (ipc.dmusic)."""
         chunk = self._chunk
-        return [(stamp, flags, data[i : i + chunk]) for i in range(0, len(data), chunk)]
+        if not self.is_directmusic:
+            if channel_group != 1:
+                raise ValueError(f"channel group {channel_group} on a MIDI pin, which "
+                                 "carries channel group 1 only")
+            return [(stamp, flags, data[i : i + chunk]) for i in range(0, len(data), chunk)]
+        prefix = _group_prefix(channel_group)
+        chunk -= dmus.GROUP_PREFIX.size
+        return [(stamp, flags, prefix + data[i : i + chunk]) for i in range(0, len(data), chunk)]
 
     def _ready(self, deadline: float | None = None) -> None:
         # A removal must fail the next send even if nobody looked at the events, but
@@ -1166,7 +1261,10 @@ class RenderPin(Pin):
                 Status.INVALID_DEVICE_STATE, "the pin is in STOP; call run() first"
             )
 
-    def send(self, message: Any, at: int | None = None, timeout: float | None = None) -> None:
+    def send(
+        self, message: Any, at: int | None = None, timeout: float | None = None,
+        channel_group: int = 1,
+    ) -> None:
         """Queue one message (bytes, a list of ints or a mido.Message).
 
         `at`: presentation time in 100 ns units. A plain int is a stream time: the
@@ -1178,21 +1276,27 @@ class RenderPin(Pin):
         `timeout` seconds (None: no limit). Events play in the order sent.
         InvalidMessage (a ValueError), sending nothing, unless the message is exactly
         one valid MIDI 1.0 message; `send_raw` sends any bytes.
+        `channel_group`: the DirectMusic channel group (1..65535) on a DirectMusic
+        pin; a MIDI pin carries group 1 only (ValueError for another).
         """
-        self.send_many([message], at, timeout)
+        self.send_many([message], at, timeout, channel_group=channel_group)
 
-    def send_raw(self, data: Any, at: int | None = None, timeout: float | None = None) -> None:
+    def send_raw(
+        self, data: Any, at: int | None = None, timeout: float | None = None,
+        channel_group: int = 1,
+    ) -> None:
         """Queue bytes as they are: a stream of MIDI bytes (running status, several
-        messages, anything), unchecked. For those who mean it."""
-        self.send_many([data], at, timeout, raw=True)
+        messages, anything), unchecked. For those who mean it. (On a DirectMusic pin
+        they still go as one record with the channel group in front.)"""
+        self.send_many([data], at, timeout, raw=True, channel_group=channel_group)
 
-    def send_nowait(self, message: Any, at: int | None = None) -> None:
+    def send_nowait(self, message: Any, at: int | None = None, channel_group: int = 1) -> None:
         """Like send, but raise WouldBlock (sending nothing) if the ring has no room."""
         try:
             self._ready(time.monotonic())
         except errors.KsTimeoutError:
             raise errors.WouldBlock("the device is away; the pin will reopen") from None
-        records = self._records(message, at)
+        records = self._records(message, at, channel_group=channel_group)
         start = trace.now() if trace.ON else 0
         sent = self._channel.send_many(records)
         if trace.ON:
@@ -1206,54 +1310,61 @@ class RenderPin(Pin):
                 self._check(time.monotonic())
             raise errors.WouldBlock("the render ring is full")
         # A message longer than one record is partly queued: finish it rather than cut it.
-        self.send_many([b"".join(r[2] for r in records[sent:])], at)
+        self._send_records(records[sent:], None)
 
     def send_many(
         self, messages: Iterable[Any], at: int | None = None, timeout: float | None = None,
-        raw: bool = False,
+        raw: bool = False, channel_group: int = 1,
     ) -> None:
         """Queue several messages at once (one wake-up for the lot): the fast path.
         Every message is checked first (see `send`); one invalid message sends none.
-        `raw`: queue the bytes unchecked (see `send_raw`)."""
+        `raw`: queue the bytes unchecked (see `send_raw`); `channel_group`: see `send`."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self._ready(deadline)
         records: list[tuple[int, int, bytes]] = []
         for message in messages:
-            records += self._records(message, at, raw)
+            records += self._records(message, at, raw, channel_group)
         self._send_records(records, deadline)
 
     def write(
         self, buffer: bytes | bytearray | memoryview, presentation_time: int = 0,
         timeout: float | None = None,
     ) -> BufferRequest:
-        """Queue a KSMUSICFORMAT buffer (see `ksclient.ksmusic`) as one stream request.
+        """Queue a KSMUSICFORMAT buffer (see `ksclient.ksmusic`) as one stream request;
+        on a DirectMusic pin, a DMUS_EVENTHEADER buffer (see `ksclient.dmusic`).
 
-        The first event's TimeDeltaMs counts from `presentation_time` (a stream
-        time, or a PhysicalTime as for `send`), each later one from the event
-        before; a past time plays at once. Malformed framing raises
-        ksmusic.FramingError (STATUS_INVALID_PARAMETER) and queues nothing.
+        KSMUSICFORMAT: the first event's TimeDeltaMs counts from `presentation_time`
+        (a stream time, or a PhysicalTime as for `send`), each later one from the
+        event before. DirectMusic: each event plays at `presentation_time` + its
+        rtDelta (100 ns from the buffer's start, as DMUS_EVENTHEADER says), in time
+        order (events of equal time in buffer order), in its channel group. A past
+        time plays at once. Malformed framing raises ksmusic.FramingError or
+        dmusic.FramingError (STATUS_INVALID_PARAMETER) and queues nothing.
         The returned request completes when every event has been handed to the
         miniport (`data_used` = the buffer's length), or with STATUS_CANCELLED
         when STOP flushes it or `cancel()` drops it first. Buffers and `send`
         calls play in the order made.
         """
-        events = ksmusic.unpack(buffer)
+        timed = self._dmus_timed(buffer) if self.is_directmusic else self._ksmusic_timed(buffer)
         deadline = None if timeout is None else time.monotonic() + timeout
         self._ready(deadline)
         number = self._buffers_written
         request = BufferRequest(self, len(buffer), number)
-        if not events:
+        if not timed:
             request._complete(Status.SUCCESS, 0)
             return request
         base, flags = _stamp(presentation_time)
+        if base + max(offset for offset, _, _ in timed) > MAX_TIME:
+            error = dmusic.FramingError if self.is_directmusic else ksmusic.FramingError
+            raise error(f"an event of the buffer plays after 2**63-1 (100 ns), from {base}")
         flags |= RENDER_FLAG_IN_BUFFER
-        chunk = self._chunk
         records: list[tuple[int, int, bytes]] = []
         t = base
-        for delta, data in events:
-            t += delta * 10_000
-            records += [(t, flags, data[i : i + chunk]) for i in range(0, len(data), chunk)]
-        # The end marker: never played, it carries the buffer's number back.
+        for offset, channel_group, data in timed:
+            t = base + offset
+            records += self._chunked(t, flags, data, channel_group)
+        # The end marker: never played, it carries the buffer's number back (and, being
+        # no event, no channel group).
         records.append((t, RENDER_FLAG_BUFFER_END, BUFFER_MARKER.pack(number)))
         self._buffers_written += 1
         self._pending[number] = request
@@ -1266,6 +1377,25 @@ class RenderPin(Pin):
             raise
         self._written -= 1  # the marker is no message: `lost` counts only messages
         return request
+
+    @staticmethod
+    def _ksmusic_timed(buffer: bytes | bytearray | memoryview) -> list[tuple[int, int, bytes]]:
+        """(100 ns from the start, channel group 1, bytes) of a KSMUSICFORMAT buffer's events."""
+        timed = []
+        ms = 0
+        for delta, data in ksmusic.unpack(buffer):
+            ms += delta
+            timed.append((ms * 10_000, 1, data))
+        return timed
+
+    @staticmethod
+    def _dmus_timed(buffer: bytes | bytearray | memoryview) -> list[tuple[int, int, bytes]]:
+        """(rtDelta, channel group, bytes) of a DirectMusic buffer's events, in time order."""
+        events = dmusic.unpack(buffer)
+        # rtDelta counts from the buffer's start, so buffer order need not be time order;
+        # the sequencer never reorders, so the records must be in time order (stable).
+        events.sort(key=lambda e: e.rt_delta)
+        return [(e.rt_delta, e.channel_group, e.data) for e in events]
 
     def _buffers_done(self, first: int, count: int, status: int) -> None:
         pending = self._pending
@@ -1382,8 +1512,11 @@ class CapturePin(Pin):
         self._channel = channel
         self._ready: collections.deque[MidiMessage] = collections.deque()
         self._sysex = SysexJoiner()
-        self._partial: tuple[int, bytes] | None = None
-        """What `read` could not fit of a message: its stream time and the rest."""
+        self._grouped = GroupJoiner()
+        """On a DirectMusic pin: the records' groups stripped, SysEx joined per group."""
+        self._unframed = 0
+        self._partial: tuple[int, bytes, int] | None = None
+        """What `read` could not fit of a message: its stream time, the rest, its group."""
         # Waking for data costs one epoll_wait; the kernel's messages and death are
         # looked at only when their descriptors say so.
         self._waiter = Waiter()
@@ -1400,6 +1533,13 @@ class CapturePin(Pin):
     def dropped(self) -> int:
         """Messages the kernel had to drop because this pin's ring was full."""
         return self._channel.ring.dropped
+
+    @property
+    def malformed(self) -> int:
+        """Records this pin dropped instead of delivering: on a DirectMusic pin, those
+        without a valid channel group in front (the kernel never writes one), and
+        messages `read` could not frame as a DirectMusic event."""
+        return self._grouped.malformed + self._unframed
 
     def _attach(self, channel: ChannelReader | ChannelWriter) -> None:
         assert isinstance(channel, ChannelReader)
@@ -1418,6 +1558,7 @@ class CapturePin(Pin):
         self._partial = None
         self._ready.clear()
         self._sysex.clear()
+        self._grouped.clear()
         self._channel.discard_all()
 
     def _fill(self) -> bool:
@@ -1432,8 +1573,13 @@ class CapturePin(Pin):
         if trace.ON:
             tracing.received(self.handle, records)
         stream_time = self.stream_time_at
-        self._ready.extend(MidiMessage(data, timestamp, flags, stream_time(timestamp))
-                           for timestamp, flags, data in self._sysex.join(records))
+        if self.is_directmusic:
+            self._ready.extend(
+                MidiMessage(data, timestamp, flags, stream_time(timestamp), group)
+                for timestamp, flags, data, group in self._grouped.join(records))
+        else:
+            self._ready.extend(MidiMessage(data, timestamp, flags, stream_time(timestamp))
+                               for timestamp, flags, data in self._sysex.join(records))
         return bool(self._ready)
 
     def receive_nowait(self) -> MidiMessage:
@@ -1519,7 +1665,15 @@ class CapturePin(Pin):
         Waits up to `timeout` seconds for the first message (KsTimeoutError). A
         message longer than what is left of the buffer goes in as far as it fits
         and continues at the start of the next read (delta 0).
+
+        On a DirectMusic pin the buffer is a DMUS_EVENTHEADER one (`ksclient.dmusic`,
+        at least 24 bytes): each rtDelta counts (100 ns of stream time) from the
+        presentation time, the first event's; every event carries its channel
+        group; MIDI messages are structured events, SysEx unstructured, and a SysEx
+        that does not fit goes on as unstructured pieces in the next read.
         """
+        if self.is_directmusic:
+            return self._read_dmus(size, timeout)
         if size < ksmusic.padded_size(1):
             raise ValueError(f"a buffer needs at least {ksmusic.padded_size(1)} bytes")
         if self._partial is None and not self.poll(timeout):
@@ -1529,7 +1683,7 @@ class CapturePin(Pin):
         last_ms = 0
         while len(out) + ksmusic.padded_size(1) <= size:
             if self._partial is not None:
-                stamp, data = self._partial
+                stamp, data, _ = self._partial
                 self._partial = None
             elif self._ready or self._fill():
                 msg = self._ready.popleft()
@@ -1542,11 +1696,37 @@ class CapturePin(Pin):
             room = (size - len(out) - ksmusic.HEADER.size) & ~3
             if len(data) > room:
                 data, rest = data[:room], data[room:]
-                self._partial = (stamp, rest)
+                self._partial = (stamp, rest, 1)
             out += ksmusic.pack([(max(0, ms - last_ms), data)])
             last_ms = max(ms, last_ms)
         assert first is not None
         return first, bytes(out)
+
+    def _read_dmus(self, size: int, timeout: float | None) -> tuple[int, bytes]:
+        """`read` on a DirectMusic pin."""
+        smallest = dmus.event_size(1)
+        if size < smallest:
+            raise ValueError(f"a DirectMusic buffer needs at least {smallest} bytes")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._partial is None and not self.poll(
+                    None if deadline is None else max(0.0, deadline - time.monotonic())):
+                raise errors.KsTimeoutError("no MIDI message")
+            first, out, self._partial, dropped = dmusic.frame_captured(size, self._take)
+            self._unframed += dropped
+            if first is not None:
+                return first, out
+            # Nothing waiting could be framed (each counted in `malformed`): wait on.
+
+    def _take(self) -> dmusic.Captured | None:
+        """The next message for `read`: what did not fit last time, else the next one."""
+        if self._partial is not None:
+            partial, self._partial = self._partial, None
+            return partial
+        if self._ready or self._fill():
+            msg = self._ready.popleft()
+            return msg.stream_time, msg.data, msg.channel_group
+        return None
 
     def __iter__(self) -> Iterator[MidiMessage]:
         """Messages as they come, until the pin is closed or broken."""
