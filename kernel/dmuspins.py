@@ -7,9 +7,9 @@ MIDI miniports carry plain MIDI bytes, which are channel group 1.
 Render (`convert_render`, on each record as the sequencer takes it in):
 
   DirectMusic pin → DMus miniport   the prefix is checked and kept
-  DirectMusic pin → MIDI miniport   the prefix is stripped; groups other than 1
-                                    are dropped and counted ("other_groups"):
-                                    a MIDI miniport is one group
+  DirectMusic pin → MIDI miniport   the prefix is stripped: a MIDI miniport is
+                                    one MIDI OUT, and every group goes out of
+                                    it (as Windows' DMusUART sends every group)
   MIDI pin → DMus miniport          channel group 1 is added
 
 A record whose prefix is bad (short, group 0 or above 65535) or that has no
@@ -100,7 +100,7 @@ def convert_render(
                 out.append(record._replace(data=join_group(1, record.data)))
             continue
         try:
-            group, data = split_group(record.data)
+            _, data = split_group(record.data)
         except ValueError:
             stats["malformed"] += 1
             continue
@@ -108,8 +108,6 @@ def convert_render(
             stats["malformed"] += 1
         elif miniport_dmus:
             out.append(record)
-        elif group != 1:
-            stats["other_groups"] += 1
         else:
             out.append(record._replace(data=data))
     return out

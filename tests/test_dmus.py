@@ -18,7 +18,6 @@ from ipc.dmusic import (
     DMUS_KEF_PACKAGE_EVENT,
     DONT_HOLD_FOR_SEQUENCING,
     DONT_HOLD_ON_WIRE,
-    join_group,
     split_group,
 )
 from ipc.ks import KSDATAFORMAT_SUBTYPE_DIRECTMUSIC, DataFormat, KsState
@@ -77,6 +76,10 @@ def _messages(inp: ksclient.CapturePin, count: int) -> list[tuple[int, bytes]]:
     return out
 
 
+def _grouped(message: ksclient.MidiMessage) -> tuple[int, bytes]:
+    return message.channel_group, message.data
+
+
 def _pins(c: ksclient.Client) -> tuple[ksclient.RenderPin, ksclient.CapturePin]:
     c.wait_for_filter("dmus")
     out = c.open_render("dmus", fmt=DMUS)
@@ -100,9 +103,9 @@ def test_render_within_prefetch_in_order_chains_packages_no_leak(start_kernel, t
             (start + 80 * MS, 1, b"\x80\x3c\x00"),
         ]
         for at, group, data in sent:
-            out.send_raw(join_group(group, data), at=ksclient.PhysicalTime(at))
+            out.send_raw(data, at=ksclient.PhysicalTime(at), channel_group=group)
         got = [inp.receive(timeout=5) for _ in sent]
-        assert [split_group(m.data) for m in got] == [(g, d) for _, g, d in sent]
+        assert [_grouped(m) for m in got] == [(g, d) for _, g, d in sent]
         for message, (at, _, _) in zip(got, sent, strict=True):
             assert message.timestamp >= at, "played before its presentation time"
         out.stop()
@@ -134,13 +137,13 @@ def test_render_held_outside_run_and_handed_back_at_stop(start_kernel, tmp_path)
     with kernel.connect() as c:
         out, inp = _pins(c)
         out.walk_to(KsState.PAUSE)
-        out.send_raw(join_group(1, b"\x90\x40\x40"))
+        out.send_raw(b"\x90\x40\x40")
         time.sleep(0.2)
         assert _log(log) == [], "an event went to the miniport outside RUN"
         out.run()
-        assert split_group(inp.receive(timeout=5).data) == (1, b"\x90\x40\x40")
+        assert _grouped(inp.receive(timeout=5)) == (1, b"\x90\x40\x40")
         # Far in the future: the miniport holds it (DMus pre-fetch), STOP gives it back.
-        out.send_raw(join_group(1, b"\x90\x41\x40"), at=out.time() + 10_000 * MS)
+        out.send_raw(b"\x90\x41\x40", at=out.time() + 10_000 * MS)
         out.stop()
         counts = _counts(c)
         assert counts["OutstandingEvents"] == 0
@@ -155,7 +158,7 @@ def test_dont_hold_hands_everything_on_at_once_in_order(start_kernel, tmp_path) 
         out, inp = _pins(c)
         far = ksclient.now() + 2_000 * MS
         for i in range(5):
-            out.send_raw(join_group(1, bytes([0x90, i, 1])), at=ksclient.PhysicalTime(far + i))
+            out.send_raw(bytes([0x90, i, 1]), at=ksclient.PhysicalTime(far + i))
         deadline = time.monotonic() + 5
         while sum(len(call["events"]) for call in _log(log)) < 5:
             assert time.monotonic() < deadline, "DONT_HOLD events were held"
@@ -172,20 +175,20 @@ def test_capture_up_in_run_and_pause_discarded_in_acquire(start_kernel, tmp_path
     with kernel.connect() as c:
         out, inp = _pins(c)
         before = ksclient.now()
-        out.send_raw(join_group(3, b"\x90\x01\x01"))
+        out.send_raw(b"\x90\x01\x01", channel_group=3)
         message = inp.receive(timeout=5)
-        assert split_group(message.data) == (3, b"\x90\x01\x01")
+        assert _grouped(message) == (3, b"\x90\x01\x01")
         assert before <= message.timestamp <= ksclient.now(), "not stamped by the master clock"
         inp.pause()
-        out.send_raw(join_group(3, b"\x90\x02\x02"))
-        assert split_group(inp.receive(timeout=5).data) == (3, b"\x90\x02\x02")
+        out.send_raw(b"\x90\x02\x02", channel_group=3)
+        assert _grouped(inp.receive(timeout=5)) == (3, b"\x90\x02\x02")
         inp.walk_to(KsState.ACQUIRE)
-        out.send_raw(join_group(3, b"\x90\x03\x03"))
-        out.send_raw(join_group(3, b"\x90\x04\x04"))
+        out.send_raw(b"\x90\x03\x03", channel_group=3)
+        out.send_raw(b"\x90\x04\x04", channel_group=3)
         time.sleep(0.3)
         inp.run()
-        out.send_raw(join_group(3, b"\x90\x05\x05"))
-        assert split_group(inp.receive(timeout=5).data) == (3, b"\x90\x05\x05")
+        out.send_raw(b"\x90\x05\x05", channel_group=3)
+        assert _grouped(inp.receive(timeout=5)) == (3, b"\x90\x05\x05")
         out.stop()
         inp.stop()
         counts = _counts(c)
@@ -200,9 +203,9 @@ def test_raw_capture_bytes_parsed_per_group(start_kernel, tmp_path) -> None:
     sysex = bytes([0xF0, 1, 2, 3, 0xF7])
     with kernel.connect() as c:
         out, inp = _pins(c)
-        out.send_raw(join_group(5, b"\x90\x10\x20"))
-        out.send_raw(join_group(6, sysex))
-        out.send_raw(join_group(5, b"\xc0\x07"))
+        out.send_raw(b"\x90\x10\x20", channel_group=5)
+        out.send_raw(sysex, channel_group=6)
+        out.send_raw(b"\xc0\x07", channel_group=5)
         got = _messages(inp, 3)
         assert got == [(5, b"\x90\x10\x20"), (6, sysex), (5, b"\xc0\x07")]
         out.close()
@@ -224,8 +227,8 @@ def test_midi_format_pins_on_a_dmus_miniport_are_group_1(start_kernel, tmp_path)
         midi_out.close()
         with c.open_render("dmus", fmt=DMUS) as out:
             out.run()
-            out.send_raw(join_group(2, b"\x90\x01\x01"))  # not group 1: not for a MIDI pin
-            out.send_raw(join_group(1, b"\x90\x02\x02"))
+            out.send_raw(b"\x90\x01\x01", channel_group=2)  # not group 1: not for a MIDI pin
+            out.send_raw(b"\x90\x02\x02")
             assert midi_in.receive(timeout=5).data == b"\x90\x02\x02"
         capture = next(p for p in c.stats()["pins"] if p["capture"])
         assert capture["stats"]["other_groups"] == 1
@@ -249,12 +252,13 @@ def test_dmus_format_pins_on_a_midi_miniport(start_kernel) -> None:
         inp = c.open_capture("uart", fmt=DMUS)
         inp.run()
         out.run()
-        out.send_raw(join_group(2, b"\x90\x01\x01"))  # one UART, one group: dropped
-        out.send_raw(b"\x01\x00")  # no channel group at all: dropped
-        out.send_raw(join_group(1, b"\x90\x02\x02"))
-        assert split_group(inp.receive(timeout=5).data) == (1, b"\x90\x02\x02")
+        # One MIDI OUT: every group goes out of it, and comes back as group 1.
+        out.send_raw(b"\x90\x01\x01", channel_group=2)
+        assert _grouped(inp.receive(timeout=5)) == (1, b"\x90\x01\x01")
+        out._send_records([(0, 0, b"\x01\x00")], None)  # no channel group at all: dropped
+        out.send_raw(b"\x90\x02\x02")
+        assert _grouped(inp.receive(timeout=5)) == (1, b"\x90\x02\x02")
         render = next(p for p in c.stats()["pins"] if not p["capture"])
-        assert render["stats"]["other_groups"] == 1
         assert render["stats"]["malformed"] == 1
         out.close()
         inp.close()
@@ -265,8 +269,8 @@ def test_port_init_takes_dmus_over_midi(start_kernel, tmp_path) -> None:
     kernel = start_kernel(_config(log, cls="BothKinds", prefetch=0))
     with kernel.connect() as c:
         out, inp = _pins(c)
-        out.send_raw(join_group(4, b"\x90\x05\x05"))
-        assert split_group(inp.receive(timeout=5).data) == (4, b"\x90\x05\x05")
+        out.send_raw(b"\x90\x05\x05", channel_group=4)
+        assert _grouped(inp.receive(timeout=5)) == (4, b"\x90\x05\x05")
         assert len(_log(log)) == 1, "the port did not drive the DMus interface"
         out.close()
         inp.close()
@@ -277,12 +281,12 @@ def test_malformed_records_from_a_hostile_dmus_host_dropped_and_counted(
     kernel = start_kernel(_config(tmp_path / "log", prefetch=0, hostile=True))
     with kernel.connect() as c:
         out, inp = _pins(c)
-        out.send_raw(join_group(1, b"\x90\x06\x06"))
-        assert split_group(inp.receive(timeout=5).data) == (1, b"\x90\x06\x06")
+        out.send_raw(b"\x90\x06\x06")
+        assert _grouped(inp.receive(timeout=5)) == (1, b"\x90\x06\x06")
         capture = next(p for p in c.stats()["pins"] if p["capture"])
         assert capture["stats"]["malformed"] == 3
-        out.send_raw(join_group(1, b"\x90\x07\x07"))
-        assert split_group(inp.receive(timeout=5).data) == (1, b"\x90\x07\x07")
+        out.send_raw(b"\x90\x07\x07")
+        assert _grouped(inp.receive(timeout=5)) == (1, b"\x90\x07\x07")
         assert c.stats()["devices"]["dmus"]["state"] == "running"
         out.close()
         inp.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import ksclient
-from ipc.dmusic import join_group, split_group
+from ipc.dmusic import split_group
 from ipc.ks import KSDATAFORMAT_SUBTYPE_DIRECTMUSIC, DataFormat
 from ipc.midi import FLAG_SYSEX, FLAG_SYSEX_MORE
 from miniports.mpu401.miniport import CAPTURE_PIN, DMUS_RENDER_PIN, RENDER_PIN
@@ -68,7 +68,7 @@ def test_dmusuart_round_trip_at_presentation_times(start_kernel) -> None:
         sent = [(start, 1, b"\x90\x3c\x40"), (start + 30 * MS, 2, sysex),
                 (start + 60 * MS, 3, b"\xf8"), (start + 90 * MS, 1, b"\x80\x3c\x00")]
         for at, group, data in sent:
-            out.send_raw(join_group(group, data), at=ksclient.PhysicalTime(at))
+            out.send_raw(data, at=ksclient.PhysicalTime(at), channel_group=group)
         got = _receive(inp, len(sent))
         # One MIDI OUT: every group goes out of it and comes back as group 1.
         assert [(g, d) for _, g, d in got] == [(1, d) for _, _, d in sent]
@@ -148,7 +148,7 @@ def test_the_mpu401card_adapters_second_subdevice_is_the_dmusuart(start_kernel) 
         assert kinds == {"card/dmus": "dmus"}
         inp.run()
         out.run()
-        out.send_raw(join_group(1, b"\x90\x30\x30"))
+        out.send_raw(b"\x90\x30\x30")
         assert [(g, d) for _, g, d in _receive(inp, 1)] == [(1, b"\x90\x30\x30")]
         out.close()
         inp.close()

@@ -57,7 +57,7 @@ from typing import Any
 import psutil
 
 import ksclient
-from ipc.dmusic import DONT_HOLD_ON_WIRE, join_group, split_group
+from ipc.dmusic import DONT_HOLD_ON_WIRE
 from ipc.ks import KSDATAFORMAT_SUBTYPE_DIRECTMUSIC, DataFormat, KsState
 from ipc.runtime import runtime_base
 from ipc.status import Status
@@ -501,9 +501,8 @@ class _Suite:
         with out, inp:
             wanted = [bytes((0x90, 64, 100)), b"\xf8", bytes((0xC0, 5)), bytes((0x80, 64, 0))]
             for message in wanted:
-                out.send_raw(join_group(1, message))
-            got = [split_group(m.data) for m in self._expect(
-                inp, [join_group(1, m) for m in wanted])]
+                out.send_raw(message)
+            got = [(m.channel_group, m.data) for m in self._expect(inp, wanted)]
             if got != [(1, m) for m in wanted]:
                 raise AssertionError(f"DirectMusic-format events came back as {got}")
 
