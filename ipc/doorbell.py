@@ -12,6 +12,16 @@ A doorbell can also be one end of an anonymous pipe (:meth:`Doorbell.pipe`), for
 channels whose descriptors travel over a Unix socket: the ringer holds only the write
 end, the waiter only the read end, so neither can drain or block the other's end.
 Ringing a pipe whose reader is gone is silently ignored.
+
+A process with one event loop can hold its rings back until the end of a turn
+(:func:`defer_rings`, :func:`flush_deferred_rings`): a ring wakes a sleeping
+peer, and the scheduler often lets the woken process pre-empt the one that rang
+it on the spot. The kernel, which every round trip of every client passes
+through, would otherwise be pre-empted in the middle of a turn, with the other
+clients' and miniports' work of that turn still undone (measured with 32
+clients: 0.44 involuntary context switches a round trip, and 93 % of the
+kernel's busy samples inside the ring's write). Deferred, the same doorbell
+rung twice in a turn is written once.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["Doorbell", "NotAFifoError"]
+__all__ = ["Doorbell", "NotAFifoError", "defer_rings", "flush_deferred_rings"]
 
 
 class NotAFifoError(OSError):
@@ -115,10 +125,20 @@ class Doorbell:
         return self._fd
 
     def ring(self) -> None:
-        """Write one byte. A full pipe means it is already rung, which is fine; so is
-        a pipe whose reader is gone."""
+        """Write one byte (or, between :func:`defer_rings` and
+        :func:`flush_deferred_rings`, note that it is to be written then). A full pipe
+        means it is already rung, which is fine; so is a pipe whose reader is gone.
+        ValueError for the waiter's end of a pipe."""
         if self._wfd < 0:
             raise ValueError(f"doorbell {self.path} cannot be rung from this end")
+        if _deferred is not None:
+            _deferred[self] = None
+            return
+        self._write()
+
+    def _write(self) -> None:
+        if self._wfd < 0:
+            return  # closed while its ring was deferred
         try:
             os.write(self._wfd, b"\x01")
         except (BlockingIOError, BrokenPipeError):
@@ -172,6 +192,32 @@ class Doorbell:
 
     def __repr__(self) -> str:
         return f"<Doorbell {str(self.path)!r} fd={self._fd}>"
+
+
+_deferred: dict[Doorbell, None] | None = None
+"""The doorbells rung since defer_rings(), in order (None: rings are written at once)."""
+
+
+def defer_rings() -> None:
+    """From now on, hold every ring in this process back until
+    :func:`flush_deferred_rings`. For a process whose one thread runs an event loop
+    that flushes at the end of every turn, and never blocks waiting for a peer it
+    rang in between (that peer would not have been woken)."""
+    global _deferred
+    if _deferred is None:
+        _deferred = {}
+
+
+def flush_deferred_rings() -> int:
+    """Write the rings held back since :func:`defer_rings`, in the order they were
+    first rung, and write rings at once again; returns how many doorbells were rung."""
+    global _deferred
+    pending, _deferred = _deferred, None
+    if not pending:
+        return 0
+    for bell in pending:
+        bell._write()
+    return len(pending)
 
 
 def _not_a_fifo(p: Path) -> NotAFifoError:

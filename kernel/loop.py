@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import zmq
 
+from ipc.doorbell import defer_rings, flush_deferred_rings
 from ipc.procwatch import ProcessWatch
 from ipc.waiter import Waiter
 from kernel.dpc import Dpc, Scheduler
@@ -144,48 +145,54 @@ class KernelLoop:
             # Whole milliseconds, rounded up: waking early would only wait again.
             timeout = min(max_timeout_ms, max(0, -((now - wake) // 10_000)))
         sockets, fds = self.waiter.wait(timeout)
-        now = clock()
-        if now >= self._sweep_early:
-            # The sweeps run on any wake-up once most of their interval has passed,
-            # so that an idle loop woken by heartbeats and timers rarely needs a
-            # wake-up of its own for them; at the latest every SAFETY_POLL_MS.
-            self._sweep_early = now + _SWEEP_EARLY
-            self._sweep_due = now + _SWEEP_INTERVAL
-            for sweep in self.idle_sweeps:
-                self._guarded(sweep)
-        if sockets:
-            interrupt_sockets = self._interrupt_sockets
-            for sock in sockets:
-                handler = interrupt_sockets.get(sock)
-                if handler is not None:
-                    self._guarded(handler)
-        passive: list[int] = []
-        if fds:
-            interrupt_fds = self._interrupt_fds
-            for fd in fds:
-                if fd in interrupt_fds:
-                    self._run_fd_handler(fd)
-                else:
-                    passive.append(fd)
-        if sched.due(now):
-            sched.fire_due_timers()
-        if sched.pending:
-            sched.run_dpcs()
-        if passive:
-            for fd in passive:
-                self._run_fd_handler(fd)
+        # Doorbells rung during the turn are written at its end (see ipc.doorbell): a
+        # woken peer that pre-empts the kernel then finds this turn's work all done.
+        defer_rings()
+        try:
+            now = clock()
+            if now >= self._sweep_early:
+                # The sweeps run on any wake-up once most of their interval has passed,
+                # so that an idle loop woken by heartbeats and timers rarely needs a
+                # wake-up of its own for them; at the latest every SAFETY_POLL_MS.
+                self._sweep_early = now + _SWEEP_EARLY
+                self._sweep_due = now + _SWEEP_INTERVAL
+                for sweep in self.idle_sweeps:
+                    self._guarded(sweep)
+            if sockets:
+                interrupt_sockets = self._interrupt_sockets
+                for sock in sockets:
+                    handler = interrupt_sockets.get(sock)
+                    if handler is not None:
+                        self._guarded(handler)
+            passive: list[int] = []
+            if fds:
+                interrupt_fds = self._interrupt_fds
+                for fd in fds:
+                    if fd in interrupt_fds:
+                        self._run_fd_handler(fd)
+                    else:
+                        passive.append(fd)
+            if sched.due(now):
+                sched.fire_due_timers()
             if sched.pending:
                 sched.run_dpcs()
-        if sockets:
-            ran_passive = False
-            passive_sockets = self._passive_sockets
-            for sock in sockets:
-                handler = passive_sockets.get(sock)
-                if handler is not None:
-                    self._guarded(handler)
-                    ran_passive = True
-            if ran_passive and sched.pending:
-                sched.run_dpcs()
+            if passive:
+                for fd in passive:
+                    self._run_fd_handler(fd)
+                if sched.pending:
+                    sched.run_dpcs()
+            if sockets:
+                ran_passive = False
+                passive_sockets = self._passive_sockets
+                for sock in sockets:
+                    handler = passive_sockets.get(sock)
+                    if handler is not None:
+                        self._guarded(handler)
+                        ran_passive = True
+                if ran_passive and sched.pending:
+                    sched.run_dpcs()
+        finally:
+            flush_deferred_rings()
 
     def _run_fd_handler(self, fd: int) -> None:
         handler = self._fd_handlers.get(fd)
