@@ -34,6 +34,8 @@ _SWEEP_INTERVAL: Final = SAFETY_POLL_MS * 10_000
 """SAFETY_POLL_MS on the scheduler's clock (100 ns)."""
 _SWEEP_EARLY: Final = _SWEEP_INTERVAL * 3 // 4
 """A wake-up this long after the last sweep runs the sweeps (no wake-up of their own)."""
+_SWEEP_SLACK: Final = _SWEEP_INTERVAL // 10
+"""A sweep waits this much longer for a timer due just after it, to share its wake-up."""
 
 Handler = Callable[[], None]
 
@@ -50,10 +52,11 @@ class KernelLoop:
         self.hurry = False
         """A second stop signal came: whatever is being waited for is killed now."""
         self.idle_sweeps: list[Handler] = []
-        """Run every SAFETY_POLL_MS at the latest, whatever else the loop does (a wake-up
-        lost to store reordering is rescued there; waiting for an idle interval would
-        never come while heartbeat timers shorten every wait), and no sooner than 3/4
-        of it after the last run, on whatever wake-up comes first."""
+        """Run every SAFETY_POLL_MS, whatever else the loop does (a wake-up lost to store
+        reordering is rescued there; waiting for an idle interval would never come
+        while heartbeat timers shorten every wait): no sooner than 3/4 of it after
+        the last run, on whatever wake-up comes first, and no later than 1.1 times it
+        (a timer due within that tenth shares its wake-up)."""
         now = self.scheduler.clock()
         self._sweep_early = now + _SWEEP_EARLY
         self._sweep_due = now + _SWEEP_INTERVAL
@@ -140,7 +143,10 @@ class KernelLoop:
             now = clock()
             wake = self._sweep_due
             deadline = sched.next_deadline()
-            if deadline is not None and deadline < wake:
+            # A timer due a little after the sweep takes the sweep along: periodic
+            # timers (heartbeat checks) and the sweep would otherwise keep waking the
+            # loop twice a period, a few milliseconds apart, for ever.
+            if deadline is not None and deadline < wake + _SWEEP_SLACK:
                 wake = deadline
             # Whole milliseconds, rounded up: waking early would only wait again.
             timeout = min(max_timeout_ms, max(0, -((now - wake) // 10_000)))
