@@ -72,7 +72,10 @@ class Ring:
         mm[HEADER + at + 8 : HEADER + at + 8 + len(data)] = data
         wr += size
         self.pos = wr
-        _U64.pack_into(mm, _OFF_WR, wr)
+        # One copy, never Struct.pack_into: that zero-fills the field before packing,
+        # and the reader can see the 0 (it then walked stale records for ever: the
+        # "floor chain stalled" and its processes had to be killed).
+        mm[_OFF_WR : _OFF_WR + 8] = _U64.pack(wr)
         if mm[_OFF_ARMED]:
             mm[_OFF_ARMED] = 0
             os.write(self.bell, b"\x01")
@@ -81,6 +84,8 @@ class Ring:
         """Every record readable now, as (flags, payload)."""
         mm, rd = self.mm, self.pos
         wr = _U64.unpack_from(mm, _OFF_WR)[0]
+        if not 0 <= wr - rd <= CAPACITY:
+            return []  # not a value the writer ever stored: read it again later
         out = []
         while rd != wr:
             at = rd & (CAPACITY - 1)
@@ -92,7 +97,7 @@ class Ring:
             rd += (8 + length + 7) & ~7
         if out:
             self.pos = rd
-            _U64.pack_into(mm, _OFF_RD, rd)
+            mm[_OFF_RD : _OFF_RD + 8] = _U64.pack(rd)
         return out
 
     def readable(self) -> bool:
