@@ -57,6 +57,8 @@ class Doorbell:
         self.path = path
         self._fd = fd
         self._wfd = fd if write_fd is None else write_fd
+        self.hung_up = False
+        """The waiter's end read end-of-file: nobody can ring it any more (a pipe)."""
 
     @classmethod
     def pipe(cls) -> tuple[Doorbell, Doorbell]:
@@ -145,7 +147,11 @@ class Doorbell:
             return
 
     def drain(self) -> int:
-        """Read everything pending without blocking; return how many bytes were read."""
+        """Read everything pending without blocking; return how many bytes were read.
+
+        A pipe whose every write end is closed reads as end-of-file, and stays
+        readable for ever: :attr:`hung_up` becomes True, and whoever polls it must
+        stop (or spin until it notices the peer is gone by other means)."""
         fd = self.fileno()
         total = 0
         while True:
@@ -154,6 +160,7 @@ class Doorbell:
             except BlockingIOError:
                 return total
             if not chunk:
+                self.hung_up = True
                 return total
             total += len(chunk)
             if len(chunk) < 4096:
