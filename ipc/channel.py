@@ -464,6 +464,13 @@ class ChannelReader:
         has been published since: a poll of the ring that costs no system call."""
         return self._armed and not self.ring.readable()
 
+    @property
+    def peer_gone(self) -> bool:
+        """True once a drain of the data doorbell read end-of-file: every write end is
+        closed, the producer cannot ring again, and the descriptor stays readable (a
+        poller must stop watching it, or it spins)."""
+        return self._data_bell.hung_up
+
     def data_fileno(self) -> int:
         """Descriptor that becomes readable when the producer published records after
         :meth:`prepare_to_sleep` returned True."""

@@ -12,6 +12,16 @@ A doorbell can also be one end of an anonymous pipe (:meth:`Doorbell.pipe`), for
 channels whose descriptors travel over a Unix socket: the ringer holds only the write
 end, the waiter only the read end, so neither can drain or block the other's end.
 Ringing a pipe whose reader is gone is silently ignored.
+
+A process with one event loop can hold its rings back until the end of a turn
+(:func:`defer_rings`, :func:`flush_deferred_rings`): a ring wakes a sleeping
+peer, and the scheduler often lets the woken process pre-empt the one that rang
+it on the spot. The kernel, which every round trip of every client passes
+through, would otherwise be pre-empted in the middle of a turn, with the other
+clients' and miniports' work of that turn still undone (measured with 32
+clients: 0.44 involuntary context switches a round trip, and 93 % of the
+kernel's busy samples inside the ring's write). Deferred, the same doorbell
+rung twice in a turn is written once.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["Doorbell", "NotAFifoError"]
+__all__ = ["Doorbell", "NotAFifoError", "defer_rings", "flush_deferred_rings"]
 
 
 class NotAFifoError(OSError):
@@ -47,6 +57,8 @@ class Doorbell:
         self.path = path
         self._fd = fd
         self._wfd = fd if write_fd is None else write_fd
+        self.hung_up = False
+        """The waiter's end read end-of-file: nobody can ring it any more (a pipe)."""
 
     @classmethod
     def pipe(cls) -> tuple[Doorbell, Doorbell]:
@@ -115,17 +127,31 @@ class Doorbell:
         return self._fd
 
     def ring(self) -> None:
-        """Write one byte. A full pipe means it is already rung, which is fine; so is
-        a pipe whose reader is gone."""
+        """Write one byte (or, between :func:`defer_rings` and
+        :func:`flush_deferred_rings`, note that it is to be written then). A full pipe
+        means it is already rung, which is fine; so is a pipe whose reader is gone.
+        ValueError for the waiter's end of a pipe."""
         if self._wfd < 0:
             raise ValueError(f"doorbell {self.path} cannot be rung from this end")
+        if _deferred is not None:
+            _deferred[self] = None
+            return
+        self._write()
+
+    def _write(self) -> None:
+        if self._wfd < 0:
+            return  # closed while its ring was deferred
         try:
             os.write(self._wfd, b"\x01")
         except (BlockingIOError, BrokenPipeError):
             return
 
     def drain(self) -> int:
-        """Read everything pending without blocking; return how many bytes were read."""
+        """Read everything pending without blocking; return how many bytes were read.
+
+        A pipe whose every write end is closed reads as end-of-file, and stays
+        readable for ever: :attr:`hung_up` becomes True, and whoever polls it must
+        stop (or spin until it notices the peer is gone by other means)."""
         fd = self.fileno()
         total = 0
         while True:
@@ -134,6 +160,7 @@ class Doorbell:
             except BlockingIOError:
                 return total
             if not chunk:
+                self.hung_up = True
                 return total
             total += len(chunk)
             if len(chunk) < 4096:
@@ -172,6 +199,32 @@ class Doorbell:
 
     def __repr__(self) -> str:
         return f"<Doorbell {str(self.path)!r} fd={self._fd}>"
+
+
+_deferred: dict[Doorbell, None] | None = None
+"""The doorbells rung since defer_rings(), in order (None: rings are written at once)."""
+
+
+def defer_rings() -> None:
+    """From now on, hold every ring in this process back until
+    :func:`flush_deferred_rings`. For a process whose one thread runs an event loop
+    that flushes at the end of every turn, and never blocks waiting for a peer it
+    rang in between (that peer would not have been woken)."""
+    global _deferred
+    if _deferred is None:
+        _deferred = {}
+
+
+def flush_deferred_rings() -> int:
+    """Write the rings held back since :func:`defer_rings`, in the order they were
+    first rung, and write rings at once again; returns how many doorbells were rung."""
+    global _deferred
+    pending, _deferred = _deferred, None
+    if not pending:
+        return 0
+    for bell in pending:
+        bell._write()
+    return len(pending)
 
 
 def _not_a_fifo(p: Path) -> NotAFifoError:

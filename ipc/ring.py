@@ -371,9 +371,16 @@ class Ring:
         An invalid record raises :class:`InvalidRecord` (a ValueError) after the
         records before it have been published.
         """
-        mm = self._map()
-        wr, rd = self._indices(mm)
+        mm = self._mm
+        if mm is None:
+            raise ValueError(f"ring {self.path} is closed")
+        # _indices, inline (every producer's hot path).
+        wr, rd = _INDICES.unpack_from(mm, _OFF_WRITE)
         cap = self.capacity
+        if (wr | rd) & 7 or not 0 <= wr - rd <= cap:
+            raise RingCorrupt(
+                f"{self.path}: inconsistent indices: write {wr}, read {rd}, capacity {cap}"
+            )
         max_payload = self.max_payload
         free = start_free = cap - (wr - rd)
         pos = wr & self._mask
@@ -428,8 +435,9 @@ class Ring:
                 run = b"".join(parts)
                 mm[run_start : run_start + len(run)] = run
             if free != start_free:
-                # See try_put for why this store order is all the ordering we get.
-                _store_u64(mm, _OFF_WRITE, wr + start_free - free)
+                # See try_put for why this store order is all the ordering we get;
+                # one copy, as _store_u64 does.
+                mm[_OFF_WRITE : _OFF_WRITE + 8] = _U64.pack(wr + start_free - free)
         return n
 
     def get(self) -> Record | None:
@@ -446,24 +454,32 @@ class Ring:
         """
         if max_records < 1:
             raise ValueError("max_records must be at least 1")
-        limited = max_bytes is not None
-        budget = 0
+        # No limit: a budget no ring can exhaust (payloads total at most MAX_CAPACITY).
+        budget = 1 << 62
         if max_bytes is not None:
             if max_bytes < 0:
                 raise ValueError("max_bytes must not be negative")
             budget = max_bytes
-        mm = self._map()
-        wr, rd = self._indices(mm)
-        if wr == rd:
-            return []
+        mm = self._mm
+        if mm is None:
+            raise ValueError(f"ring {self.path} is closed")
+        # The indices, validated as _indices does, inline: this is every consumer's
+        # hot path, and an empty ring (a foreign wake-up) returns here.
+        wr, rd = _INDICES.unpack_from(mm, _OFF_WRITE)
         cap = self.capacity
+        avail = wr - rd
+        if (wr | rd) & 7 or not 0 <= avail <= cap:
+            raise RingCorrupt(
+                f"{self.path}: inconsistent indices: write {wr}, read {rd}, capacity {cap}"
+            )
+        if not avail:
+            return []
         max_payload = self.max_payload
         unpack = _REC.unpack_from
         new = tuple.__new__
         out: list[Record] = []
         append = out.append
         pos = rd & self._mask
-        avail = wr - rd
         # Read bytes still unread just after the last record handed out: padding is
         # only consumed together with the record after it.
         left = avail
@@ -478,7 +494,8 @@ class Ring:
                 avail -= tail
                 pos = 0
                 continue
-            timestamp, length, flags, kind = unpack(mm, HEADER_SIZE + pos)
+            start = HEADER_SIZE + pos
+            timestamp, length, flags, kind = unpack(mm, start)
             if kind == KIND_DATA:
                 size = (length + 23) & ~7
                 if length > max_payload or size > tail or size > avail:
@@ -486,11 +503,10 @@ class Ring:
                         f"{self.path}: bad record at index {wr - avail}: length {length}, "
                         f"{avail} bytes readable, {tail} bytes to the end"
                     )
-                if limited:
-                    if length > budget and out:
-                        break
-                    budget -= length
-                start = HEADER_SIZE + pos + 16
+                if length > budget and out:
+                    break
+                budget -= length
+                start += 16
                 append(new(Record, (timestamp, flags, mm[start : start + length])))
                 pos += size
                 avail -= size
@@ -516,7 +532,7 @@ class Ring:
             # producer never leaves) so that readable() cannot stay true forever.
             left = 0
         if left != wr - rd:
-            _store_u64(mm, _OFF_READ, wr - left)
+            mm[_OFF_READ : _OFF_READ + 8] = _U64.pack(wr - left)
         return out
 
     def discard_all(self) -> int:

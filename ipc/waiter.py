@@ -70,22 +70,28 @@ class Waiter:
         """Block up to `timeout_ms` (negative: no limit) until a socket has a message or
         a descriptor is readable; returns (sockets with a message, readable fds)."""
         readable: list[zmq.Socket[Any]] = []
+        touched = self._touched
         for sock, (activity, seen) in self._activity.items():
             now = activity()
             if now != seen:
                 self._activity[sock] = (activity, now)
-                self._touched.add(sock)
-        if self._touched:
-            for sock in self._touched:
+                touched.add(sock)
+        if touched:
+            for sock in touched:
                 if _has_message(sock):
                     readable.append(sock)
-            self._touched.clear()
+            touched.clear()
             if readable:
                 timeout_ms = 0
         events = self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
+        if not events:
+            return readable, []
+        sockets = self._sockets
+        if not sockets:
+            return readable, [fd for fd, _ in events]
         fds: list[int] = []
         for fd, _ in events:
-            ready = self._sockets.get(fd)
+            ready = sockets.get(fd)
             if ready is None:
                 fds.append(fd)
             elif ready not in readable and _has_message(ready):

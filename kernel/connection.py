@@ -86,6 +86,7 @@ class MiniportConnection:
         self._early: list[list[int]] = []
         self._early_timer = Timer(Dpc(self._expire_early))
         self._interrupt_fds: list[int] = []
+        self._hung_up = False
 
     def open_interrupt_channel(self) -> str:
         """Make the ring the host raises interrupts through (a pipe doorbell, not a
@@ -118,6 +119,13 @@ class MiniportConnection:
             except RingError as exc:
                 self.on_fault(self, f"corrupt interrupt ring: {exc}")
                 return
+            if reader.peer_gone and not self._hung_up:
+                self._hung_up = True
+                # The host's end is closed (it exited or is exiting): its doorbell reads
+                # end-of-file and would wake every turn until the process watch removes
+                # the device. What it wrote before is still taken below.
+                self.loop.unwatch_fd(reader.data_fileno())
+                self.loop.stats["interrupt_hangups"] += 1
             for record in records:
                 try:
                     self.interrupt(p.decode_interrupt(record.data))

@@ -122,6 +122,12 @@ class Scheduler:
         self._drop_stale()
         return self._timers[0][0] if self._timers else None
 
+    def due(self, now: int) -> bool:
+        """True if a timer may be due at `now` (a stale entry can answer True; then
+        `fire_due_timers` finds nothing). Cheap: the loop asks on every turn."""
+        timers = self._timers
+        return bool(timers) and timers[0][0] <= now
+
     def fire_due_timers(self) -> int:
         """Queue the DPC of every timer whose time has come; return how many fired."""
         fired = 0

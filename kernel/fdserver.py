@@ -61,7 +61,9 @@ class FdServer:
         )
         self.sock.bind(str(self.path))
         self.path.chmod(0o600)
-        self.sock.listen(16)
+        # A backlog as deep as the connections served at once: a client whose connect
+        # finds the backlog full gets EAGAIN at once (AF_UNIX), and its open fails.
+        self.sock.listen(MAX_CONNECTIONS)
         self._offers: dict[bytes, _Offer] = {}
         self._conns: dict[int, tuple[socket.socket, float]] = {}
         loop.watch_fd(self.sock.fileno(), self._accept)

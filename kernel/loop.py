@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import zmq
 
+from ipc.doorbell import defer_rings, flush_deferred_rings
 from ipc.procwatch import ProcessWatch
 from ipc.waiter import Waiter
 from kernel.dpc import Dpc, Scheduler
@@ -29,6 +30,12 @@ from kernel.dpc import Dpc, Scheduler
 log = logging.getLogger("portcls.kernel")
 
 SAFETY_POLL_MS: Final = 1000
+_SWEEP_INTERVAL: Final = SAFETY_POLL_MS * 10_000
+"""SAFETY_POLL_MS on the scheduler's clock (100 ns)."""
+_SWEEP_EARLY: Final = _SWEEP_INTERVAL * 3 // 4
+"""A wake-up this long after the last sweep runs the sweeps (no wake-up of their own)."""
+_SWEEP_SLACK: Final = _SWEEP_INTERVAL // 10
+"""A sweep waits this much longer for a timer due just after it, to share its wake-up."""
 
 Handler = Callable[[], None]
 
@@ -46,9 +53,13 @@ class KernelLoop:
         """A second stop signal came: whatever is being waited for is killed now."""
         self.idle_sweeps: list[Handler] = []
         """Run every SAFETY_POLL_MS, whatever else the loop does (a wake-up lost to store
-        reordering is rescued there; waiting for an idle interval would never come while
-        heartbeat timers shorten every wait)."""
-        self._next_sweep = time.monotonic() + SAFETY_POLL_MS / 1000
+        reordering is rescued there; waiting for an idle interval would never come
+        while heartbeat timers shorten every wait): no sooner than 3/4 of it after
+        the last run, on whatever wake-up comes first, and no later than 1.1 times it
+        (a timer due within that tenth shares its wake-up)."""
+        now = self.scheduler.clock()
+        self._sweep_early = now + _SWEEP_EARLY
+        self._sweep_due = now + _SWEEP_INTERVAL
         self._fd_handlers: dict[int, Handler] = {}
         self._interrupt_fds: set[int] = set()
         self._interrupt_sockets: dict[zmq.Socket[Any], Handler] = {}
@@ -118,46 +129,76 @@ class KernelLoop:
             self.hurry = True
 
     def turn(self, max_timeout_ms: int = SAFETY_POLL_MS) -> None:
-        """One loop turn: wait, then IRQ work, DPCs, doorbells, passive requests."""
+        """One loop turn: wait, then IRQ work, DPCs, doorbells, passive requests.
+
+        The wait ends at the next timer or sweep (at most `max_timeout_ms`); a
+        turn that finds DPCs queued does not block. The clock is read once before
+        and once after the wait: every turn of a busy loop pays for it.
+        """
         sched = self.scheduler
-        timeout = max_timeout_ms
+        clock = sched.clock
         if sched.pending:
             timeout = 0
         else:
+            now = clock()
+            wake = self._sweep_due
             deadline = sched.next_deadline()
-            if deadline is not None:
-                timeout = min(timeout, max(0, -(-(deadline - sched.clock()) // 10_000)))
-            sweep_in = self._next_sweep - time.monotonic()
-            timeout = min(timeout, max(0, int(sweep_in * 1000) + 1))
+            # A timer due a little after the sweep takes the sweep along: periodic
+            # timers (heartbeat checks) and the sweep would otherwise keep waking the
+            # loop twice a period, a few milliseconds apart, for ever.
+            if deadline is not None and deadline < wake + _SWEEP_SLACK:
+                wake = deadline
+            # Whole milliseconds, rounded up: waking early would only wait again.
+            timeout = min(max_timeout_ms, max(0, -((now - wake) // 10_000)))
         sockets, fds = self.waiter.wait(timeout)
-        now = time.monotonic()
-        if now >= self._next_sweep:
-            self._next_sweep = now + SAFETY_POLL_MS / 1000
-            for sweep in self.idle_sweeps:
-                self._guarded(sweep)
-        for sock in sockets:
-            handler = self._interrupt_sockets.get(sock)
-            if handler is not None:
-                self._guarded(handler)
-        passive: list[int] = []
-        for fd in fds:
-            if fd in self._interrupt_fds:
-                self._run_fd_handler(fd)
-            else:
-                passive.append(fd)
-        sched.fire_due_timers()
-        sched.run_dpcs()
-        for fd in passive:
-            self._run_fd_handler(fd)
-        sched.run_dpcs()
-        ran_passive = False
-        for sock in sockets:
-            handler = self._passive_sockets.get(sock)
-            if handler is not None:
-                self._guarded(handler)
-                ran_passive = True
-        if ran_passive:
-            sched.run_dpcs()
+        # Doorbells rung during the turn are written at its end (see ipc.doorbell): a
+        # woken peer that pre-empts the kernel then finds this turn's work all done.
+        defer_rings()
+        try:
+            now = clock()
+            if now >= self._sweep_early:
+                # The sweeps run on any wake-up once most of their interval has passed,
+                # so that an idle loop woken by heartbeats and timers rarely needs a
+                # wake-up of its own for them; at the latest every SAFETY_POLL_MS.
+                self._sweep_early = now + _SWEEP_EARLY
+                self._sweep_due = now + _SWEEP_INTERVAL
+                for sweep in self.idle_sweeps:
+                    self._guarded(sweep)
+            if sockets:
+                interrupt_sockets = self._interrupt_sockets
+                for sock in sockets:
+                    handler = interrupt_sockets.get(sock)
+                    if handler is not None:
+                        self._guarded(handler)
+            passive: list[int] = []
+            if fds:
+                interrupt_fds = self._interrupt_fds
+                for fd in fds:
+                    if fd in interrupt_fds:
+                        self._run_fd_handler(fd)
+                    else:
+                        passive.append(fd)
+            if sched.due(now):
+                sched.fire_due_timers()
+            if sched.pending:
+                sched.run_dpcs()
+            if passive:
+                for fd in passive:
+                    self._run_fd_handler(fd)
+                if sched.pending:
+                    sched.run_dpcs()
+            if sockets:
+                ran_passive = False
+                passive_sockets = self._passive_sockets
+                for sock in sockets:
+                    handler = passive_sockets.get(sock)
+                    if handler is not None:
+                        self._guarded(handler)
+                        ran_passive = True
+                if ran_passive and sched.pending:
+                    sched.run_dpcs()
+        finally:
+            flush_deferred_rings()
 
     def _run_fd_handler(self, fd: int) -> None:
         handler = self._fd_handlers.get(fd)

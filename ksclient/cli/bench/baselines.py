@@ -497,6 +497,10 @@ class Floor:
             payloads, BATCH, window, check.take_run, lambda: check.done, drain_timeout
         )
         note = "" if check.done else f"tail not delivered within {drain_timeout:g} s"
+        if self.chain.missed_wakeups:
+            note = "; ".join(x for x in (
+                note, f"{self.chain.missed_wakeups} wake-up(s) lost, rescued by the 1 s "
+                "safety timeout") if x)
         return ThroughputResult.from_check(check, seconds, window, note)
 
     def close(self) -> list[str]:

@@ -33,6 +33,7 @@ HEADER = 64
 CAPACITY = 1 << 20
 WRAP = 0xFFFFFFFF
 STOP = 1
+SAFETY_MS = 1000
 _U64 = struct.Struct("=Q")
 _U32 = struct.Struct("=I")
 _REC = struct.Struct("=II")
@@ -71,7 +72,10 @@ class Ring:
         mm[HEADER + at + 8 : HEADER + at + 8 + len(data)] = data
         wr += size
         self.pos = wr
-        _U64.pack_into(mm, _OFF_WR, wr)
+        # One copy, never Struct.pack_into: that zero-fills the field before packing,
+        # and the reader can see the 0 (it then walked stale records for ever: the
+        # "floor chain stalled" and its processes had to be killed).
+        mm[_OFF_WR : _OFF_WR + 8] = _U64.pack(wr)
         if mm[_OFF_ARMED]:
             mm[_OFF_ARMED] = 0
             os.write(self.bell, b"\x01")
@@ -80,6 +84,8 @@ class Ring:
         """Every record readable now, as (flags, payload)."""
         mm, rd = self.mm, self.pos
         wr = _U64.unpack_from(mm, _OFF_WR)[0]
+        if not 0 <= wr - rd <= CAPACITY:
+            return []  # not a value the writer ever stored: read it again later
         out = []
         while rd != wr:
             at = rd & (CAPACITY - 1)
@@ -91,8 +97,11 @@ class Ring:
             rd += (8 + length + 7) & ~7
         if out:
             self.pos = rd
-            _U64.pack_into(mm, _OFF_RD, rd)
+            mm[_OFF_RD : _OFF_RD + 8] = _U64.pack(rd)
         return out
+
+    def readable(self) -> bool:
+        return bool(_U64.unpack_from(self.mm, _OFF_WR)[0] != self.pos)
 
     def arm(self) -> bool:
         """About to sleep: True if the ring is still empty once the flag is set."""
@@ -113,11 +122,15 @@ class Ring:
         os.close(self.bell)
 
 
-def _wait(rings: list[Ring], poller: select.poll, timeout_ms: int) -> None:
+def _wait(rings: list[Ring], poller: select.poll, timeout_ms: int) -> bool:
+    """Sleep until a ring is rung or `timeout_ms` passes, unless one has data already;
+    True if woken by a doorbell (or not asleep at all)."""
     if all(r.arm() for r in rings):
-        poller.poll(timeout_ms)
+        events = poller.poll(timeout_ms)
         for r in rings:
             r.woken()
+        return bool(events)
+    return True
 
 
 def _middle(d: str) -> None:
@@ -137,7 +150,7 @@ def _middle(d: str) -> None:
                 if flags & STOP:
                     stop += 1
         if not moved:
-            _wait([from_a, from_c], poller, 1000)
+            _wait([from_a, from_c], poller, SAFETY_MS)
 
 
 def _end(d: str) -> None:
@@ -152,7 +165,7 @@ def _end(d: str) -> None:
             if flags & STOP:
                 return
         if not records:
-            _wait([reader], poller, 1000)
+            _wait([reader], poller, SAFETY_MS)
 
 
 class FloorChain:
@@ -165,6 +178,7 @@ class FloorChain:
         self.out, self.back = Ring(str(self.dir / "ab"), True), Ring(str(self.dir / "ba"), False)
         self.poller = select.poll()
         self.poller.register(self.back.bell, select.POLLIN)
+        self.missed_wakeups = 0
         script = [sys.executable, "-P", "-S", str(Path(__file__).resolve())]
         self.procs = [subprocess.Popen([*script, role, str(self.dir)], stdin=subprocess.DEVNULL)
                       for role in ("end", "middle")]
@@ -174,6 +188,14 @@ class FloorChain:
             raise RuntimeError("the floor chain did not answer within 30 s")
 
     def _receive(self, timeout: float) -> list[tuple[int, bytes]]:
+        """What B sent back, waiting up to `timeout` seconds for it.
+
+        Each sleep lasts at most SAFETY_MS, as B's and C's do: the armed flag is a
+        store followed by a load on each side, which the CPU may reorder (Python
+        cannot fence), so a wake-up can be lost; the next slice rescues it and
+        counts it in `missed_wakeups`. A whole `timeout` in one sleep turned one
+        such loss into a 10 s stall of the throughput run.
+        """
         deadline = time.monotonic() + timeout
         while True:
             got = self.back.take()
@@ -182,7 +204,10 @@ class FloorChain:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            _wait([self.back], self.poller, max(1, int(remaining * 1000)))
+            slice_ms = max(1, int(min(remaining * 1000, SAFETY_MS)))
+            woken = _wait([self.back], self.poller, slice_ms)
+            if not woken and slice_ms == SAFETY_MS and self.back.readable():
+                self.missed_wakeups += 1
 
     def roundtrip(self, n: int, samples: array[int], message: bytes) -> None:
         put, receive, clock = self.out.put, self._receive, time.perf_counter_ns

@@ -6,6 +6,7 @@ the printed table and the file can never disagree.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -142,9 +143,14 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     rows.append(_target("unpinned", "paced rate with p99 < 1 ms >= 50,000 msgs/s",
                         best, None, 50_000.0 if best is not None else None, "msgs/s",
                         _at_least))
+    # The threads' scheduler run time (ns) where the kernel offers it: psutil counts
+    # 10 ms ticks, one tick over a 5 s window being exactly the 0.2 % to judge.
+    precise = isinstance(exact, float) and not math.isnan(exact)
+    measured = exact if precise else idle
     rows.append(_target("unpinned", "idle CPU of kernel + 3 miniports < 0.2 % of one core",
-                        idle, None, 0.2 if idle is not None else None, "%", _below,
-                        f"schedstat: {exact:.3f} %" if isinstance(exact, float) else ""))
+                        measured, None, 0.2 if measured is not None else None, "%", _below,
+                        f"schedstat; psutil ticks: {idle:.2f} %" if precise and
+                        isinstance(idle, float) else "psutil ticks"))
     cells = {(c.get("clients"), c.get("miniports")): c
              for c in (_get(doc, "scaling", "cells") or [])}
     base = _get(cells.get((1, 1), {}), "latency", "p99_us")
