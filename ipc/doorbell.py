@@ -33,7 +33,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["Doorbell", "NotAFifoError", "defer_rings", "flush_deferred_rings"]
+__all__ = [
+    "Doorbell",
+    "NotAFifoError",
+    "defer_rings",
+    "flush_deferred_rings",
+    "write_deferred_rings",
+]
 
 
 class NotAFifoError(OSError):
@@ -225,6 +231,18 @@ def flush_deferred_rings() -> int:
     for bell in pending:
         bell._write()
     return len(pending)
+
+
+def write_deferred_rings() -> None:
+    """Write the rings held back so far and go on deferring. Call it before anything
+    leaves by another path (a socket): a message must not overtake the doorbell of
+    data written before it (a host told to STOP before it was woken for the data
+    the kernel released first would throw that data away)."""
+    global _deferred
+    if _deferred:
+        pending, _deferred = _deferred, {}
+        for bell in pending:
+            bell._write()
 
 
 def _not_a_fifo(p: Path) -> NotAFifoError:

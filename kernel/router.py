@@ -11,6 +11,7 @@ from typing import Any, Final
 import zmq
 
 from ipc import protocol as p
+from ipc.doorbell import write_deferred_rings
 from ipc.runtime import endpoint
 from kernel.loop import KernelLoop
 
@@ -46,6 +47,7 @@ class Router:
         loop.add_socket(self.sock, self.drain, interrupt=interrupt)
 
     def send(self, identity: bytes, frame: bytes) -> None:
+        write_deferred_rings()  # nothing sent may overtake a doorbell rung before it
         try:
             self.sock.send_multipart([identity, frame], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:

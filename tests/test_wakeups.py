@@ -46,6 +46,25 @@ def test_deferred_rings_are_written_at_the_flush_once_each_in_order() -> None:
             bell.close()
 
 
+def test_rings_written_before_a_message_leaves_and_deferring_goes_on() -> None:
+    """What the kernel's router does before every send: a control message (a STOP, say)
+    must not reach a host before the doorbell of the data released ahead of it."""
+    waiter, ringer = Doorbell.pipe()
+    try:
+        doorbell.defer_rings()
+        ringer.ring()
+        doorbell.write_deferred_rings()
+        assert _readable(waiter.fileno()) and waiter.drain() == 1
+        ringer.ring()  # still deferred after the early write
+        assert not _readable(waiter.fileno())
+        assert doorbell.flush_deferred_rings() == 1
+        assert waiter.drain() == 1
+    finally:
+        doorbell.flush_deferred_rings()
+        waiter.close()
+        ringer.close()
+
+
 def test_a_deferred_ring_of_a_bell_closed_meanwhile_is_dropped() -> None:
     waiter, ringer = Doorbell.pipe()
     try:
