@@ -8,10 +8,13 @@ reads it as DirectMusic buffers. A MIDI cable carries no channel groups, so
 everything comes back in group 1 (the DMusUART sends every group out of its one
 MIDI OUT, as Windows' does).
 
-SysEx sizes: RtMidi's JACK output queues each message whole in a 16 KiB ring
-buffer and drops a longer one with a warning (JACK2's MIDI port buffer, 32 KiB,
-could not carry 64 KiB in one event either), so the long SysEx that round-trips
-is 16,000 bytes; the 64 KiB one is the known limit below (strict xfail).
+SysEx sizes: RtMidi's JACK output queues each message whole (with a 4-byte
+length) in a 16 KiB ring buffer and drops a longer one with no more than a
+warning; measured with python-rtmidi 1.5.8 (RtMidi 5.0.0) between two rtmidi
+JACK ports, 16,379 bytes go through and 16,380 vanish. So the long SysEx that
+round-trips is 16,000 bytes (room left for the messages queued beside it), and
+a 64 KiB one cannot cross, since neither the rtmidi cable nor the rtmidi
+miniport splits a SysEx into several JACK events: the strict xfail below.
 """
 
 from __future__ import annotations
@@ -130,9 +133,8 @@ def test_dmus_buffers_round_trip_through_jack_peers(
 
 @pytest.mark.xfail(strict=True, reason=(
     "RtMidi's JACK output drops a message longer than its 16 KiB ring buffer (a warning, "
-    "not an error python-rtmidi raises), and JACK2's MIDI port buffer holds 32 KiB: a "
-    "64 KiB SysEx cannot cross JACK as one event, and neither the rtmidi cable nor the "
-    "rtmidi miniport splits one"))
+    "not an error python-rtmidi raises), and neither the rtmidi cable nor the rtmidi "
+    "miniport splits a SysEx into several JACK events: a 64 KiB SysEx vanishes"))
 def test_a_64_kib_sysex_crosses_jack(
     jack_server: JackServer, start_kernel: Callable[..., KernelProcess]
 ) -> None:
