@@ -203,7 +203,30 @@ def _load_inner(
 
 
 class _Faults:
-    """The fault machinery both injectors share: triggers, arming, firing."""
+    """The fault machinery both injectors share: triggers, arming, firing; and the calls
+    both pass through to the miniport they wrap (`inner`) unchanged."""
+
+    inner: MiniportMidi | MiniportDMus
+    _port: Port | None
+
+    def get_description(self) -> FilterDescriptor:
+        return self.inner.get_description()
+
+    def data_range_intersection(
+        self, pin: int, client_format: DataFormat, miniport_range: DataRange
+    ) -> DataFormat:
+        return self.inner.data_range_intersection(pin, client_format, miniport_range)
+
+    def init(self, resources: ResourceList, port: Port) -> PortServiceGroup | None:
+        self._port = port
+        group = self.inner.init(resources, port)
+        self._start_faults(port)
+        return group
+
+    def close(self) -> None:
+        self._stop_faults()
+        self.inner.close()
+
 
     def _setup_faults(
         self, fault: str | None, after_bytes: int | None, after_seconds: float | None,
@@ -215,7 +238,7 @@ class _Faults:
         self.control = bool(control)
         self.bytes_moved = 0
         self._armed: str | None = None
-        self._port: Port | None = None
+        self._port = None
         self._thread = threading.get_ident()
         self._timer: threading.Timer | None = None
         self._command: Path | None = None
@@ -384,20 +407,6 @@ class FaultInjector(_Faults, MiniportMidi):
         self.streams: list[_FaultyStream] = []
         self._setup_faults(fault, after_bytes, after_seconds, control)
 
-    def get_description(self) -> FilterDescriptor:
-        return self.inner.get_description()
-
-    def data_range_intersection(
-        self, pin: int, client_format: DataFormat, miniport_range: DataRange
-    ) -> DataFormat:
-        return self.inner.data_range_intersection(pin, client_format, miniport_range)
-
-    def init(self, resources: ResourceList, port: Port) -> PortServiceGroup | None:
-        self._port = port
-        group = self.inner.init(resources, port)
-        self._start_faults(port)
-        return group
-
     def new_stream(
         self, pin: int, capture: bool, fmt: DataFormat
     ) -> tuple[MiniportMidiStream, PortServiceGroup | None]:
@@ -410,9 +419,6 @@ class FaultInjector(_Faults, MiniportMidi):
         self.checkpoint("service")
         self.inner.service()
 
-    def close(self) -> None:
-        self._stop_faults()
-        self.inner.close()
 
 
 class _FaultyMxf(MXF):
@@ -461,20 +467,6 @@ class DmusFaultInjector(_Faults, MiniportDMus):
         self.inner: MiniportDMus = inner
         self._setup_faults(fault, after_bytes, after_seconds, control)
 
-    def get_description(self) -> FilterDescriptor:
-        return self.inner.get_description()
-
-    def data_range_intersection(
-        self, pin: int, client_format: DataFormat, miniport_range: DataRange
-    ) -> DataFormat:
-        return self.inner.data_range_intersection(pin, client_format, miniport_range)
-
-    def init(self, resources: ResourceList, port: Port) -> PortServiceGroup | None:
-        self._port = port
-        group = self.inner.init(resources, port)
-        self._start_faults(port)
-        return group
-
     def new_stream(
         self, pin: int, stream_type: DmusStreamType, fmt: DataFormat,
         allocator: AllocatorMXF, master_clock: MasterClock,
@@ -487,6 +479,3 @@ class DmusFaultInjector(_Faults, MiniportDMus):
         self.checkpoint("read")
         self.inner.service()
 
-    def close(self) -> None:
-        self._stop_faults()
-        self.inner.close()
