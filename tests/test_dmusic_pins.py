@@ -1,12 +1,10 @@
 """DirectMusic pins end to end: DMUS_EVENTHEADER buffers and channel-group messages through
 the kernel's DirectMusic pin conversion and the MPU-401 with its cable looped back.
 
-EXPECTED TO FAIL until the kernel converts between DirectMusic-format pins and MIDI
-miniports (issue #14, the port side: the kernel strips the channel group from a
-DirectMusic render pin's records before a MIDI miniport gets them and puts group 1 in
-front of what a MIDI miniport captures for a DirectMusic capture pin). Without that
-conversion the group prefix goes out on the wire as MIDI bytes and a DirectMusic
-capture pin gets records without a group (dropped and counted in `malformed`).
+Each test runs twice: with the MIDI UART driving the card (the port strips the group
+on render and puts group 1 in front of what it captures) and with the DirectMusic UART
+(the events travel as DMUS_KERNEL_EVENT chains to its IMXF and back from its capture
+stream through the port's sink).
 
 A MIDI cable carries no channel groups: whatever group an event is rendered in, the
 MPU-401 captures it in group 1, as a MIDI miniport's side always is.
@@ -40,9 +38,11 @@ SYSEX_64K = b"\xf0" + bytes(i % 0x80 for i in range(65536 - 2)) + b"\xf7"
 MS = 10_000
 
 
-@pytest.fixture
-def mpu(start_kernel) -> Iterator[ksclient.Client]:  # type: ignore[no-untyped-def]
-    kernel = start_kernel(MPU)
+@pytest.fixture(params=["mpu401", "dmusuart"])
+def mpu(request, start_kernel) -> Iterator[ksclient.Client]:  # type: ignore[no-untyped-def]
+    """The MPU-401 with its cable looped, driven by the MIDI UART (the port converts the
+    DirectMusic pins) or by the DirectMusic UART (DMusUART: the events reach its IMXF)."""
+    kernel = start_kernel(MPU.replace('miniport = "mpu401"', f'miniport = "{request.param}"'))
     with kernel.connect() as c:
         c.wait_for_filter("mpu401")
         yield c
