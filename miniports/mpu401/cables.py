@@ -122,6 +122,8 @@ class RtMidiCable(Cable):
     JACK_PACE_MESSAGE_BURST: Final = 64
     JACK_PACE_BYTES: Final = 1_000_000.0
     JACK_PACE_BYTE_BURST: Final = 8192
+    CLOSE_DRAIN: Final = 1.0
+    """Seconds `close` lets the JACK sender finish its backlog before stopping it."""
 
     def __init__(
         self, port: str | None = None, client_name: str = "portcls-mpu401", api: str | None = None
@@ -141,6 +143,7 @@ class RtMidiCable(Cable):
         self._sender: threading.Thread | None = None
         self._backlog: collections.deque[bytes] = collections.deque()
         self._wake = threading.Condition()
+        self._in_flight = False
         self.split_sysex = 0
         self.truncated_sysex = 0
         try:
@@ -216,6 +219,7 @@ class RtMidiCable(Cable):
                 if self._stop.is_set():
                     return
                 message = self._backlog.popleft()
+                self._in_flight = True
             n, start = len(message), 0
             while start < n:
                 end = piece_end(n, start)
@@ -236,6 +240,7 @@ class RtMidiCable(Cable):
                 start = end
             if n > JACK_MESSAGE_MAX:
                 self.split_sysex += 1
+            self._in_flight = False
 
     def statistics(self) -> dict[str, int]:
         """What could not go out as a message (see `MidiFramer.statistics`); on JACK also
@@ -248,8 +253,14 @@ class RtMidiCable(Cable):
         return stats
 
     def close(self) -> None:
-        self._stop.set()
+        """Release the ports; on JACK, first give the sender up to `CLOSE_DRAIN` seconds to
+        send what the wire already transmitted (a SysEx then cut off is ended with F7)."""
         sender = getattr(self, "_sender", None)
+        if sender is not None:
+            deadline = time.monotonic() + self.CLOSE_DRAIN
+            while (self._backlog or self._in_flight) and time.monotonic() < deadline:
+                time.sleep(self.JACK_POLL)
+        self._stop.set()
         if sender is not None:
             with self._wake:
                 self._wake.notify()

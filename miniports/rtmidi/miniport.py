@@ -480,6 +480,7 @@ class RtMidiMiniport(MiniportMidi):
         if self._poller is not None:
             self._poller.join(1.0)
             self._poller = None
+        self.abandon_split()
         for attr in ("_midi_in", "_midi_out"):
             midi = getattr(self, attr)
             if midi is not None:
