@@ -336,24 +336,27 @@ def test_ls_hardware_lists_the_ports_rtmidi_sees(
     assert out.splitlines() == ["jack:", "  input   seq:out", "  output  midi-monitor:input"]
 
 
-def test_a_64_kib_sysex_crosses_jack_in_pieces_and_comes_back_whole(
-    jack_server: JackServer, start_kernel: Callable[..., KernelProcess]
+@pytest.mark.parametrize("size", [64 * 1024, pytest.param(1 << 20, marks=pytest.mark.slow)])
+def test_a_long_sysex_crosses_jack_in_pieces_and_comes_back_whole(
+    jack_server: JackServer, start_kernel: Callable[..., KernelProcess], size: int
 ) -> None:
-    """Four times what RtMidi's JACK output carries whole: the miniport sends it in
-    paced pieces, its own JACK input (wired back) joins them, capture reads it
-    whole, in order between the notes around it."""
-    kernel = start_kernel(rtmidi_config(jack_server, virtual=True, client_name="loop"))
+    """4 and 64 times what RtMidi's JACK output carries whole: the miniport sends it
+    in paced pieces, its own JACK input (wired back) joins them, capture reads it
+    whole, in order between the messages around it (64 KiB takes about 0.7 s,
+    1 MiB about 12 s: 30,000 pieces a second)."""
+    kernel = start_kernel(rtmidi_config(
+        jack_server, virtual=True, client_name="loop", fifo_size=4 * size))
     jack_server.wait_for_port("loop-out:out")
     jack_server.wait_for_port("loop-in:in")
     jack_server.connect("loop-out:out", "loop-in:in")
-    big = bytes([0xF0, 0x7D]) + bytes(i * 7 % 128 for i in range(64 * 1024 - 3)) + b"\xf7"
+    big = bytes([0xF0, 0x7D]) + bytes(i * 7 % 128 for i in range(size - 3)) + b"\xf7"
     sent = [b"\x90\x3c\x40", big, b"\xf8", b"\x80\x3c\x00"]
     with kernel.connect() as client, client.open_render("jack") as out, \
             client.open_capture("jack") as inp:
         inp.run()
         out.run()
         out.send_many(sent)
-        got = [inp.receive(timeout=20) for _ in sent]
+        got = [inp.receive(timeout=20 + size / 30_000) for _ in sent]
         assert [len(m.data) for m in got] == [len(m) for m in sent]
         assert [m.data for m in got] == sent
         assert got[1].is_sysex and not got[1].aborted
