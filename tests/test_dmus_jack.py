@@ -9,12 +9,12 @@ everything comes back in group 1 (the DMusUART sends every group out of its one
 MIDI OUT, as Windows' does).
 
 SysEx sizes: RtMidi's JACK output queues each message whole (with a 4-byte
-length) in a 16 KiB ring buffer and drops a longer one with no more than a
-warning; measured with python-rtmidi 1.5.8 (RtMidi 5.0.0) between two rtmidi
-JACK ports, 16,379 bytes go through and 16,380 vanish. So the long SysEx that
-round-trips is 16,000 bytes (room left for the messages queued beside it), and
-a 64 KiB one cannot cross, since neither the rtmidi cable nor the rtmidi
-miniport splits a SysEx into several JACK events: the strict xfail below.
+length) in a 16 KiB ring buffer and silently drops a longer one; measured with
+python-rtmidi 1.5.8 (RtMidi 5.0.0) between two rtmidi JACK ports, 16,379 bytes
+go through and 16,380 vanish. So the rtmidi cable sends a longer SysEx in
+pieces (F0 + 4,095 bytes, then 3 bytes at a time, paced), which RtMidi's JACK
+input joins again: the 16,000-byte SysEx below crosses whole, the 64 KiB one
+in pieces.
 """
 
 from __future__ import annotations
@@ -131,26 +131,27 @@ def test_dmus_buffers_round_trip_through_jack_peers(
             inp.read(timeout=0.5)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "RtMidi's JACK output drops a message longer than its 16 KiB ring buffer (a warning, "
-    "not an error python-rtmidi raises), and neither the rtmidi cable nor the rtmidi "
-    "miniport splits a SysEx into several JACK events: a 64 KiB SysEx vanishes"))
 def test_a_64_kib_sysex_crosses_jack(
     jack_server: JackServer, start_kernel: Callable[..., KernelProcess]
 ) -> None:
+    """Four times what RtMidi's JACK output carries whole: the cable sends it in
+    pieces, the JACK input joins them, the client reads it whole, between two
+    notes sent before and after it, nothing lost, doubled or reordered."""
     kernel = start_looped_uart(jack_server, start_kernel)
     big = sysex(64 * 1024 - 2)
-    marker = b"\x90\x40\x01"
-    buffer = dmusic.pack([dmusic.event(big, channel_group=5),
-                          dmusic.event(marker, rt_delta=10 * MS, channel_group=5)])
+    before, after = b"\x90\x40\x01", b"\x80\x40\x00"
+    buffer = dmusic.pack([dmusic.event(before, channel_group=5),
+                          dmusic.event(big, rt_delta=1 * MS, channel_group=5),
+                          dmusic.event(after, rt_delta=10 * MS, channel_group=5)])
     with kernel.connect() as client, \
             client.open_render(DEVICE, DMUS_RENDER_PIN, dmusic.FORMAT) as out, \
             client.open_capture(DEVICE, CAPTURE_PIN, dmusic.FORMAT) as inp:
         inp.run()
         out.run()
         assert out.write(buffer, presentation_time=out.time()).wait(timeout=20) == 0
-        # The marker comes back after the SysEx; what arrives first must be the SysEx.
-        first = read_messages(inp, 1)[0]
-        assert (first.channel_group, len(first.data)) == (1, len(big))
-        assert first.data == big
-        assert [e.data for e in read_messages(inp, 1)] == [marker]
+        got = read_messages(inp, 3)
+        assert [(e.channel_group, len(e.data)) for e in got] == [
+            (1, len(before)), (1, len(big)), (1, len(after))]
+        assert [e.data for e in got] == [before, big, after]
+        with pytest.raises(ksclient.KsTimeoutError):
+            inp.read(timeout=0.5)

@@ -17,7 +17,9 @@ import rtmidi
 import ksclient
 from ipc.procwatch import stop_process
 from ipc.status import StatusError
+from miniports.contract import DataFormat, KsState
 from miniports.midibytes import MessageAssembler
+from miniports.rtmidi.pacing import FIRST_PIECE, JACK_MESSAGE_MAX
 from miniports.rtmidiport import RtMidiMiniport
 from miniports.testing import assert_conformant, toml_config
 from miniports.testing.jack import JackServer
@@ -332,3 +334,95 @@ def test_ls_hardware_lists_the_ports_rtmidi_sees(
         env=jack_server.env(), capture_output=True, text=True, timeout=30, check=True,
     ).stdout
     assert out.splitlines() == ["jack:", "  input   seq:out", "  output  midi-monitor:input"]
+
+
+@pytest.mark.parametrize("size", [64 * 1024, pytest.param(1 << 20, marks=pytest.mark.slow)])
+def test_a_long_sysex_crosses_jack_in_pieces_and_comes_back_whole(
+    jack_server: JackServer, start_kernel: Callable[..., KernelProcess], size: int
+) -> None:
+    """4 and 64 times what RtMidi's JACK output carries whole: the miniport sends it
+    in paced pieces, its own JACK input (wired back) joins them, capture reads it
+    whole, in order between the messages around it (64 KiB takes about 0.7 s,
+    1 MiB about 12 s: 30,000 pieces a second)."""
+    kernel = start_kernel(rtmidi_config(
+        jack_server, virtual=True, client_name="loop", fifo_size=4 * size))
+    jack_server.wait_for_port("loop-out:out")
+    jack_server.wait_for_port("loop-in:in")
+    jack_server.connect("loop-out:out", "loop-in:in")
+    big = bytes([0xF0, 0x7D]) + bytes(i * 7 % 128 for i in range(size - 3)) + b"\xf7"
+    sent = [b"\x90\x3c\x40", big, b"\xf8", b"\x80\x3c\x00"]
+    with kernel.connect() as client, client.open_render("jack") as out, \
+            client.open_capture("jack") as inp:
+        inp.run()
+        out.run()
+        out.send_many(sent)
+        got = [inp.receive(timeout=20 + size / 30_000) for _ in sent]
+        assert [len(m.data) for m in got] == [len(m) for m in sent]
+        assert [m.data for m in got] == sent
+        assert got[1].is_sysex and not got[1].aborted
+        with pytest.raises(ksclient.KsTimeoutError):
+            inp.receive(timeout=0.5)
+
+
+class _RecordingOut:
+    """Stands in for python-rtmidi's MidiOut (the hardware), keeping what it was sent,
+    and refusing what python-rtmidi refuses."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send_message(self, message: bytes) -> None:
+        if len(message) > 3 and message[0] != 0xF0:
+            raise ValueError("longer than 3 bytes but does not start with 0xF0")
+        self.sent.append(bytes(message))
+
+
+def _jack_render(**options: Any) -> tuple[RtMidiMiniport, Any, _RecordingOut]:
+    miniport = RtMidiMiniport(api="jack", output="nowhere", **options)
+    out = _RecordingOut()
+    miniport._midi_out = out
+    stream, _ = miniport.new_stream(0, False, DataFormat())
+    stream.set_state(KsState.RUN)
+    return miniport, stream, out
+
+
+def test_a_long_sysex_goes_to_jack_in_pieces_rtmidi_accepts_resumed_across_writes() -> None:
+    miniport, stream, out = _jack_render(pace_messages=1e6, pace_message_burst=5000)
+    big = bytes([0xF0]) + bytes(i % 128 for i in range(40_000)) + b"\xf7"
+    data = b"\x90\x3c\x40" + big + b"\x80\x3c\x00"
+    writes = 0
+    while data:
+        taken = stream.write(data)
+        data = data[taken:]
+        writes += 1
+        if data:
+            time.sleep(0.002)
+    assert writes > 1  # 13,000 pieces do not fit one burst of 5,000: resumed
+    assert out.sent[0] == b"\x90\x3c\x40" and out.sent[-1] == b"\x80\x3c\x00"
+    pieces = out.sent[1:-1]
+    assert pieces[0][:1] == b"\xf0" and len(pieces[0]) == FIRST_PIECE
+    assert all(1 <= len(p) <= 3 and p[0] < 0x80 for p in pieces[1:-1])
+    assert pieces[-1].endswith(b"\xf7")
+    assert b"".join(pieces) == big  # nothing repeated or skipped across the writes
+    stats = miniport.statistics()
+    assert (stats["split_sysex"], stats["sent_messages"], stats["truncated_sysex"]) == (1, 3, 0)
+    # What RtMidi carries whole still goes whole.
+    whole = bytes([0xF0]) + bytes(JACK_MESSAGE_MAX - 2) + b"\xf7"
+    out.sent.clear()
+    while whole and (taken := stream.write(whole)) < len(whole):
+        whole = whole[taken:]
+        time.sleep(0.002)
+    assert [len(m) for m in out.sent] == [JACK_MESSAGE_MAX]
+    stream.close()
+
+
+def test_a_sysex_stopped_part_way_is_ended_with_f7_and_counted() -> None:
+    miniport, stream, out = _jack_render(pace_messages=1.0, pace_message_burst=10)
+    big = bytes([0xF0]) + bytes(20_000) + b"\xf7"
+    assert stream.write(big) < len(big)  # 10 pieces went, the rest waits for tokens
+    assert 10 <= len(out.sent) <= 12  # (a token a second more if the write was slow)
+    stream.set_state(KsState.STOP)
+    assert out.sent[-1] == b"\xf7"  # the JACK receiver stops joining pieces to it
+    stats = miniport.statistics()
+    assert stats["truncated_sysex"] == 1 and stats["split_sysex"] == 0
+    stream.close()

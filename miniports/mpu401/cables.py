@@ -8,7 +8,9 @@ that has an input gives the card what arrives (`Mpu401.receive`/`arrive`).
 
 from __future__ import annotations
 
+import collections
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
@@ -105,9 +107,23 @@ class RtMidiCable(Cable):
     process thread, must take the GIL per event and then misses cycles and
     loses or repeats events while another thread holds it (observed here, as
     the rtmidi miniport found). Other APIs use the callback and cost nothing idle.
+
+    On JACK the output goes through a sender thread, in order, paced by token
+    buckets (`JACK_PACE_MESSAGES` a second, `JACK_PACE_BYTES` bytes a second:
+    JACK drops what a period cannot hold), and a SysEx longer than RtMidi's
+    JACK output carries (16,379 bytes) goes in pieces, F0 + 4,095 bytes and
+    then 3 bytes at a time, which RtMidi's JACK input joins again (see
+    `miniports.rtmidi.pacing`). The card's wire never waits for it: what the
+    wire sends faster than the pace waits in the sender's queue.
     """
 
     JACK_POLL: Final = 0.001
+    JACK_PACE_MESSAGES: Final = 30_000.0
+    JACK_PACE_MESSAGE_BURST: Final = 64
+    JACK_PACE_BYTES: Final = 1_000_000.0
+    JACK_PACE_BYTE_BURST: Final = 8192
+    CLOSE_DRAIN: Final = 1.0
+    """Seconds `close` lets the JACK sender finish its backlog before stopping it."""
 
     def __init__(
         self, port: str | None = None, client_name: str = "portcls-mpu401", api: str | None = None
@@ -122,6 +138,14 @@ class RtMidiCable(Cable):
             raise CableError(f"no rtmidi API {api!r} (alsa, jack)")
         jack = api == "jack"
         self._framer = MidiFramer()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._sender: threading.Thread | None = None
+        self._backlog: collections.deque[bytes] = collections.deque()
+        self._wake = threading.Condition()
+        self._in_flight = False
+        self.split_sysex = 0
+        self.truncated_sysex = 0
         try:
             self._out = rtmidi.MidiOut(
                 rtapi=apis[api], name=f"{client_name}-out" if jack else client_name
@@ -141,12 +165,13 @@ class RtMidiCable(Cable):
         except (rtmidi.RtMidiError, OSError) as exc:
             self.close()
             raise CableError(f"rtmidi: {exc}") from exc
-        self._stop = threading.Event()
-        self._poller: threading.Thread | None = None
         if jack:
             self._poller = threading.Thread(target=self._poll_input, name="mpu401-jack-in",
                                             daemon=True)
             self._poller.start()
+            self._sender = threading.Thread(target=self._send_paced, name="mpu401-jack-out",
+                                            daemon=True)
+            self._sender.start()
 
     def _poll_input(self) -> None:
         while not self._stop.is_set():
@@ -171,17 +196,78 @@ class RtMidiCable(Cable):
             self.card.receive(bytes(event[0]))
 
     def transmit(self, data: bytes) -> None:
-        for message in self._framer.feed(data):
-            self._out.send_message(message)
+        if self._sender is None:
+            for message in self._framer.feed(data):
+                self._out.send_message(message)
+            return
+        messages = list(self._framer.feed(data))
+        if messages:
+            with self._wake:
+                self._backlog.extend(messages)
+                self._wake.notify()
+
+    def _send_paced(self) -> None:
+        """The JACK sender thread: the backlog's messages in order, each piece paced."""
+        from miniports.rtmidi.pacing import JACK_MESSAGE_MAX, TokenBucket, piece_end
+
+        messages = TokenBucket(self.JACK_PACE_MESSAGES, self.JACK_PACE_MESSAGE_BURST)
+        octets = TokenBucket(self.JACK_PACE_BYTES, self.JACK_PACE_BYTE_BURST)
+        while not self._stop.is_set():
+            with self._wake:
+                while not self._backlog and not self._stop.is_set():
+                    self._wake.wait()
+                if self._stop.is_set():
+                    return
+                message = self._backlog.popleft()
+                self._in_flight = True
+            n, start = len(message), 0
+            while start < n:
+                end = piece_end(n, start)
+                now = time.monotonic()
+                messages.refill(now)
+                octets.refill(now)
+                if not (messages.can_take(1) and octets.can_take(end - start)):
+                    wait = max(messages.wait_time(1), octets.wait_time(end - start))
+                    if self._stop.wait(max(wait, self.JACK_POLL)):
+                        if start:  # a SysEx cut off part-way: end it for the receiver
+                            self.truncated_sysex += 1
+                            self._out.send_message(b"\xf7")
+                        return
+                    continue
+                messages.take(1)
+                octets.take(end - start)
+                self._out.send_message(message[start:end])
+                start = end
+            if n > JACK_MESSAGE_MAX:
+                self.split_sysex += 1
+            self._in_flight = False
 
     def statistics(self) -> dict[str, int]:
-        """What could not go out as a message: see `MidiFramer.statistics`."""
-        return self._framer.statistics()
+        """What could not go out as a message (see `MidiFramer.statistics`); on JACK also
+        split_sysex (SysEx sent in pieces), truncated_sysex (one cut off part-way by
+        close, ended early with F7) and backlog (messages waiting to be sent)."""
+        stats = self._framer.statistics()
+        if self._sender is not None:
+            stats.update(split_sysex=self.split_sysex, truncated_sysex=self.truncated_sysex,
+                         backlog=len(self._backlog))
+        return stats
 
     def close(self) -> None:
+        """Release the ports; on JACK, first give the sender up to `CLOSE_DRAIN` seconds to
+        send what the wire already transmitted (a SysEx then cut off is ended with F7)."""
+        sender = getattr(self, "_sender", None)
+        if sender is not None:
+            deadline = time.monotonic() + self.CLOSE_DRAIN
+            while (self._backlog or self._in_flight) and time.monotonic() < deadline:
+                time.sleep(self.JACK_POLL)
+        self._stop.set()
+        if sender is not None:
+            with self._wake:
+                self._wake.notify()
+            sender.join(5)
+            self._sender = None
         poller = getattr(self, "_poller", None)
         if poller is not None:
-            self._stop.set()
             poller.join(5)
             self._poller = None
         midi_in, midi_out = getattr(self, "_in", None), getattr(self, "_out", None)

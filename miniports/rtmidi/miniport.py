@@ -31,7 +31,11 @@ half a SysEx). Because JACK drops what
 does not fit into a period without telling the sender, writes are paced by
 two token buckets (messages and bytes per second); when a bucket is empty,
 `write` returns a short count and the port offers the rest again about 1 ms
-later: the PortCls "busy, retry later" contract, nothing lost.
+later: the PortCls "busy, retry later" contract, nothing lost. RtMidi's JACK
+output carries a message of at most 16,379 bytes (it drops a longer one
+silently), so on JACK a longer SysEx goes in pieces, F0 + 4,095 bytes and
+then 3 bytes at a time, each paced like a message (`miniports.rtmidi.pacing`);
+RtMidi's JACK input joins them again.
 
 Options (keyword arguments, from the device's configuration):
   api          "auto", "alsa", "jack", "coremidi" or "winmm"
@@ -54,9 +58,11 @@ Options (keyword arguments, from the device's configuration):
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import rtmidi
@@ -83,29 +89,10 @@ from miniports.contract import (
     StatusError,
 )
 from miniports.midibytes import MessageFramer
+from miniports.rtmidi.pacing import JACK_MESSAGE_MAX, TokenBucket, piece_end
 from miniports.rtmidi.ports import api_id, match_port, no_autostart
 
 __all__ = ["RtMidiCaptureStream", "RtMidiMiniport", "RtMidiRenderStream"]
-
-
-class _TokenBucket:
-    """`rate` tokens a second, at most `burst` saved; a cost above `burst` may go
-    when the bucket is full (a large SysEx goes alone)."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens = burst
-        self.stamp = time.monotonic()
-
-    def refill(self, now: float) -> None:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def can_take(self, cost: float) -> bool:
-        return self.tokens >= min(cost, self.burst)
-
-    def take(self, cost: float) -> None:
-        self.tokens -= cost
 
 
 class RtMidiCaptureStream(FifoCaptureStream):
@@ -133,6 +120,7 @@ class RtMidiRenderStream(MiniportMidiStream):
         self.state = state
         if state == KsState.STOP:
             self.framer.reset()
+            self._owner.abandon_split()
 
     def write(self, data: bytes) -> int:
         return self._owner.send_bytes(self.framer, data)
@@ -197,8 +185,8 @@ class RtMidiMiniport(MiniportMidi):
         self.client_name = client_name
         self.jack_server = jack_server
         self.pace = pace
-        self._messages = _TokenBucket(float(pace_messages), float(pace_message_burst))
-        self._bytes = _TokenBucket(float(pace_bytes), float(pace_byte_burst))
+        self._messages = TokenBucket(float(pace_messages), float(pace_message_burst))
+        self._bytes = TokenBucket(float(pace_bytes), float(pace_byte_burst))
         self.fifo_size = fifo_size
         self.capture_instances = capture_instances
         self.sync = InterruptSync()
@@ -208,6 +196,12 @@ class RtMidiMiniport(MiniportMidi):
         self._closed_renders: collections.Counter[str] = collections.Counter()
         self.sent_messages = 0
         self.received_messages = 0
+        # JACK: a SysEx too long for RtMidi's ring goes in pieces (miniports.rtmidi.pacing);
+        # one partly sent is (the SysEx, where its next piece starts).
+        self.split_long_sysex = self.api == rtmidi.API_UNIX_JACK
+        self._split: tuple[bytes, int] | None = None
+        self.split_sysex = 0
+        self.truncated_sysex = 0
         self._midi_in: Any = None
         self._midi_out: Any = None
         self._port: Port | None = None
@@ -360,33 +354,84 @@ class RtMidiMiniport(MiniportMidi):
         return True
 
     def send_bytes(self, framer: MessageFramer, data: bytes) -> int:
-        """A render stream's write: whole messages out through rtmidi, paced."""
+        """A render stream's write: whole messages out through rtmidi, paced.
+
+        On JACK a SysEx longer than `JACK_MESSAGE_MAX` goes in pieces, each
+        paced (even with `pace` off: JACK drops what a period cannot hold).
+        When the buckets run dry part-way, the SysEx is refused ("not now"),
+        the framer offers it again on the port's retry, and sending resumes
+        at the piece where it stopped; nothing else goes out in between.
+        """
         midi_out = self._midi_out
         if midi_out is None:
             raise StatusError(Status.INVALID_DEVICE_STATE, "the output port is closed")
-        if self.pace:
-            now = time.monotonic()
-            self._messages.refill(now)
-            self._bytes.refill(now)
+        now = time.monotonic()
+        self._messages.refill(now)
+        self._bytes.refill(now)
 
-        def send(message: bytes) -> bool:
-            if self.pace:
-                if not (self._messages.can_take(1) and self._bytes.can_take(len(message))):
-                    return False
-                self._messages.take(1)
-                self._bytes.take(len(message))
+        def out(message: bytes) -> None:
             try:
                 midi_out.send_message(message)
             except (rtmidi.RtMidiError, ValueError, OverflowError) as exc:
                 raise StatusError(Status.IO_DEVICE_ERROR, f"rtmidi send: {exc}") from exc
+
+        def paced(size: int) -> bool:
+            if not (self._messages.can_take(1) and self._bytes.can_take(size)):
+                return False
+            self._messages.take(1)
+            self._bytes.take(size)
+            return True
+
+        def send(message: bytes) -> bool:
+            if self.split_long_sysex and len(message) > JACK_MESSAGE_MAX:
+                return self._send_pieces(message, out, paced)
+            if self.pace and not paced(len(message)):
+                return False
+            out(message)
             self.sent_messages += 1
             return True
 
         return framer.feed(data, send)
 
+    def _send_pieces(
+        self, message: bytes, out: Callable[[bytes], None], paced: Callable[[int], bool]
+    ) -> bool:
+        """Send a long SysEx's pieces while the buckets allow; True when the last went."""
+        split = self._split
+        if split is not None and split[0] != message:
+            self.abandon_split()
+            split = None
+        start = 0 if split is None else split[1]
+        n = len(message)
+        while start < n:
+            end = piece_end(n, start)
+            if not paced(end - start):
+                self._split = (message, start)
+                return False
+            out(message[start:end])
+            start = end
+        self._split = None
+        self.sent_messages += 1
+        self.split_sysex += 1
+        return True
+
+    def abandon_split(self) -> None:
+        """A SysEx partly sent in pieces will not be finished (its stream stopped or
+        closed): end it with F7 so the JACK receiver stops joining pieces to it (it
+        gets it truncated) and count it in `truncated_sysex`."""
+        if self._split is None:
+            return
+        self._split = None
+        self.truncated_sysex += 1
+        midi_out = self._midi_out
+        if midi_out is not None:
+            with contextlib.suppress(rtmidi.RtMidiError, ValueError, OverflowError):
+                midi_out.send_message(b"\xf7")
+
     def render_closed(self, stream: RtMidiRenderStream) -> None:
         """A render stream closes: keep what its framer counted."""
         if stream is self._render:
+            self.abandon_split()
             self._closed_renders.update(stream.framer.statistics())
             self._render = None
         self.render_open = False
@@ -397,6 +442,8 @@ class RtMidiMiniport(MiniportMidi):
         sent_messages, received_messages (polled input only), and what render
         streams could not send as messages: discarded (bytes), aborted_sysex
         (SysEx cut short by a status byte), undefined_bytes (F4, F5, F9, FD).
+        On JACK: split_sysex (SysEx sent in pieces, whole) and truncated_sysex
+        (one whose stream stopped part-way: ended early with F7).
         """
         stats = collections.Counter({"discarded": 0, "aborted_sysex": 0, "undefined_bytes": 0})
         stats.update(self._closed_renders)
@@ -404,6 +451,8 @@ class RtMidiMiniport(MiniportMidi):
             stats.update(self._render.framer.statistics())
         stats["sent_messages"] = self.sent_messages
         stats["received_messages"] = self.received_messages
+        stats["split_sysex"] = self.split_sysex
+        stats["truncated_sysex"] = self.truncated_sysex
         return dict(stats)
 
     def new_stream(
@@ -431,6 +480,7 @@ class RtMidiMiniport(MiniportMidi):
         if self._poller is not None:
             self._poller.join(1.0)
             self._poller = None
+        self.abandon_split()
         for attr in ("_midi_in", "_midi_out"):
             midi = getattr(self, attr)
             if midi is not None:
