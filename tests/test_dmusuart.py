@@ -154,3 +154,16 @@ def test_the_mpu401card_adapters_second_subdevice_is_the_dmusuart(start_kernel) 
         inp.close()
         with c.open_render("card"):
             assert c.stats()["pins"][0]["miniport_kind"] == "midi"
+
+
+def test_the_latency_clock_is_the_master_clock_plus_the_streams_prefetch(start_kernel) -> None:
+    """KSPROPERTY_SYNTH_LATENCYCLOCK of a DMus render stream: the master clock (the
+    filter's KSPROPERTY_SYNTH_MASTERCLOCK) plus its pre-fetch (200,000 in CONFIG)."""
+    kernel = start_kernel(CONFIG)
+    with kernel.connect() as c:
+        c.wait_for_filter("dmusuart")
+        with c.open_render("dmusuart", DMUS_RENDER_PIN, DMUS) as out:
+            before = c.master_clock("dmusuart")
+            latency = out.latency_clock()
+            after = c.master_clock("dmusuart")
+            assert before + 200_000 <= latency <= after + 200_000
