@@ -128,7 +128,8 @@ class MidiStreamParser(MessageAssembler):
                 (timestamp, FLAG_PACKED, data[:end] if end < len(data) else data)]
         else:
             step = max(3, limit // 3 * 3)
-            records = [(timestamp, FLAG_PACKED, data[i : i + step]) for i in range(0, end, step)]
+            run = data[:end]
+            records = [(timestamp, FLAG_PACKED, run[i : i + step]) for i in range(0, end, step)]
         if end < len(data):
             rest = self.feed(data[end:], timestamp)
             records += rest
