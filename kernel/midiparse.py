@@ -38,6 +38,7 @@ from ipc.midi import (
     FLAG_SYSEX_ABORTED,
     FLAG_SYSEX_MORE,
     MESSAGE_LENGTH,
+    PACKED_RUN,
     MessageAssembler,
     Record,
     split_packed,
@@ -171,12 +172,16 @@ def check_render(records: list[RingRecord], stats: collections.Counter[str],
         if not record.flags & FLAG_PACKED:
             out.append(record)
             continue
+        if not split:
+            if PACKED_RUN.fullmatch(record.data) is None:
+                stats["malformed"] += 1
+            else:
+                out.append(record)
+            continue
         messages = split_packed(record.data)
         if messages is None:
             stats["malformed"] += 1
-        elif split:
+        else:
             flags = record.flags & ~FLAG_PACKED
             out += [RingRecord(record.timestamp, flags, m) for m in messages]
-        else:
-            out.append(record)
     return out

@@ -69,7 +69,14 @@ from ipc.ks import (
     KsState,
     PinDescriptor,
 )
-from ipc.midi import FLAG_PACKED, InvalidMessage, check_message, packed_error, split_packed
+from ipc.midi import (
+    FLAG_PACKED,
+    PACKED_RUN,
+    InvalidMessage,
+    check_message,
+    packed_error,
+    split_packed,
+)
 from ipc.midi import FLAG_SYSEX as FLAG_SYSEX
 from ipc.midi import FLAG_SYSEX_ABORTED as FLAG_SYSEX_ABORTED
 from ipc.midi import FLAG_SYSEX_MORE as FLAG_SYSEX_MORE
@@ -1646,7 +1653,7 @@ class CapturePin(Pin):
             return joined
         out = []
         for record in joined:
-            if record[1] & FLAG_PACKED and split_packed(record[2]) is None:
+            if record[1] & FLAG_PACKED and PACKED_RUN.fullmatch(record[2]) is None:
                 self._bad_packed += 1
             else:
                 out.append(record)
