@@ -118,3 +118,40 @@ def test_a_malformed_packed_record_from_a_client_is_dropped_and_counted(loopback
         assert got == [b"\x91\x01\x02", b"\x92\x03\x04", b"\x93\x05\x06"]
         assert out.statistics()["stats"]["malformed"] == 2
         c.check_kernel()  # the kernel is still there
+
+
+DMUS_DEVICE = """
+[[device]]
+name = "dmus"
+miniport = "tests.dmus_miniports:DmusLoopback"
+options = { prefetch = 0 }
+"""
+
+
+@pytest.mark.parametrize("directmusic", [True, False])
+def test_send_batch_to_a_dmus_miniport_goes_one_event_a_message(start_kernel,
+                                                                directmusic) -> None:
+    """DirectMusic records are never packed: on a DirectMusic pin the SDK sends one event
+    a message, and a packed record on a MIDI pin is split by the kernel for a DMus
+    miniport, so each message reaches put_message as its own event."""
+    from ipc.ks import KSDATAFORMAT_SUBTYPE_DIRECTMUSIC, DataFormat
+
+    kernel = start_kernel(DMUS_DEVICE)
+    fmt = DataFormat(sub_format=KSDATAFORMAT_SUBTYPE_DIRECTMUSIC) if directmusic else None
+    messages = [b"\x90\x01\x01", b"\xc2\x07", b"\xe0\x00\x40", b"\x80\x01\x00"]
+    with kernel.connect() as c:
+        c.wait_for_filter("dmus")
+        out = c.open_render("dmus", fmt=fmt) if fmt else c.open_render("dmus")
+        inp = c.open_capture("dmus", fmt=fmt) if fmt else c.open_capture("dmus")
+        inp.run()
+        out.run()
+        group = 5 if directmusic else 1
+        out.send_batch(b"".join(messages), channel_group=group)
+        got = [inp.receive(timeout=5) for _ in messages]
+        assert [(m.channel_group, m.data) for m in got] == [(group, m) for m in messages]
+        if directmusic:
+            with pytest.raises(ValueError, match="receive_many"):
+                inp.receive_batch(timeout=0)
+        assert out.statistics()["stats"].get("malformed", 0) == 0
+        out.close()
+        inp.close()
