@@ -164,7 +164,7 @@ def check_render(records: list[RingRecord], stats: collections.Counter[str],
     one that is not whole channel messages back to back is dropped and counted in
     `stats["malformed"]` (it came from another process). `split`: a packed record is
     replaced by one record per message (for DirectMusic, whose records are one
-    message each)."""
+    message each), the records it became beyond one counted in `stats["split_extra"]`."""
     if not any(r.flags & FLAG_PACKED for r in records):
         return records
     out: list[RingRecord] = []
@@ -184,4 +184,7 @@ def check_render(records: list[RingRecord], stats: collections.Counter[str],
         else:
             flags = record.flags & ~FLAG_PACKED
             out += [RingRecord(record.timestamp, flags, m) for m in messages]
+            # The client counts the record it wrote once: what it became beyond one
+            # record, so that its loss accounting (released + flushed) still adds up.
+            stats["split_extra"] += len(messages) - 1
     return out

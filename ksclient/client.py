@@ -1239,7 +1239,8 @@ class RenderPin(Pin):
         # and what it passed on that the miniport never took from its ring.
         if not kernel_stats:
             return self._written
-        passed = int(kernel_stats.get("released", 0)) + int(kernel_stats.get("flushed", 0))
+        passed = (int(kernel_stats.get("released", 0)) + int(kernel_stats.get("flushed", 0))
+                  - int(kernel_stats.get("split_extra", 0)))  # packed records split
         return max(0, self._written - passed) + int(kernel_stats.get("undelivered", 0))
 
     def _records(

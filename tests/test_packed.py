@@ -152,6 +152,9 @@ def test_send_batch_to_a_dmus_miniport_goes_one_event_a_message(start_kernel,
         if directmusic:
             with pytest.raises(ValueError, match="receive_many"):
                 inp.receive_batch(timeout=0)
-        assert out.statistics()["stats"].get("malformed", 0) == 0
+        stats = out.statistics()["stats"]
+        assert stats.get("malformed", 0) == 0
+        assert stats.get("split_extra", 0) == (0 if directmusic else len(messages) - 1)
         out.close()
         inp.close()
+        assert out.lost == 0 and inp.lost == 0
