@@ -158,3 +158,26 @@ def test_send_batch_to_a_dmus_miniport_goes_one_event_a_message(start_kernel,
         out.close()
         inp.close()
         assert out.lost == 0 and inp.lost == 0
+
+
+def test_send_batch_in_the_asyncio_flavour(loopback_kernel) -> None:
+    import asyncio
+
+    import ksclient.aio
+
+    async def main() -> list[bytes]:
+        async with await ksclient.aio.connect(loopback_kernel.runtime) as k:
+            await k.wait_for_filter("loopback")
+            inp = await k.open_capture("loopback")
+            out = await k.open_render("loopback")
+            await inp.run()
+            await out.run()
+            await out.send_batch(b"\x90\x3c\x40\x80\x3c\x00")
+            with pytest.raises(ksclient.InvalidMessage, match="byte 0"):
+                await out.send_batch(b"\xf8")
+            got = [(await inp.receive(timeout=5)).data for _ in range(2)]
+            await out.close()
+            await inp.close()
+            return got
+
+    assert asyncio.run(main()) == [b"\x90\x3c\x40", b"\x80\x3c\x00"]
