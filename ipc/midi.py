@@ -60,10 +60,12 @@ from dataclasses import dataclass
 from typing import Final, Self, TypeAlias
 
 __all__ = [
+    "FLAG_PACKED",
     "FLAG_SYSEX",
     "FLAG_SYSEX_ABORTED",
     "FLAG_SYSEX_MORE",
     "MESSAGE_LENGTH",
+    "PACKED_RUN",
     "SPECS",
     "SYSEX_END",
     "SYSEX_START",
@@ -77,7 +79,9 @@ __all__ = [
     "is_status",
     "is_undefined",
     "message_length",
+    "packed_error",
     "spec_for",
+    "split_packed",
 ]
 
 FLAG_SYSEX: Final = 0x0001
@@ -86,6 +90,46 @@ FLAG_SYSEX_MORE: Final = 0x0002
 """More chunks of this SysEx follow."""
 FLAG_SYSEX_ABORTED: Final = 0x0004
 """This SysEx was cut short by a status byte before F7; this is its last chunk."""
+FLAG_PACKED: Final = 0x0008
+"""The record holds one or more whole channel messages (80-EF, each with its status
+byte, no running status) back to back, all with the record's timestamp and flags, on a
+MIDI (not DirectMusic) capture or render ring. Whoever writes one has checked it with
+`PACKED_RUN`; whoever reads one checks it again (`split_packed`): it came from another
+process. A malformed one is dropped and counted, never used."""
+
+PACKED_RUN: Final = re.compile(
+    rb"(?:[\x80-\xbf\xe0-\xef][\x00-\x7f][\x00-\x7f]|[\xc0-\xdf][\x00-\x7f])+")
+"""Whole channel messages with their status bytes, back to back: a FLAG_PACKED payload."""
+
+_PACKED_ONE: Final = re.compile(
+    rb"[\x80-\xbf\xe0-\xef][\x00-\x7f][\x00-\x7f]|[\xc0-\xdf][\x00-\x7f]")
+
+
+def split_packed(data: bytes) -> list[bytes] | None:
+    """The messages of a FLAG_PACKED payload in order, or None if it is not one (the
+    reader then drops the record and counts it)."""
+    if PACKED_RUN.fullmatch(data) is None:
+        return None
+    return _PACKED_ONE.findall(data)
+
+
+def packed_error(data: bytes | bytearray | memoryview) -> str | None:
+    """None if `data` is whole channel messages back to back (a valid FLAG_PACKED
+    payload), else what is wrong, naming the byte offset where it goes wrong."""
+    if not data:
+        return "an empty batch"
+    match = PACKED_RUN.match(data)
+    end = 0 if match is None else match.end()
+    if end == len(data):
+        return None
+    byte = data[end]
+    if byte < 0x80:
+        return (f"byte {end} is {byte:#04x}, a data byte where a status byte belongs "
+                "(a batch holds whole channel messages, each with its status byte)")
+    if byte >= 0xF0:
+        return (f"byte {end} is {byte:#04x}, not a channel message (a batch holds "
+                "channel messages 80-ef only; send SysEx and system messages with send)")
+    return f"byte {end}: the channel message there ({byte:#04x}) is cut short or malformed"
 
 SYSEX_START: Final = 0xF0
 SYSEX_END: Final = 0xF7

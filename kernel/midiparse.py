@@ -18,21 +18,32 @@ fragment that starts otherwise, or any fragment while a message or a SysEx is
 pending) goes through `MessageAssembler.feed`. The output, counters included,
 is the assembler's (tests/test_midiparse.py checks it against the assembler on
 random streams).
+
+Packed records (`ipc.midi.FLAG_PACKED`, one ring record for many channel messages
+with one timestamp): `feed_packed` gives such a run as ONE record, so the kernel
+does no Python step per message on the way to the client; `check_render` checks
+the packed records a client wrote before the kernel uses them; `unpacked` splits
+them for monitors, which see one record per message as before.
 """
 
 from __future__ import annotations
 
+import collections
 import re
 from typing import Final
 
 from ipc.midi import (
+    FLAG_PACKED,
     FLAG_SYSEX,
     FLAG_SYSEX_ABORTED,
     FLAG_SYSEX_MORE,
     MESSAGE_LENGTH,
+    PACKED_RUN,
     MessageAssembler,
     Record,
+    split_packed,
 )
+from ipc.ring import Record as RingRecord
 
 _THREE_BYTE_RUN: Final = re.compile(rb"(?:[\x80-\xbf\xe0-\xef][\x00-\x7f][\x00-\x7f])+")
 """Whole channel messages of three bytes, each with its status byte, back to back."""
@@ -42,6 +53,9 @@ __all__ = [
     "FLAG_SYSEX_ABORTED",
     "FLAG_SYSEX_MORE",
     "MidiStreamParser",
+    "check_render",
+    "packed_count",
+    "unpacked",
 ]
 
 
@@ -90,3 +104,87 @@ class MidiStreamParser(MessageAssembler):
         if end < n:
             out += super().feed(data[end:], timestamp)
         return out
+
+    def feed_packed(self, data: bytes | bytearray | memoryview, timestamp: int = 0,
+                    limit: int = 3072) -> tuple[list[Record], int]:
+        """As `feed`, but a leading run of two or more whole three-byte channel messages
+        comes back as FLAG_PACKED records of at most `limit` bytes (at least one
+        message each). Returns the records and how many messages they hold (the
+        counters count messages, as `feed`'s do)."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        if self._need or self._in_sysex or len(data) < 6:
+            out = self.feed(data, timestamp)
+            return out, len(out)
+        match = _THREE_BYTE_RUN.match(data)
+        if match is None or match.end() < 6:
+            out = self.feed(data, timestamp)
+            return out, len(out)
+        end = match.end()
+        count = end // 3
+        self._running = data[end - 3]
+        self.messages += count
+        if end <= limit:
+            records: list[Record] = [
+                (timestamp, FLAG_PACKED, data[:end] if end < len(data) else data)]
+        else:
+            step = max(3, limit // 3 * 3)
+            run = data[:end]
+            records = [(timestamp, FLAG_PACKED, run[i : i + step]) for i in range(0, end, step)]
+        if end < len(data):
+            rest = self.feed(data[end:], timestamp)
+            records += rest
+            count += len(rest)
+        return records, count
+
+
+def packed_count(record: Record) -> int:
+    """The messages a record the kernel made holds: a packed one's 3-byte messages."""
+    return len(record[2]) // 3 if record[1] & FLAG_PACKED else 1
+
+
+def unpacked(records: list[Record]) -> list[Record]:
+    """One record per message (what monitors get): packed records split. The records
+    were checked (`check_render`) or made by the kernel's parser."""
+    if not any(r[1] & FLAG_PACKED for r in records):
+        return records
+    out: list[Record] = []
+    for ts, flags, data in records:
+        if flags & FLAG_PACKED:
+            flags &= ~FLAG_PACKED
+            out += [(ts, flags, m) for m in split_packed(data) or ()]
+        else:
+            out.append((ts, flags, data))
+    return out
+
+
+def check_render(records: list[RingRecord], stats: collections.Counter[str],
+                 split: bool) -> list[RingRecord]:
+    """The records a client wrote to a render ring with each FLAG_PACKED one checked:
+    one that is not whole channel messages back to back is dropped and counted in
+    `stats["malformed"]` (it came from another process). `split`: a packed record is
+    replaced by one record per message (for DirectMusic, whose records are one
+    message each), the records it became beyond one counted in `stats["split_extra"]`."""
+    if not any(r.flags & FLAG_PACKED for r in records):
+        return records
+    out: list[RingRecord] = []
+    for record in records:
+        if not record.flags & FLAG_PACKED:
+            out.append(record)
+            continue
+        if not split:
+            if PACKED_RUN.fullmatch(record.data) is None:
+                stats["malformed"] += 1
+            else:
+                out.append(record)
+            continue
+        messages = split_packed(record.data)
+        if messages is None:
+            stats["malformed"] += 1
+        else:
+            flags = record.flags & ~FLAG_PACKED
+            out += [RingRecord(record.timestamp, flags, m) for m in messages]
+            # The client counts the record it wrote once: what it became beyond one
+            # record, so that its loss accounting (released + flushed) still adds up.
+            stats["split_extra"] += len(messages) - 1
+    return out

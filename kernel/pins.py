@@ -28,7 +28,7 @@ from ipc.ring import Record, RingError
 from ipc.status import Status, StatusError
 from kernel.dmuspins import DmusCapture, for_client, is_dmus_format
 from kernel.loop import KernelLoop
-from kernel.midiparse import MidiStreamParser
+from kernel.midiparse import MidiStreamParser, packed_count, unpacked
 from kernel.monitor import MonitorTap, copy_to
 from kernel.pinevents import PinEvents
 from kernel.servicegroup import ServiceGroup
@@ -261,23 +261,31 @@ class CapturePin(Pin):
                 return
             messages: list[tuple[int, int, bytes]] = []
             taps = messages
+            count = -1
             if self.dmus is not None:
                 grouped = self.dmus.feed(records)
                 messages = for_client(grouped, is_dmus_format(self.format), self.stats)
                 taps = [(t, f, m) for t, f, _, m in grouped]
+            elif not is_dmus_format(self.format):
+                # A run of whole channel messages stays one (FLAG_PACKED) record.
+                count = 0
+                limit = self.client_writer.ring.max_payload if self.client_writer else 3
+                for record in records:
+                    out, n = parser.feed_packed(record.data, record.timestamp, limit)
+                    messages += out
+                    count += n
+                taps = unpacked(messages) if self.taps else messages
             else:
                 for record in records:
                     messages += parser.feed(record.data, record.timestamp)
-                if is_dmus_format(self.format):
-                    taps = messages
-                    messages = for_client([(t, f, 1, m) for t, f, m in messages], True,
-                                          self.stats)
+                taps = messages
+                messages = for_client([(t, f, 1, m) for t, f, m in messages], True, self.stats)
             if trace.ON:
                 trace_captured(self.handle, records)
             # DirectMusic capture passes events up in PAUSE too (PortCls).
             if self.state != KsState.RUN and not (
                     self.dmus is not None and self.state == KsState.PAUSE):
-                self.stats["dropped"] += len(messages)
+                self.stats["dropped"] += len(messages) if count < 0 else count
             else:
                 if self.taps:
                     copy_to(self.taps, taps)
@@ -302,8 +310,8 @@ class CapturePin(Pin):
         try:
             while backlog:
                 sent = writer.send_many(backlog)
+                self.stats["delivered"] += sum(map(packed_count, backlog[:sent]))
                 del backlog[:sent]
-                self.stats["delivered"] += sent
                 if backlog and writer.prepare_to_wait_for_space(len(backlog[0][2])):
                     self.waiting_client = True
                     self.loop.watch_fd(writer.space_fileno(), self.on_client_space)
@@ -324,7 +332,7 @@ class CapturePin(Pin):
         super().flush()
         if self.dmus is not None:
             self.dmus.reset()
-        self.stats["flushed"] += len(self.backlog)
+        self.stats["flushed"] += sum(map(packed_count, self.backlog))
         self.backlog.clear()
         if self.mp_reader is not None:
             try:
@@ -335,7 +343,7 @@ class CapturePin(Pin):
     def _count_lost(self) -> int:
         """What the kernel read from the miniport but never delivered (records still in
         the miniport's ring count one each)."""
-        lost = len(self.backlog)
+        lost = sum(map(packed_count, self.backlog))
         if self.mp_reader is not None and not self.released:
             with contextlib.suppress(RingError, ValueError):
                 lost += self.mp_reader.discard_all()

@@ -23,10 +23,12 @@ from ipc.ks import (
     RENDER_FLAG_PHYSICAL_TIME,
     KsState,
 )
+from ipc.midi import FLAG_PACKED
 from ipc.ring import Record, RingError
 from ipc.status import Status
 from kernel.dmuspins import convert_render, is_dmus_format, release_ahead
 from kernel.dpc import Dpc, Timer
+from kernel.midiparse import check_render, unpacked
 from kernel.monitor import copy_to
 from kernel.pins import Pin, trace_released
 
@@ -94,6 +96,9 @@ class RenderPin(Pin):
             try:
                 if room > 0:
                     records = reader.receive_many(max_records=room)
+                    if records:
+                        records = check_render(records, self.stats, self.miniport_kind == "dmus"
+                                               or is_dmus_format(self.format))
                     if records and (self.miniport_kind == "dmus" or is_dmus_format(self.format)):
                         records = convert_render(records, is_dmus_format(self.format),
                                                  self.miniport_kind == "dmus", self.stats)
@@ -160,7 +165,8 @@ class RenderPin(Pin):
                 if self.taps and sent:
                     # As played: the shared-clock time it went to the miniport.
                     skip = GROUP_PREFIX.size if dmus else 0
-                    copy_to(self.taps, [(now, 0, r.data[skip:]) for r in batch[:sent]])
+                    copy_to(self.taps, unpacked([(now, r.flags & FLAG_PACKED, r.data[skip:])
+                                                 for r in batch[:sent]]))
                 if sent < len(batch):
                     if writer.prepare_to_wait_for_space(len(batch[sent].data)):
                         self.waiting_miniport = True

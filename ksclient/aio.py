@@ -145,6 +145,13 @@ class AsyncRenderPin(_AsyncPin):
     ) -> None:
         await self.client._run(self.sync.send_many, messages, at, None, False, channel_group)
 
+    async def send_batch(
+        self, data: bytes, at: int | None = None, channel_group: int = 1
+    ) -> None:
+        """Queue whole channel messages back to back in one buffer (see
+        RenderPin.send_batch: InvalidMessage naming the offset, nothing sent)."""
+        await self.client._run(self.sync.send_batch, data, at, None, channel_group)
+
     async def write(self, buffer: bytes, presentation_time: int = 0) -> BufferRequest:
         """Queue a KSMUSICFORMAT buffer, or a DirectMusic one on a DirectMusic pin (see
         RenderPin.write); `await wait(request)`."""

@@ -24,7 +24,8 @@ ROUNDTRIP_LABELS: Final = {
     "loopback_beside_jack": "loopback, 3-byte, beside JACK's run",
 }
 THROUGHPUT_LABELS: Final = {
-    "loopback": "loopback (send_many + receive_nowait)",
+    "loopback": "loopback (send_batch + receive_batch)",
+    "loopback_per_message": "loopback (send_many + receive_nowait)",
     "raw_ring": "raw rings, A>B>C>B>A (64 per record)",
     "raw_zmq": "raw pyzmq, A>B>C>B>A (64 per message)",
     "floor": "FLOOR, A>B>C>B>A (64 per record)",

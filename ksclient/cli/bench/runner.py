@@ -535,7 +535,7 @@ class MainRun:
     def _throughput(
         self, key: str, fn: Callable[[int, int, float], ThroughputResult]
     ) -> None:
-        count = self.s.messages * (1 if key == "loopback" else RAW_MESSAGES_FACTOR)
+        count = self.s.messages * (1 if key.startswith("loopback") else RAW_MESSAGES_FACTOR)
         with measuring():
             result = fn(count, THROUGHPUT_WINDOW, DRAIN_TIMEOUT)
         self.doc["throughput"][key] = result.to_json()
@@ -550,6 +550,10 @@ class MainRun:
         self.doc["cpu"]["load"]["during"] = "throughput loopback"
         if self.doc["throughput"]["loopback"]["lost"]:
             self.doc["throughput"]["loopback"]["pin_statistics"] = pins.statistics()
+        # The per-message SDK path beside it (send_many of objects, receive_nowait).
+        self._throughput("loopback_per_message", pins.throughput_per_message)
+        if self.doc["throughput"]["loopback_per_message"]["lost"]:
+            self.doc["throughput"]["loopback_per_message"]["pin_statistics"] = pins.statistics()
 
     def _ladder(self) -> None:
         pins = _need(self.pins, "the loopback pins")
@@ -718,13 +722,15 @@ def _pinned_phases(
 
     phases.run("round trips", roundtrips)
     if throughput:
-        for name, key in (("loopback", "pins"), ("raw_ring", "ring"), ("raw_zmq", "zmq"),
-                          ("floor", "floor")):
+        for name, key in (("loopback", "pins"), ("loopback_per_message", "pins"),
+                          ("raw_ring", "ring"), ("raw_zmq", "zmq"), ("floor", "floor")):
             def one(name: str = name, key: str = key) -> None:
                 chain = _need(holder.get(key), name)
-                count = s.messages * (1 if name == "loopback" else RAW_MESSAGES_FACTOR)
+                run = (chain.throughput_per_message if name == "loopback_per_message"
+                       else chain.throughput)
+                count = s.messages * (1 if name.startswith("loopback") else RAW_MESSAGES_FACTOR)
                 with measuring():
-                    result = chain.throughput(count, THROUGHPUT_WINDOW, DRAIN_TIMEOUT)
+                    result = run(count, THROUGHPUT_WINDOW, DRAIN_TIMEOUT)
                 doc["throughput"][name] = result.to_json()
 
             phases.run(f"throughput {name}", one)
