@@ -27,7 +27,7 @@ import os
 import select
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -167,65 +167,47 @@ class LoopbackPins:
         the capture pin drained (``receive_batch``) after every batch, every message
         checked in order: what a client wanting throughput uses."""
         messages = numbered_messages(count)
-        check = SequenceCheck(messages)
         batches = [b"".join(messages[i : i + BATCH]) for i in range(0, count, BATCH)]
-        send_batch, poll = self.out.send_batch, self.inp.poll
-        dropped_before = self.inp.dropped
-        sent = 0
-        t0 = time.perf_counter()
-        for batch in batches:
-            n = len(batch) // 3
-            while sent + n - check.expected - check.out_of_order > window:
-                before = check.expected
-                if poll(drain_timeout):
-                    self._drain_batches(check)
-                if check.expected == before:
-                    raise RuntimeError(f"the loopback stalled for {drain_timeout:g} s")
-            send_batch(batch, timeout=drain_timeout)
-            sent += n
-            self._drain_batches(check)
-        note = ""
-        deadline = time.monotonic() + drain_timeout
-        while not check.done:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                note = f"tail not delivered within {drain_timeout:g} s"
-                break
-            if poll(min(remaining, 0.5)):
-                self._drain_batches(check)
-        seconds = time.perf_counter() - t0
-        dropped = self.inp.dropped - dropped_before
-        if dropped:
-            note = "; ".join(x for x in (note, f"capture ring dropped {dropped}") if x)
-        return ThroughputResult.from_check(check, seconds, window, note)
+        return self._throughput(messages, batches, [len(b) // 3 for b in batches],
+                                self.out.send_batch, self._drain_batches, window, drain_timeout)
 
     def throughput_per_message(
         self, count: int, window: int, drain_timeout: float
     ) -> ThroughputResult:
         """``count`` numbered note-ons, ``send_many`` in batches of 64, the capture pin
-        drained after every batch, every message checked in order.
+        drained after every batch, every message checked in order."""
+        messages = numbered_messages(count)
+        batches = [messages[i : i + BATCH] for i in range(0, count, BATCH)]
+        return self._throughput(messages, batches, [len(b) for b in batches],
+                                self.out.send_many, self._drain, window, drain_timeout)
+
+    def _throughput(
+        self, messages: list[bytes], batches: list[Any], sizes: list[int],
+        send: Callable[..., None], drain: Callable[[SequenceCheck], None],
+        window: int, drain_timeout: float,
+    ) -> ThroughputResult:
+        """Send `batches` (of `sizes` messages) with `send`, `drain` after each, and check
+        every message in order.
 
         At most ``window`` messages are in flight: the kernel drops what does not fit a
         capture ring (the pin's ``dropped``), so a client that wants zero loss must
         not let a descheduled moment of its own overflow it.
         """
-        messages = numbered_messages(count)
         check = SequenceCheck(messages)
-        batches = [messages[i : i + BATCH] for i in range(0, count, BATCH)]
-        send_many, poll = self.out.send_many, self.inp.poll
+        poll = self.inp.poll
         dropped_before = self.inp.dropped
         sent = 0
         t0 = time.perf_counter()
-        for batch in batches:
-            while sent + len(batch) - check.expected - check.out_of_order > window:
+        for batch, n in zip(batches, sizes, strict=True):
+            while sent + n - check.expected - check.out_of_order > window:
                 before = check.expected
                 if poll(drain_timeout):
-                    self._drain(check)
+                    drain(check)
                 if check.expected == before:
                     raise RuntimeError(f"the loopback stalled for {drain_timeout:g} s")
-            send_many(batch, timeout=drain_timeout)
-            sent += len(batch)
-            self._drain(check)
+            send(batch, timeout=drain_timeout)
+            sent += n
+            drain(check)
         note = ""
         deadline = time.monotonic() + drain_timeout
         while not check.done:
@@ -234,7 +216,7 @@ class LoopbackPins:
                 note = f"tail not delivered within {drain_timeout:g} s"
                 break
             if poll(min(remaining, 0.5)):
-                self._drain(check)
+                drain(check)
         seconds = time.perf_counter() - t0
         dropped = self.inp.dropped - dropped_before
         if dropped:
