@@ -97,11 +97,11 @@ class RenderPin(Pin):
                 if room > 0:
                     records = reader.receive_many(max_records=room)
                     if records:
-                        records = check_render(records, self.stats, self.miniport_kind == "dmus"
-                                               or is_dmus_format(self.format))
-                    if records and (self.miniport_kind == "dmus" or is_dmus_format(self.format)):
-                        records = convert_render(records, is_dmus_format(self.format),
-                                                 self.miniport_kind == "dmus", self.stats)
+                        pin_dmus = is_dmus_format(self.format)
+                        mp_dmus = self.miniport_kind == "dmus"
+                        records = check_render(records, self.stats, pin_dmus or mp_dmus)
+                        if records and (pin_dmus or mp_dmus):
+                            records = convert_render(records, pin_dmus, mp_dmus, self.stats)
                     queue.extend(records)
             except RingError as exc:
                 self._client_ring_fault(exc)

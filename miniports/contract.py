@@ -32,6 +32,7 @@ from ipc.status import Status, StatusError
 __all__ = [
     "MXF",
     "AllocatorMXF",
+    "CaptureMXF",
     "DataFormat",
     "DataRange",
     "DmusKernelEvent",
@@ -503,6 +504,34 @@ class AllocatorMXF(MXF):
     @abstractmethod
     def put_buffer(self, buffer: bytearray) -> None:
         """Give back a buffer from `get_buffer`."""
+
+
+class CaptureMXF(MXF):
+    """A capture stream's usual wiring (the DirectMusic counterpart of FifoCaptureStream):
+    `connect_output` keeps the port's sink, `put_message` passes the miniport's stamped
+    events to it, and hands them back to `allocator` while no sink is connected (so
+    none leak). Subclasses override `set_state`/`close` for their hardware."""
+
+    def __init__(self, allocator: AllocatorMXF) -> None:
+        self.allocator = allocator
+        self.state = KsState.STOP
+        self.sink: MXF | None = None
+
+    def set_state(self, state: KsState) -> None:
+        self.state = state
+
+    def put_message(self, event: DmusKernelEvent) -> None:
+        if self.sink is None:
+            self.allocator.put_message(event)
+        else:
+            self.sink.put_message(event)
+
+    def connect_output(self, sink: MXF) -> None:
+        self.sink = sink
+
+    def disconnect_output(self, sink: MXF) -> None:
+        if sink is self.sink:
+            self.sink = None
 
 
 class MasterClock(ABC):

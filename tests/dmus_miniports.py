@@ -42,6 +42,7 @@ from ipc.ks import (
 from miniports.contract import (
     MXF,
     AllocatorMXF,
+    CaptureMXF,
     DataFormat,
     DmusKernelEvent,
     KsState,
@@ -116,27 +117,10 @@ class LoopRender(MXF):
         self.owner.render = None
 
 
-class LoopCapture(MXF):
+class LoopCapture(CaptureMXF):
     def __init__(self, owner: DmusLoopback) -> None:
+        super().__init__(owner.allocator)
         self.owner = owner
-        self.state = KsState.STOP
-        self.sink: MXF | None = None
-
-    def set_state(self, state: KsState) -> None:
-        self.state = state
-
-    def put_message(self, event: DmusKernelEvent) -> None:
-        if self.sink is None:
-            self.owner.allocator.put_message(event)
-        else:
-            self.sink.put_message(event)
-
-    def connect_output(self, sink: MXF) -> None:
-        self.sink = sink
-
-    def disconnect_output(self, sink: MXF) -> None:
-        if sink is self.sink:
-            self.sink = None
 
     def close(self) -> None:
         self.owner.capture = None

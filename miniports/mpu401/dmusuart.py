@@ -40,6 +40,7 @@ from ipc.dmusic import (
 from miniports.contract import (
     MXF,
     AllocatorMXF,
+    CaptureMXF,
     DataFormat,
     DmusKernelEvent,
     FilterDescriptor,
@@ -181,13 +182,12 @@ class DmusUartRender(MXF, ServiceSink):
         self.owner.renders.pop(self.pin, None)
 
 
-class DmusUartCapture(MXF):
+class DmusUartCapture(CaptureMXF):
     """The capture stream: what the ISR kept, put into the port's sink by `service`."""
 
     def __init__(self, owner: DMusUartMiniport) -> None:
+        super().__init__(owner.allocator)
         self.owner = owner
-        self.state = KsState.STOP
-        self.sink: MXF | None = None
 
     def set_state(self, state: KsState) -> None:
         hw = self.owner.hw
@@ -198,19 +198,6 @@ class DmusUartCapture(MXF):
                 hw.ring.clear()
         if leaving_run:
             hw.publish_statistics()
-
-    def put_message(self, event: DmusKernelEvent) -> None:
-        if self.sink is None:
-            self.owner.allocator.put_message(event)
-        else:
-            self.sink.put_message(event)
-
-    def connect_output(self, sink: MXF) -> None:
-        self.sink = sink
-
-    def disconnect_output(self, sink: MXF) -> None:
-        if sink is self.sink:
-            self.sink = None
 
     def close(self) -> None:
         hw = self.owner.hw
