@@ -654,6 +654,12 @@ class Interrupt:
 
 MAX_INTERRUPT_GROUPS: Final = 4096
 _GROUP_ID: Final = struct.Struct("<q")
+INTERRUPT_HEARTBEAT: Final = 1
+"""Record flag on the interrupt channel: not an interrupt but the host's heartbeat, with no
+payload. The host writes it without ringing the doorbell, and the kernel takes it when it
+next reads the ring (an interrupt, its safety sweep, its heartbeat check), so an idle
+host proves it is alive without waking the kernel or either side's ZeroMQ I/O thread.
+Interrupt records carry flags 0; any other flag is malformed."""
 
 
 def encode_interrupt(groups: list[int]) -> bytes:

@@ -102,6 +102,13 @@ class MiniportConnection:
         self.loop.watch_interrupt_fd(reader.data_fileno(), self.take_interrupts)
         return proc_fd_ref(self._interrupt_fds)
 
+    @property
+    def settled(self) -> bool:
+        """The host has sent something since registering (see `peer_settled`): reading
+        its interrupt ring unasked (sweeps, heartbeat checks) cannot close the kernel's
+        descriptors before the host opened them."""
+        return not self._interrupt_fds
+
     def peer_settled(self) -> None:
         """The host answered after registering: it opened the interrupt channel or never
         will; close the kernel's copies of its descriptors (idempotent)."""
@@ -128,7 +135,10 @@ class MiniportConnection:
                 self.loop.stats["interrupt_hangups"] += 1
             for record in records:
                 try:
-                    self.interrupt(p.decode_interrupt(record.data))
+                    if record.flags:
+                        self._heartbeat_record(record.flags, len(record.data))
+                    else:
+                        self.interrupt(p.decode_interrupt(record.data))
                 except (p.ProtocolError, StatusError):
                     self.loop.stats["bus_rejected"] += 1
                     self.count_malformed()
@@ -136,6 +146,14 @@ class MiniportConnection:
                     return
             if len(records) < INTERRUPT_BATCH and reader.prepare_to_sleep():
                 return
+
+    def _heartbeat_record(self, flags: int, size: int) -> None:
+        """A record with flags on the interrupt ring: the host's heartbeat (see
+        p.INTERRUPT_HEARTBEAT), else ProtocolError."""
+        if flags != p.INTERRUPT_HEARTBEAT or size:
+            raise p.ProtocolError(f"an interrupt record with flags {flags:#x}, {size} bytes")
+        self.last_seen = self.loop.clock_seconds()
+        self.loop.stats["heartbeat_records"] += 1
 
     def interrupt(self, groups: list[int]) -> None:
         """The miniport's ISR ran: notify each group (NOTIFY_ALL: every group)."""

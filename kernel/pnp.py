@@ -343,6 +343,12 @@ class PnpManager(adapters.AdapterCalls):
         )
 
     def _check_heartbeats(self) -> None:
+        # Hosts write their heartbeats into the interrupt ring without a doorbell: take
+        # them first (and any interrupt behind them, as the safety sweep would).
+        for device in tuple(self.devices.values()):
+            for conn in device.conns:
+                if conn.settled:
+                    conn.take_interrupts()
         now = self.loop.clock_seconds()
         for device in tuple(self.devices.values()):
             for conn in device.conns:
@@ -355,7 +361,8 @@ class PnpManager(adapters.AdapterCalls):
         # A wake-up lost to store reordering (Python cannot fence) is rescued here.
         for device in tuple(self.devices.values()):
             for conn in device.conns:
-                conn.take_interrupts()
+                if conn.settled:
+                    conn.take_interrupts()
         self.loop.scheduler.run_dpcs()
         for device in tuple(self.devices.values()):
             for port in device.ports:

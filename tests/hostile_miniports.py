@@ -42,6 +42,10 @@ DOORBELL_FLOOD = 6
 """Ring the kernel's interrupt doorbell with nothing behind it, for up to 10 s."""
 RING_TRUNCATE = 7
 """ftruncate() its stream rings and its interrupt ring (REFUSED: EPERM every time)."""
+BAD_INTERRUPT_RECORDS = 8
+"""Write records the kernel must refuse into its interrupt ring: an unknown flag, a
+heartbeat with a payload, two flags at once (each dropped and counted; the note that
+reports the outcome comes back through the same ring behind them)."""
 
 REFUSED = 1
 """The outcome: the host refused the attack with STATUS_INVALID_PARAMETER."""
@@ -165,6 +169,13 @@ class HostileLoopback(LoopbackMiniport):
             return REFUSED
         if code == RING_TRUNCATE:
             return self._truncate_rings()
+        if code == BAD_INTERRUPT_RECORDS:
+            ring = self._port.bus._interrupts.ring  # type: ignore[union-attr]
+            for flags, payload in ((0x40, b""), (p.INTERRUPT_HEARTBEAT, bytes(8)),
+                                   (p.INTERRUPT_HEARTBEAT | 2, b"")):
+                if not ring.try_put(payload, 0, flags):
+                    return ALLOWED  # nothing written: the test must not pass vacuously
+            return REFUSED
         return 0
 
     def _truncate_rings(self) -> int:

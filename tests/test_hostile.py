@@ -37,6 +37,7 @@ from tests.hostile import (
     kernel_resources,
 )
 from tests.hostile_miniports import (
+    BAD_INTERRUPT_RECORDS,
     CALL_FLOOD,
     DOORBELL_FLOOD,
     GROUP_CYCLE,
@@ -457,5 +458,19 @@ def test_a_client_flooding_its_doorbell_is_disconnected(hostile_kernel) -> None:
             flooder.join()
             with pytest.raises(ksclient.KsError):  # the session was ended
                 out.run()
+        assert_kernel_serves(kernel)
+    steady.stop()
+
+
+def test_records_the_kernel_cannot_take_on_the_interrupt_ring_are_counted(start_kernel) -> None:
+    """Heartbeats share the interrupt ring (p.INTERRUPT_HEARTBEAT): a record with another
+    flag, or a heartbeat with a payload, is dropped and counted, and what follows it in
+    the ring (the interrupt that brings the outcome back) is still served."""
+    kernel = start_kernel(HOSTILE_TARGET)
+    with SteadyStream(kernel.runtime) as steady:
+        before = kernel_stats(kernel).get("bus_rejected", 0)
+        assert _attack(kernel, BAD_INTERRUPT_RECORDS) == [
+            bytes([0x90, BAD_INTERRUPT_RECORDS, REFUSED])]
+        assert kernel_stats(kernel).get("bus_rejected", 0) - before == 3
         assert_kernel_serves(kernel)
     steady.stop()

@@ -49,6 +49,7 @@ class KernelBus:
         self._outbox: collections.deque[Any] = collections.deque()
         self._events: list[bytes] = []
         self._interrupts: ChannelWriter | None = None
+        self._beaten = False
 
     @property
     def has_unsent(self) -> bool:
@@ -130,6 +131,20 @@ class KernelBus:
         ):
             return
         self.post(p.Interrupt(groups))
+
+    def heartbeat(self) -> None:
+        """Tell the kernel this host is alive: a quiet record in the interrupt ring (see
+        p.INTERRUPT_HEARTBEAT; no doorbell, so an idle kernel is not woken for it), or a
+        bus message when there is no ring or it is full. The first goes on the bus all
+        the same: a kernel reads the ring unasked only once the host has said something
+        after registering (kernel.connection `settled`)."""
+        channel = self._interrupts
+        if channel is not None and self._beaten:
+            with contextlib.suppress(RingError):
+                if channel.ring.try_put(b"", 0, p.INTERRUPT_HEARTBEAT):
+                    return
+        self._beaten = True
+        self.post(p.Heartbeat())
 
     def close(self) -> None:
         # The Unload reply must reach the kernel before the socket goes (libzmq#4660).

@@ -194,7 +194,7 @@ class MiniportHost:
         self._run_jobs()
         now = time.monotonic()
         if now >= next_beat:
-            self.bus.post(p.Heartbeat())
+            self.bus.heartbeat()
             next_beat = now + self.heartbeat
             self.streams.pump_all()
         self.streams.retry_due(now)
