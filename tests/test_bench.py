@@ -66,8 +66,10 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     assert isinstance(doc["idle_cpu_percent"], float) and doc["idle_cpu_percent"] >= 0
     assert doc["cpu"]["idle"]["miniports"] == 3
     assert set(doc["cpu"]["load"]["processes"]) >= {"kernel", "miniport loopback"}
-    steps = doc["rate_ladder"]["steps"]
-    assert steps and all(step["lost"] == 0 or not step["passed"] for step in steps)
+    for key in ("rate_ladder", "rate_ladder_batch"):
+        steps = doc[key]["steps"]
+        assert steps and all(step["lost"] == 0 or not step["passed"] for step in steps), key
+        assert all(step["sent"] > 0 and step["latency"]["samples"] > 0 for step in steps), key
     cells = doc["scaling"]["cells"]
     assert [(c["clients"], c["miniports"]) for c in cells] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     for cell in cells:

@@ -11,7 +11,8 @@ kernel (parser) -> client through it:
   message checked in order, zero loss expected;
 * :meth:`LoopbackPins.throughput_per_message`: the same with ``send_many`` of 64
   message objects and ``receive_nowait`` per message (the figure beside it);
-* :meth:`LoopbackPins.paced`: a fixed send rate, latency from each message's
+* :meth:`LoopbackPins.paced`: a fixed send rate (per message, or through the batch
+  path), latency from each message's
   scheduled send time to its receipt (so a late sender is counted, not hidden).
 
 :class:`CpuMeter` reads the CPU time (user + system, psutil) of a kernel process and
@@ -223,15 +224,20 @@ class LoopbackPins:
             note = "; ".join(x for x in (note, f"capture ring dropped {dropped}") if x)
         return ThroughputResult.from_check(check, seconds, window, note)
 
-    def paced(self, rate: int, seconds: float, drain_timeout: float = 3.0) -> RateStep:
+    def paced(
+        self, rate: int, seconds: float, drain_timeout: float = 3.0, batched: bool = False,
+    ) -> RateStep:
         """Send numbered note-ons at ``rate`` per second for ``seconds``, single thread.
 
         The schedule is a batch every millisecond (tick ``j`` holds the messages
         ``j * rate // 1000`` up to ``(j + 1) * rate // 1000``); the sender sends every
-        batch that is due with one ``send_many``, then receives until the next tick.
+        batch that is due with one ``send_many`` (``batched``: one ``send_batch`` of the
+        bytes, received with ``receive_batch``), then receives until the next tick.
         A message's latency is its receipt time minus its batch's scheduled time, so
         a sender that falls behind is charged for it, not hidden.
         """
+        if batched:
+            return self._paced_batches(rate, seconds, drain_timeout)
         count = max(1, round(rate * seconds))
         ticks_per_s = 1_000_000_000 // TICK_NS
         messages = numbered_messages(count)
@@ -267,6 +273,58 @@ class LoopbackPins:
                         latency.append(received_at - t0 - j * TICK_NS)
             except would_block:
                 pass
+            if tick <= last_tick:
+                wait = (t0 + tick * TICK_NS - clock()) / 1e9
+                if wait > 0:
+                    _wait_readable(self.inp, wait)
+                continue
+            if end is None:
+                end = time.monotonic() + drain_timeout
+            elif time.monotonic() > end:
+                break
+            _wait_readable(self.inp, 0.05)
+        step.seconds = (clock() - t0) / 1e9
+        step.sent = sent
+        step.lost = check.lost()
+        if not check.done:
+            self.settle()
+        return step
+
+    def _paced_batches(self, rate: int, seconds: float, drain_timeout: float) -> RateStep:
+        """:meth:`paced` through the batch path: what is due goes as one buffer, and what
+        comes back is read as runs of messages (each run's messages share its receipt
+        time, which is when the client had them)."""
+        count = max(1, round(rate * seconds))
+        ticks_per_s = 1_000_000_000 // TICK_NS
+        messages = numbered_messages(count)
+        check = SequenceCheck(messages)
+        step = RateStep(rate)
+        latency = step.latency_ns
+        clock = time.perf_counter_ns
+        send_batch, receive_batch, take_run = (
+            self.out.send_batch, self.inp.receive_batch, check.take_run)
+        last_tick = -(-count * ticks_per_s // rate) - 1
+        t0 = clock() + TICK_NS
+        tick = 0
+        sent = 0
+        end = None
+        while not check.done:
+            now = clock()
+            if tick <= last_tick and now >= t0 + tick * TICK_NS:
+                tick = min(last_tick, (now - t0) // TICK_NS) + 1
+                due = min(count, tick * rate // ticks_per_s)
+                if due > sent:
+                    send_batch(b"".join(messages[sent:due]), timeout=drain_timeout)
+                    sent = due
+            for batch in receive_batch(timeout=0):
+                received_at = clock()
+                k = check.expected
+                data = batch.data
+                take_run(data)
+                if check.expected == k + len(data) // 3:  # messages k.. in order
+                    for m in range(k, check.expected):
+                        j = -(-(m + 1) * ticks_per_s // rate) - 1
+                        latency.append(received_at - t0 - j * TICK_NS)
             if tick <= last_tick:
                 wait = (t0 + tick * TICK_NS - clock()) / 1e9
                 if wait > 0:
