@@ -158,7 +158,9 @@ class Doorbell:
         A pipe whose every write end is closed reads as end-of-file, and stays
         readable for ever: :attr:`hung_up` becomes True, and whoever polls it must
         stop (or spin until it notices the peer is gone by other means)."""
-        fd = self.fileno()
+        fd = self._fd
+        if fd < 0:
+            raise ValueError(f"doorbell {self.path} is closed")
         total = 0
         while True:
             try:

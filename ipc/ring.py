@@ -594,7 +594,10 @@ class Ring:
 
         Does not validate; a corrupt ring reads as readable and get_many raises.
         """
-        wr, rd = _INDICES.unpack_from(self._map(), _OFF_WRITE)
+        mm = self._mm
+        if mm is None:
+            raise ValueError(f"ring {self.path} is closed")
+        wr, rd = _INDICES.unpack_from(mm, _OFF_WRITE)
         return bool(wr != rd)
 
     def free_bytes(self) -> int:
@@ -623,7 +626,9 @@ class Ring:
         Python cannot fence between the flag store and the index load, so a wake-up
         can in principle be missed; sleepers must use a (long) safety timeout.
         """
-        mm = self._map()
+        mm = self._mm
+        if mm is None:
+            raise ValueError(f"ring {self.path} is closed")
         mm[_OFF_CONSUMER_ARMED : _OFF_CONSUMER_ARMED + 4] = _ARMED
         wr, rd = _INDICES.unpack_from(mm, _OFF_WRITE)
         if wr != rd:
@@ -633,14 +638,19 @@ class Ring:
 
     def disarm_consumer(self) -> None:
         """Consumer: clear the consumer-armed flag (woke up for another reason)."""
-        self._map()[_OFF_CONSUMER_ARMED : _OFF_CONSUMER_ARMED + 4] = _DISARMED
+        mm = self._mm
+        if mm is None:
+            raise ValueError(f"ring {self.path} is closed")
+        mm[_OFF_CONSUMER_ARMED : _OFF_CONSUMER_ARMED + 4] = _DISARMED
 
     def take_consumer_wakeup(self) -> bool:
         """Producer, after publishing: True (and the flag cleared) if the consumer armed.
 
         The caller must then wake the consumer. At most one True per arming.
         """
-        mm = self._map()
+        mm = self._mm
+        if mm is None:
+            raise ValueError(f"ring {self.path} is closed")
         if _U32.unpack_from(mm, _OFF_CONSUMER_ARMED)[0]:
             mm[_OFF_CONSUMER_ARMED : _OFF_CONSUMER_ARMED + 4] = _DISARMED
             return True
@@ -670,7 +680,9 @@ class Ring:
     def take_producer_wakeup(self) -> bool:
         """Consumer, after publishing the read index: True (flag cleared) if the producer
         armed; the caller must then wake it. At most one True per arming."""
-        mm = self._map()
+        mm = self._mm
+        if mm is None:
+            raise ValueError(f"ring {self.path} is closed")
         if _U32.unpack_from(mm, _OFF_PRODUCER_ARMED)[0]:
             mm[_OFF_PRODUCER_ARMED : _OFF_PRODUCER_ARMED + 4] = _DISARMED
             return True

@@ -29,6 +29,7 @@ INTERRUPT_BATCH: Final = 256
 EARLY_INTERRUPT_SECONDS: Final = 1.0
 MAX_EARLY_INTERRUPTS: Final = 1024
 MAX_GROUPS: Final = 4096
+NOTIFY_ALL: Final = p.NOTIFY_ALL
 
 Continuation = Callable[[p.Reply], None]
 
@@ -142,10 +143,14 @@ class MiniportConnection:
         self.loop.stats["interrupts"] += 1
         if trace.ON:
             trace.instant("interrupt", "interrupt", {"device": self.device, "groups": groups})
-        unknown = [gid for gid in groups if gid != p.NOTIFY_ALL and gid not in self.groups]
-        if unknown or self._early:  # behind a held one, in order
-            self._hold_early(groups, unknown)
+        known = self.groups
+        if self._early:  # behind a held one, in order
+            self._hold_early(groups, [g for g in groups if g != NOTIFY_ALL and g not in known])
             return
+        for gid in groups:
+            if gid not in known and gid != NOTIFY_ALL:
+                self._hold_early(groups, [g for g in groups if g != NOTIFY_ALL and g not in known])
+                return
         self.on_interrupt(groups)
 
     def _hold_early(self, groups: list[int], unknown: list[int]) -> None:

@@ -47,7 +47,10 @@ class Scheduler:
 
     def __init__(self, clock: Callable[[], int] = now_100ns) -> None:
         self.clock = clock
-        self._queue: collections.deque[Dpc] = collections.deque()
+        self.dpc_queue: collections.deque[Dpc] = collections.deque()
+        """The queued DPCs, first to run first: read-only outside this class (the
+        loop tests it for emptiness on every turn, cheaper than `pending`)."""
+        self._queue = self.dpc_queue
         self._timers: list[tuple[int, int, int, Timer]] = []
         self._seq = itertools.count()
         self.dpcs_run = 0
@@ -119,8 +122,11 @@ class Scheduler:
 
     def next_deadline(self) -> int | None:
         """The due time of the earliest armed timer, or None when no timer is armed."""
-        self._drop_stale()
-        return self._timers[0][0] if self._timers else None
+        timers = self._timers
+        # _drop_stale, inline: the loop asks on every turn it may sleep.
+        while timers and timers[0][3]._generation != timers[0][2]:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
 
     def due(self, now: int) -> bool:
         """True if a timer may be due at `now` (a stale entry can answer True; then

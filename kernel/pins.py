@@ -35,6 +35,7 @@ from kernel.servicegroup import ServiceGroup
 from kernel.streamclock import StreamClock
 
 CAPTURE_BATCH: Final = 256
+_RUN: Final = KsState.RUN
 
 
 class Pin:
@@ -95,6 +96,17 @@ class Pin:
             loop, handle, self.clock, self.capture,
             lambda body: self.notify_client(body), self.queue_empty,
         )
+
+    @property
+    def format(self) -> DataFormat:
+        """The pin's data format; setting it also sets `dmus_format`."""
+        return self._format
+
+    @format.setter
+    def format(self, fmt: DataFormat) -> None:
+        self._format = fmt
+        self.dmus_format = is_dmus_format(fmt)
+        """The format is KSDATAFORMAT_SUBTYPE_DIRECTMUSIC (derived once, not per batch)."""
 
     def open_channels(self) -> None:
         """Attach the kernel's ends of both rings (made by the kernel beforehand)."""
@@ -259,23 +271,29 @@ class CapturePin(Pin):
                 return
             if not records:
                 return
-            messages: list[tuple[int, int, bytes]] = []
-            taps = messages
+            messages: list[tuple[int, int, bytes]]
+            taps: list[tuple[int, int, bytes]]
             count = -1
             if self.dmus is not None:
                 grouped = self.dmus.feed(records)
-                messages = for_client(grouped, is_dmus_format(self.format), self.stats)
+                messages = for_client(grouped, self.dmus_format, self.stats)
                 taps = [(t, f, m) for t, f, _, m in grouped]
-            elif not is_dmus_format(self.format):
+            elif not self.dmus_format:
                 # A run of whole channel messages stays one (FLAG_PACKED) record.
-                count = 0
                 limit = self.client_writer.ring.max_payload if self.client_writer else 3
-                for record in records:
-                    out, n = parser.feed_packed(record.data, record.timestamp, limit)
-                    messages += out
-                    count += n
+                feed = parser.feed_packed
+                if len(records) == 1:
+                    record = records[0]
+                    messages, count = feed(record.data, record.timestamp, limit)
+                else:
+                    messages, count = [], 0
+                    for record in records:
+                        out, n = feed(record.data, record.timestamp, limit)
+                        messages += out
+                        count += n
                 taps = unpacked(messages) if self.taps else messages
             else:
+                messages = []
                 for record in records:
                     messages += parser.feed(record.data, record.timestamp)
                 taps = messages
@@ -283,14 +301,14 @@ class CapturePin(Pin):
             if trace.ON:
                 trace_captured(self.handle, records)
             # DirectMusic capture passes events up in PAUSE too (PortCls).
-            if self.state != KsState.RUN and not (
+            if self.state != _RUN and not (
                     self.dmus is not None and self.state == KsState.PAUSE):
                 self.stats["dropped"] += len(messages) if count < 0 else count
             else:
                 if self.taps:
                     copy_to(self.taps, taps)
                 self.backlog = messages
-                if not self._flush_backlog():
+                if not self._flush_backlog(count):
                     return
             if len(records) < CAPTURE_BATCH:
                 # The ring was empty after these; what the miniport reads next comes
@@ -303,16 +321,25 @@ class CapturePin(Pin):
             out["stray_bytes"] += self.dmus.stray_bytes
         return out
 
-    def _flush_backlog(self) -> bool:
+    def _flush_backlog(self, count: int = -1) -> bool:
+        """Send the backlog to the client; False if its ring filled up (the rest waits
+        for room). `count`: the messages the whole backlog holds, if the caller knows
+        (-1: counted here)."""
         writer = self.client_writer
         assert writer is not None
         backlog = self.backlog
         try:
             while backlog:
                 sent = writer.send_many(backlog)
+                if sent == len(backlog):
+                    self.stats["delivered"] += (
+                        count if count >= 0 else sum(map(packed_count, backlog)))
+                    backlog.clear()
+                    break
                 self.stats["delivered"] += sum(map(packed_count, backlog[:sent]))
                 del backlog[:sent]
-                if backlog and writer.prepare_to_wait_for_space(len(backlog[0][2])):
+                count = -1
+                if writer.prepare_to_wait_for_space(len(backlog[0][2])):
                     self.waiting_client = True
                     self.loop.watch_fd(writer.space_fileno(), self.on_client_space)
                     return False
