@@ -44,6 +44,7 @@ import mmap
 import os
 import stat
 import struct
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -384,6 +385,28 @@ class Ring:
         max_payload = self.max_payload
         free = start_free = cap - (wr - rd)
         pos = wr & self._mask
+        if (type(records) is list or type(records) is deque) and len(records) == 1:
+            # One record (a message at a time) that needs no wrap: written in place and
+            # published without the loop's buffers. Anything else takes the loop.
+            timestamp, flags, data = records[0]
+            if type(data) is not bytes:
+                data = memoryview(data).cast("B")
+            length = len(data)
+            size = (length + 23) & ~7
+            if length <= max_payload and size <= cap - pos:
+                if size > free:
+                    return 0
+                start = HEADER_SIZE + pos
+                try:
+                    # Header before payload here: neither is visible before the index.
+                    _REC.pack_into(mm, start, timestamp, length, flags, KIND_DATA)
+                except struct.error:
+                    raise InvalidRecord(
+                        f"record 0: timestamp {timestamp} or flags {flags} out of range", 0
+                    ) from None
+                mm[start + 16 : start + 16 + length] = data
+                mm[_OFF_WRITE : _OFF_WRITE + 8] = _U64.pack(wr + size)
+                return 1
         pack = _REC.pack
         pads = _PADS
         # Records are packed into one buffer per contiguous run of the data area and
@@ -475,11 +498,21 @@ class Ring:
         if not avail:
             return []
         max_payload = self.max_payload
+        pos = rd & self._mask
+        if 16 <= avail <= cap - pos:
+            # Exactly one data record readable, not at the end of the area: the common
+            # case of a message at a time, without the loop. Validated as below (a
+            # record that is not exactly this takes the loop, which raises).
+            timestamp, length, flags, kind = _REC.unpack_from(mm, HEADER_SIZE + pos)
+            if (length + 23) & ~7 == avail and kind == KIND_DATA and length <= max_payload:
+                start = HEADER_SIZE + 16 + pos
+                record = tuple.__new__(Record, (timestamp, flags, mm[start : start + length]))
+                mm[_OFF_READ : _OFF_READ + 8] = _U64.pack(wr)
+                return [record]
         unpack = _REC.unpack_from
         new = tuple.__new__
         out: list[Record] = []
         append = out.append
-        pos = rd & self._mask
         # Read bytes still unread just after the last record handed out: padding is
         # only consumed together with the record after it.
         left = avail
