@@ -440,8 +440,16 @@ class ChannelReader:
         """Take records as :meth:`Ring.get_many` does and wake the producer if it waits
         for room. After :meth:`prepare_to_sleep` returned True, this also drains the data
         doorbell and disarms, so call it after every wake-up (even a foreign one)."""
-        rung = self._armed and self._end_sleep()
         ring = self.ring
+        rung = 0
+        if self._armed:
+            # _end_sleep, inline.
+            self._armed = False
+            rung = self._data_bell.drain()
+            if rung:
+                self.wakeups_received += 1
+                self.idle_wakeups += rung - 1
+            ring.disarm_consumer()
         records = ring.get_many(max_records, max_bytes)
         if records:
             # _wake_producer, inline (every consumer's hot path).

@@ -475,6 +475,30 @@ class Ring:
         always returned when any is readable. Returns an empty list when the ring is
         empty. Raises ValueError if ``max_records < 1`` or ``max_bytes < 0``.
         """
+        mm = self._mm
+        if mm is None:
+            raise ValueError(f"ring {self.path} is closed")
+        # The indices, validated as _indices does, inline: this is every consumer's
+        # hot path, and an empty ring (a foreign wake-up) returns here.
+        wr, rd = _INDICES.unpack_from(mm, _OFF_WRITE)
+        avail = wr - rd
+        pos = rd & self._mask
+        if (
+            16 <= avail <= self.capacity - pos
+            and not (wr | rd) & 7
+            and max_records >= 1
+            and (max_bytes is None or max_bytes >= 0)
+        ):
+            # Records readable up to the end of the area at most, and the indices and
+            # arguments valid: if that is exactly one data record (the common case of a
+            # message at a time), it is taken without the loop, validated as there (a
+            # record that is not exactly that takes the loop, which raises).
+            timestamp, length, flags, kind = _REC.unpack_from(mm, HEADER_SIZE + pos)
+            if (length + 23) & ~7 == avail and kind == KIND_DATA and length <= self.max_payload:
+                start = HEADER_SIZE + 16 + pos
+                record = tuple.__new__(Record, (timestamp, flags, mm[start : start + length]))
+                mm[_OFF_READ : _OFF_READ + 8] = _U64.pack(wr)
+                return [record]
         if max_records < 1:
             raise ValueError("max_records must be at least 1")
         # No limit: a budget no ring can exhaust (payloads total at most MAX_CAPACITY).
@@ -483,14 +507,7 @@ class Ring:
             if max_bytes < 0:
                 raise ValueError("max_bytes must not be negative")
             budget = max_bytes
-        mm = self._mm
-        if mm is None:
-            raise ValueError(f"ring {self.path} is closed")
-        # The indices, validated as _indices does, inline: this is every consumer's
-        # hot path, and an empty ring (a foreign wake-up) returns here.
-        wr, rd = _INDICES.unpack_from(mm, _OFF_WRITE)
         cap = self.capacity
-        avail = wr - rd
         if (wr | rd) & 7 or not 0 <= avail <= cap:
             raise RingCorrupt(
                 f"{self.path}: inconsistent indices: write {wr}, read {rd}, capacity {cap}"
@@ -498,17 +515,6 @@ class Ring:
         if not avail:
             return []
         max_payload = self.max_payload
-        pos = rd & self._mask
-        if 16 <= avail <= cap - pos:
-            # Exactly one data record readable, not at the end of the area: the common
-            # case of a message at a time, without the loop. Validated as below (a
-            # record that is not exactly this takes the loop, which raises).
-            timestamp, length, flags, kind = _REC.unpack_from(mm, HEADER_SIZE + pos)
-            if (length + 23) & ~7 == avail and kind == KIND_DATA and length <= max_payload:
-                start = HEADER_SIZE + 16 + pos
-                record = tuple.__new__(Record, (timestamp, flags, mm[start : start + length]))
-                mm[_OFF_READ : _OFF_READ + 8] = _U64.pack(wr)
-                return [record]
         unpack = _REC.unpack_from
         new = tuple.__new__
         out: list[Record] = []

@@ -112,7 +112,8 @@ class MiniportConnection:
 
     def take_interrupts(self) -> None:
         """Interrupt level: notify the port for every record in the interrupt ring."""
-        self.peer_settled()
+        if self._interrupt_fds:
+            self.peer_settled()
         reader = self.interrupts
         while reader is not None and not self.closed:
             try:
@@ -140,7 +141,7 @@ class MiniportConnection:
 
     def interrupt(self, groups: list[int]) -> None:
         """The miniport's ISR ran: notify each group (NOTIFY_ALL: every group)."""
-        self.loop.stats["interrupts"] += 1
+        self.loop.interrupts += 1
         if trace.ON:
             trace.instant("interrupt", "interrupt", {"device": self.device, "groups": groups})
         known = self.groups

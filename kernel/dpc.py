@@ -51,7 +51,10 @@ class Scheduler:
         """The queued DPCs, first to run first: read-only outside this class (the
         loop tests it for emptiness on every turn, cheaper than `pending`)."""
         self._queue = self.dpc_queue
-        self._timers: list[tuple[int, int, int, Timer]] = []
+        self.timers: list[tuple[int, int, int, Timer]] = []
+        """The timer heap, (due, sequence, generation, timer): read-only outside this
+        class; entries whose generation is not their timer's are stale."""
+        self._timers = self.timers
         self._seq = itertools.count()
         self.dpcs_run = 0
         self.dpc_errors = 0

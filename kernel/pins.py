@@ -253,19 +253,16 @@ class CapturePin(Pin):
     def _channels(self) -> tuple[list[ChannelReader | None], list[ChannelWriter | None]]:
         return [self.mp_reader], [self.client_writer]
 
-    def request_service(self) -> None:
-        self.drain()
-
     def drain(self) -> None:
         """The port's capture service: parse what the miniport read, deliver to the client."""
-        reader, parser = self.mp_reader, self.parser
-        if reader is None or self.removed is not None or self.waiting_client:
+        reader, writer, parser = self.mp_reader, self.client_writer, self.parser
+        if reader is None or writer is None or self.removed is not None or self.waiting_client:
             return
         if self.backlog and not self._flush_backlog():
             return
         while True:
             try:
-                records = reader.receive_many(max_records=CAPTURE_BATCH)
+                records = reader.receive_many(CAPTURE_BATCH)
             except RingError as exc:
                 self._miniport_ring_fault(exc)
                 return
@@ -280,7 +277,7 @@ class CapturePin(Pin):
                 taps = [(t, f, m) for t, f, _, m in grouped]
             elif not self.dmus_format:
                 # A run of whole channel messages stays one (FLAG_PACKED) record.
-                limit = self.client_writer.ring.max_payload if self.client_writer else 3
+                limit = writer.ring.max_payload
                 feed = parser.feed_packed
                 if len(records) == 1:
                     record = records[0]
@@ -307,13 +304,27 @@ class CapturePin(Pin):
             else:
                 if self.taps:
                     copy_to(self.taps, taps)
-                self.backlog = messages
-                if not self._flush_backlog(count):
+                try:
+                    sent = writer.send_many(messages)
+                except RingError as exc:
+                    self._client_ring_fault(exc)
                     return
+                if sent == len(messages):
+                    self.stats["delivered"] += (
+                        count if count >= 0 else sum(map(packed_count, messages)))
+                else:
+                    # The client's ring is full: the rest waits in the backlog.
+                    self.stats["delivered"] += sum(map(packed_count, messages[:sent]))
+                    self.backlog = messages[sent:]
+                    if not self._flush_backlog():
+                        return
             if len(records) < CAPTURE_BATCH:
                 # The ring was empty after these; what the miniport reads next comes
                 # with its own interrupt.
                 return
+
+    request_service = drain
+    """As a member of a service group: drain (the same method, no forwarding call)."""
 
     def info(self) -> dict[str, Any]:
         out = super().info()
@@ -321,25 +332,18 @@ class CapturePin(Pin):
             out["stray_bytes"] += self.dmus.stray_bytes
         return out
 
-    def _flush_backlog(self, count: int = -1) -> bool:
+    def _flush_backlog(self) -> bool:
         """Send the backlog to the client; False if its ring filled up (the rest waits
-        for room). `count`: the messages the whole backlog holds, if the caller knows
-        (-1: counted here)."""
+        for room)."""
         writer = self.client_writer
         assert writer is not None
         backlog = self.backlog
         try:
             while backlog:
                 sent = writer.send_many(backlog)
-                if sent == len(backlog):
-                    self.stats["delivered"] += (
-                        count if count >= 0 else sum(map(packed_count, backlog)))
-                    backlog.clear()
-                    break
                 self.stats["delivered"] += sum(map(packed_count, backlog[:sent]))
                 del backlog[:sent]
-                count = -1
-                if writer.prepare_to_wait_for_space(len(backlog[0][2])):
+                if backlog and writer.prepare_to_wait_for_space(len(backlog[0][2])):
                     self.waiting_client = True
                     self.loop.watch_fd(writer.space_fileno(), self.on_client_space)
                     return False

@@ -99,7 +99,7 @@ class RenderPin(Pin):
             room = SEQUENCER_LIMIT - len(queue)
             try:
                 if room > 0:
-                    records = reader.receive_many(max_records=room)
+                    records = reader.receive_many(room)
                     if records:
                         pin_dmus = self.dmus_format
                         mp_dmus = self.miniport_kind == "dmus"
@@ -146,7 +146,11 @@ class RenderPin(Pin):
         ahead = release_ahead(self.schedule_prefetch) if dmus else 0
         while True:
             now = clock()
-            stream_now = stream.time(now)
+            # stream.time(now), inline (in RUN, run_since is set).
+            run_since = stream.run_since
+            stream_now = stream.frozen
+            if run_since is not None and now > run_since:
+                stream_now += now - run_since
             due = 0
             for record in queue:
                 flags = record[1]
