@@ -280,12 +280,12 @@ class CapturePin(Pin):
                 limit = writer.ring.max_payload
                 feed = parser.feed_packed
                 if len(records) == 1:
-                    record = records[0]
-                    messages, count = feed(record.data, record.timestamp, limit)
+                    timestamp, _, data = records[0]
+                    messages, count = feed(data, timestamp, limit)
                 else:
                     messages, count = [], 0
-                    for record in records:
-                        out, n = feed(record.data, record.timestamp, limit)
+                    for timestamp, _, data in records:
+                        out, n = feed(data, timestamp, limit)
                         messages += out
                         count += n
                 taps = unpacked(messages) if self.taps else messages

@@ -103,9 +103,12 @@ class RenderPin(Pin):
                     if records:
                         pin_dmus = self.dmus_format
                         mp_dmus = self.miniport_kind == "dmus"
-                        records = check_render(records, self.stats, pin_dmus or mp_dmus)
-                        if records and (pin_dmus or mp_dmus):
-                            records = convert_render(records, pin_dmus, mp_dmus, self.stats)
+                        if pin_dmus or mp_dmus:
+                            records = check_render(records, self.stats, True)
+                            if records:
+                                records = convert_render(records, pin_dmus, mp_dmus, self.stats)
+                        else:
+                            records = check_render(records, self.stats, False)
                         queue.extend(records)
             except RingError as exc:
                 self._client_ring_fault(exc)
@@ -163,10 +166,12 @@ class RenderPin(Pin):
                 # The whole queue (the common case) goes as it is, without a copy.
                 batch: collections.deque[Record] | list[Record] = (
                     queue if due == len(queue) else list(itertools.islice(queue, due)))
-                start = trace.now() if trace.ON else 0
-                sent = writer.send_many(self._master_times(batch, now) if dmus else batch)
                 if trace.ON:
+                    start = trace.now()
+                    sent = writer.send_many(self._master_times(batch, now) if dmus else batch)
                     trace_released(start, self.handle, self.stats["released"], sent)
+                else:
+                    sent = writer.send_many(self._master_times(batch, now) if dmus else batch)
                 self.stats["released"] += sent
                 if self.taps and sent:
                     # As played: the shared-clock time it went to the miniport.
