@@ -287,14 +287,15 @@ class ChannelWriter:
             self.end_wait_for_space()
         ring = self.ring
         try:
-            n = ring.put_many(records)
+            n = ring.put_many(records, take_wakeup=True)
         except InvalidRecord as e:
             # The records before the bad one were published.
             if e.written:
                 self._wake_consumer()
             raise
-        # _wake_consumer, inline (every producer's hot path).
-        if n and ring.take_consumer_wakeup():
+        # _wake_consumer, inline: put_many took the wake-up (every producer's hot path).
+        if ring.consumer_wakeup:
+            ring.consumer_wakeup = False
             self._data_bell.ring()
             self.wakeups_sent += 1
         return n
@@ -450,10 +451,11 @@ class ChannelReader:
                 self.wakeups_received += 1
                 self.idle_wakeups += rung - 1
             ring.disarm_consumer()
-        records = ring.get_many(max_records, max_bytes)
+        records = ring.get_many(max_records, max_bytes, take_wakeup=True)
         if records:
-            # _wake_producer, inline (every consumer's hot path).
-            if ring.take_producer_wakeup():
+            # _wake_producer, inline: get_many took the wake-up (every consumer's hot path).
+            if ring.producer_wakeup:
+                ring.producer_wakeup = False
                 self._space_bell.ring()
                 self.space_wakeups_sent += 1
         elif rung:

@@ -176,6 +176,14 @@ class Ring:
     path: Path
     capacity: int
     max_payload: int
+    consumer_wakeup: bool
+    """Set by ``put_many(..., take_wakeup=True)`` when it took the consumer's wake-up
+    (as :meth:`take_consumer_wakeup` would have); the caller clears it once it woke the
+    consumer."""
+    producer_wakeup: bool
+    """Set by ``get_many(..., take_wakeup=True)`` when it took the producer's wake-up
+    (as :meth:`take_producer_wakeup` would have); the caller clears it once it woke the
+    producer."""
 
     def __init__(self, path: Path, fd: int, mm: mmap.mmap, capacity: int) -> None:
         """Internal; use :meth:`create` or :meth:`attach`."""
@@ -187,6 +195,8 @@ class Ring:
         self._fd = fd
         self._mm: mmap.mmap | None = mm
         self._mask = capacity - 1
+        self.consumer_wakeup = False
+        self.producer_wakeup = False
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], capacity: int = DEFAULT_CAPACITY) -> Ring:
@@ -363,7 +373,9 @@ class Ring:
         _store_u64(mm, _OFF_WRITE, wr + span)
         return True
 
-    def put_many(self, records: Iterable[tuple[int, int, Buffer]]) -> int:
+    def put_many(
+        self, records: Iterable[tuple[int, int, Buffer]], *, take_wakeup: bool = False
+    ) -> int:
         """Producer: append ``(timestamp, flags, data)`` records in order.
 
         Writes records until one does not fit, then publishes the write index once and
@@ -371,6 +383,10 @@ class Ring:
         has been consumed from it; pass a sequence and slice it to retry the rest.
         An invalid record raises :class:`InvalidRecord` (a ValueError) after the
         records before it have been published.
+
+        ``take_wakeup``: once records were written (and no exception raised), also do
+        what :meth:`take_consumer_wakeup` does, setting :attr:`consumer_wakeup` if it
+        took one: one call for the producer's hot path.
         """
         mm = self._mm
         if mm is None:
@@ -406,6 +422,9 @@ class Ring:
                     ) from None
                 mm[start + 16 : start + 16 + length] = data
                 mm[_OFF_WRITE : _OFF_WRITE + 8] = _U64.pack(wr + size)
+                if take_wakeup and _U32.unpack_from(mm, _OFF_CONSUMER_ARMED)[0]:
+                    mm[_OFF_CONSUMER_ARMED : _OFF_CONSUMER_ARMED + 4] = _DISARMED
+                    self.consumer_wakeup = True
                 return 1
         pack = _REC.pack
         pads = _PADS
@@ -461,6 +480,9 @@ class Ring:
                 # See try_put for why this store order is all the ordering we get;
                 # one copy, as _store_u64 does.
                 mm[_OFF_WRITE : _OFF_WRITE + 8] = _U64.pack(wr + start_free - free)
+        if take_wakeup and n and _U32.unpack_from(mm, _OFF_CONSUMER_ARMED)[0]:
+            mm[_OFF_CONSUMER_ARMED : _OFF_CONSUMER_ARMED + 4] = _DISARMED
+            self.consumer_wakeup = True
         return n
 
     def get(self) -> Record | None:
@@ -468,12 +490,18 @@ class Ring:
         records = self.get_many(1)
         return records[0] if records else None
 
-    def get_many(self, max_records: int = 1024, max_bytes: int | None = None) -> list[Record]:
+    def get_many(
+        self, max_records: int = 1024, max_bytes: int | None = None, *, take_wakeup: bool = False
+    ) -> list[Record]:
         """Consumer: take up to ``max_records`` records in order, publishing once.
 
         ``max_bytes`` bounds the total payload returned, except that one record is
         always returned when any is readable. Returns an empty list when the ring is
         empty. Raises ValueError if ``max_records < 1`` or ``max_bytes < 0``.
+
+        ``take_wakeup``: once records were taken, also do what
+        :meth:`take_producer_wakeup` does, setting :attr:`producer_wakeup` if it took
+        one: one call for the consumer's hot path.
         """
         mm = self._mm
         if mm is None:
@@ -498,6 +526,9 @@ class Ring:
                 start = HEADER_SIZE + 16 + pos
                 record = tuple.__new__(Record, (timestamp, flags, mm[start : start + length]))
                 mm[_OFF_READ : _OFF_READ + 8] = _U64.pack(wr)
+                if take_wakeup and _U32.unpack_from(mm, _OFF_PRODUCER_ARMED)[0]:
+                    mm[_OFF_PRODUCER_ARMED : _OFF_PRODUCER_ARMED + 4] = _DISARMED
+                    self.producer_wakeup = True
                 return [record]
         if max_records < 1:
             raise ValueError("max_records must be at least 1")
@@ -572,6 +603,9 @@ class Ring:
             left = 0
         if left != wr - rd:
             mm[_OFF_READ : _OFF_READ + 8] = _U64.pack(wr - left)
+        if take_wakeup and out and _U32.unpack_from(mm, _OFF_PRODUCER_ARMED)[0]:
+            mm[_OFF_PRODUCER_ARMED : _OFF_PRODUCER_ARMED + 4] = _DISARMED
+            self.producer_wakeup = True
         return out
 
     def discard_all(self) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import heapq
 import logging
 import os
 import signal
@@ -24,10 +25,12 @@ import zmq
 
 from ipc.doorbell import defer_rings, flush_deferred_rings
 from ipc.procwatch import ProcessWatch
+from ipc.runtime import now_100ns
 from ipc.waiter import Waiter
 from kernel.dpc import Dpc, Scheduler
 
 log = logging.getLogger("portcls.kernel")
+monotonic_ns = time.monotonic_ns
 
 SAFETY_POLL_MS: Final = 1000
 _SWEEP_INTERVAL: Final = SAFETY_POLL_MS * 10_000
@@ -44,7 +47,8 @@ class KernelLoop:
     """One thread's loop: descriptors, sockets, timers and DPCs, in IRQL order."""
 
     def __init__(self) -> None:
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(now_100ns)
+        """On the shared clock, which `turn` reads inline (time.monotonic_ns() // 100)."""
         self.scheduler.on_dpc_error = self._dpc_error
         self.waiter = Waiter()
         self.stats = collections.Counter[str]()
@@ -146,19 +150,22 @@ class KernelLoop:
         and once after the wait: every turn of a busy loop pays for it.
         """
         sched = self.scheduler
-        clock = sched.clock
         dpcs = sched.dpc_queue
+        timers = sched.timers
         if dpcs:
             timeout = 0
         else:
-            now = clock()
+            # The scheduler's clock (now_100ns) and next_deadline(), inline: every
+            # turn of a busy loop pays for them.
+            now = monotonic_ns() // 100
             wake = self._sweep_due
-            deadline = sched.next_deadline()
+            while timers and timers[0][3].generation != timers[0][2]:
+                heapq.heappop(timers)  # a stale entry
             # A timer due a little after the sweep takes the sweep along: periodic
             # timers (heartbeat checks) and the sweep would otherwise keep waking the
             # loop twice a period, a few milliseconds apart, for ever.
-            if deadline is not None and deadline < wake + _SWEEP_SLACK:
-                wake = deadline
+            if timers and timers[0][0] < wake + _SWEEP_SLACK:
+                wake = timers[0][0]
             # Whole milliseconds, rounded up: waking early would only wait again.
             timeout = -((now - wake) // 10_000)
             if timeout > max_timeout_ms:
@@ -170,7 +177,7 @@ class KernelLoop:
         # woken peer that pre-empts the kernel then finds this turn's work all done.
         defer_rings()
         try:
-            now = clock()
+            now = monotonic_ns() // 100
             if now >= self._sweep_early:
                 # The sweeps run on any wake-up once most of their interval has passed,
                 # so that an idle loop woken by heartbeats and timers rarely needs a
@@ -203,7 +210,6 @@ class KernelLoop:
                         passive = [fd]
                     else:
                         passive.append(fd)
-            timers = sched.timers
             if timers and timers[0][0] <= now:  # sched.due(now), inline
                 sched.fire_due_timers()
             if dpcs:

@@ -79,10 +79,11 @@ class RenderPin(Pin):
         reader = self.client_reader
         assert reader is not None
         reader.end_sleep()
-        self.pump()
+        self.pump(True)
 
-    def pump(self) -> None:
-        """The sequencer: pull the client's events and release those that are due, in order."""
+    def pump(self, woken: bool = False) -> None:
+        """The sequencer: pull the client's events and release those that are due, in
+        order. `woken`: the client's doorbell woke the pin (its ring is worth a look)."""
         reader, writer = self.client_reader, self.mp_writer
         if (
             self.state != _RUN
@@ -93,7 +94,7 @@ class RenderPin(Pin):
         ):
             return
         queue = self.queue
-        if not queue and reader.asleep():
+        if not (queue or woken) and reader.asleep():
             return  # serviced for another reason: nothing to play
         while True:
             room = SEQUENCER_LIMIT - len(queue)
@@ -108,7 +109,12 @@ class RenderPin(Pin):
                             if records:
                                 records = convert_render(records, pin_dmus, mp_dmus, self.stats)
                         else:
-                            records = check_render(records, self.stats, False)
+                            for record in records:
+                                if record[1] & FLAG_PACKED:
+                                    # Only packed records need a look (the common
+                                    # case, none, costs no call).
+                                    records = check_render(records, self.stats, False)
+                                    break
                         queue.extend(records)
             except RingError as exc:
                 self._client_ring_fault(exc)

@@ -31,6 +31,7 @@ class ServiceGroup:
     def __init__(self, scheduler: Scheduler, name: str = "") -> None:
         self.name = name
         self._scheduler = scheduler
+        self._dpc_queue = scheduler.dpc_queue
         self._members: tuple[ServiceSink, ...] = ()
         """Replaced, never changed in place: a run iterates it without a copy, and
         members added or removed during the run take effect next time."""
@@ -79,7 +80,10 @@ class ServiceGroup:
     def request_service(self) -> None:
         """Queue the group's DPC (coalesces with a run already queued)."""
         self.requests += 1
-        self._scheduler.queue_dpc(self._dpc)
+        dpc = self._dpc
+        if not dpc.queued:  # Scheduler.queue_dpc, inline: every interrupt comes here
+            dpc.queued = True
+            self._dpc_queue.append(dpc)
 
     def _service_members(self) -> None:
         self.runs += 1
