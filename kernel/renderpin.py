@@ -37,6 +37,8 @@ from kernel.pins import Pin, trace_released
 SEQUENCER_LIMIT: Final = 4096
 """Render events the sequencer holds; beyond it the client's ring (and the client) waits."""
 _RUN: Final = KsState.RUN
+_NOT_AT_ONCE: Final = RENDER_FLAG_BUFFER_END | RENDER_FLAG_PHYSICAL_TIME
+"""Render flags that keep a record from the sequencer's straight path (see `pump`)."""
 FLUSH_ROUNDS: Final = 1024
 """At most this many batches of 1024 records are taken from a client's ring at once
 (STOP, cancel): a client that keeps writing meanwhile cannot hold the kernel."""
@@ -96,14 +98,15 @@ class RenderPin(Pin):
         queue = self.queue
         if not (queue or woken) and reader.asleep():
             return  # serviced for another reason: nothing to play
+        mp_dmus = self.miniport_kind == "dmus"
         while True:
             room = SEQUENCER_LIMIT - len(queue)
+            records: list[Record] = []
             try:
                 if room > 0:
                     records = reader.receive_many(room)
                     if records:
                         pin_dmus = self.dmus_format
-                        mp_dmus = self.miniport_kind == "dmus"
                         if pin_dmus or mp_dmus:
                             records = check_render(records, self.stats, True)
                             if records:
@@ -115,11 +118,32 @@ class RenderPin(Pin):
                                     # case, none, costs no call).
                                     records = check_render(records, self.stats, False)
                                     break
-                        queue.extend(records)
             except RingError as exc:
                 self._client_ring_fault(exc)
                 return
             try:
+                if records:
+                    if queue or mp_dmus or self.taps or trace.ON:
+                        queue.extend(records)
+                    else:
+                        # Nothing held, and the records due at once: none waits for a
+                        # later time or ends a buffer, and each is stamped no later than
+                        # the stream time stood at when it last stopped (in RUN it only
+                        # grows from there). They go to the miniport as they are, in
+                        # order, without the queue or a clock read (what _release would
+                        # do for them); anything else goes through the queue.
+                        frozen = self.clock.frozen
+                        for record in records:
+                            if record[1] & _NOT_AT_ONCE or record[0] > frozen:
+                                queue.extend(records)
+                                break
+                        else:
+                            sent = writer.send_many(records)
+                            self.stats["released"] += sent
+                            if sent < len(records):
+                                queue.extend(records[sent:])  # _release waits for room
+                            elif self.events.enabled:
+                                self.drained()
                 if queue and not self._release(queue, writer):
                     return  # the miniport's ring is full: on_miniport_space pumps again
             except RingError as exc:
