@@ -285,15 +285,19 @@ class ChannelWriter:
         return how many were written; at most one wake-up for the whole batch."""
         if self._waiting:
             self.end_wait_for_space()
+        ring = self.ring
         try:
-            n = self.ring.put_many(records)
+            n = ring.put_many(records, take_wakeup=True)
         except InvalidRecord as e:
             # The records before the bad one were published.
             if e.written:
                 self._wake_consumer()
             raise
-        if n:
-            self._wake_consumer()
+        # _wake_consumer, inline: put_many took the wake-up (every producer's hot path).
+        if ring.consumer_wakeup:
+            ring.consumer_wakeup = False
+            self._data_bell.ring()
+            self.wakeups_sent += 1
         return n
 
     def count_unread(self) -> int:
@@ -420,7 +424,13 @@ class ChannelReader:
     def end_sleep(self) -> None:
         """Stop sleeping: drain the data doorbell and disarm, without reading records
         (for an event loop woken while it does not want the data yet)."""
-        self._end_sleep()
+        # _end_sleep, inline: an event loop calls this on every wake-up.
+        self._armed = False
+        rung = self._data_bell.drain()
+        if rung:
+            self.wakeups_received += 1
+            self.idle_wakeups += rung - 1
+        self.ring.disarm_consumer()
 
     def _wake_producer(self) -> None:
         if self.ring.take_producer_wakeup():
@@ -431,10 +441,23 @@ class ChannelReader:
         """Take records as :meth:`Ring.get_many` does and wake the producer if it waits
         for room. After :meth:`prepare_to_sleep` returned True, this also drains the data
         doorbell and disarms, so call it after every wake-up (even a foreign one)."""
-        rung = self._armed and self._end_sleep()
-        records = self.ring.get_many(max_records, max_bytes)
+        ring = self.ring
+        rung = 0
+        if self._armed:
+            # _end_sleep, inline.
+            self._armed = False
+            rung = self._data_bell.drain()
+            if rung:
+                self.wakeups_received += 1
+                self.idle_wakeups += rung - 1
+            ring.disarm_consumer()
+        records = ring.get_many(max_records, max_bytes, take_wakeup=True)
         if records:
-            self._wake_producer()
+            # _wake_producer, inline: get_many took the wake-up (every consumer's hot path).
+            if ring.producer_wakeup:
+                ring.producer_wakeup = False
+                self._space_bell.ring()
+                self.space_wakeups_sent += 1
         elif rung:
             self.idle_wakeups += 1
         return records

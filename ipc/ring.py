@@ -44,6 +44,7 @@ import mmap
 import os
 import stat
 import struct
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -106,6 +107,12 @@ _U64: Final = struct.Struct("@Q")
 _INDICES: Final = struct.Struct("@Q56xQ")
 _REC: Final = struct.Struct("<qIHH")
 _U64_MAX: Final = (1 << 64) - 1
+# The shared fields as slices, for stores with one copy (a constant slice costs fewer
+# steps per store than building it each time).
+_WRITE_FIELD: Final = slice(_OFF_WRITE, _OFF_WRITE + 8)
+_READ_FIELD: Final = slice(_OFF_READ, _OFF_READ + 8)
+_CONSUMER_ARMED_FIELD: Final = slice(_OFF_CONSUMER_ARMED, _OFF_CONSUMER_ARMED + 4)
+_PRODUCER_ARMED_FIELD: Final = slice(_OFF_PRODUCER_ARMED, _OFF_PRODUCER_ARMED + 4)
 _ARMED: Final = struct.pack("@I", 1)
 _DISARMED: Final = struct.pack("@I", 0)
 
@@ -175,6 +182,14 @@ class Ring:
     path: Path
     capacity: int
     max_payload: int
+    consumer_wakeup: bool
+    """Set by ``put_many(..., take_wakeup=True)`` when it took the consumer's wake-up
+    (as :meth:`take_consumer_wakeup` would have); the caller clears it once it woke the
+    consumer."""
+    producer_wakeup: bool
+    """Set by ``get_many(..., take_wakeup=True)`` when it took the producer's wake-up
+    (as :meth:`take_producer_wakeup` would have); the caller clears it once it woke the
+    producer."""
 
     def __init__(self, path: Path, fd: int, mm: mmap.mmap, capacity: int) -> None:
         """Internal; use :meth:`create` or :meth:`attach`."""
@@ -186,6 +201,8 @@ class Ring:
         self._fd = fd
         self._mm: mmap.mmap | None = mm
         self._mask = capacity - 1
+        self.consumer_wakeup = False
+        self.producer_wakeup = False
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], capacity: int = DEFAULT_CAPACITY) -> Ring:
@@ -362,7 +379,9 @@ class Ring:
         _store_u64(mm, _OFF_WRITE, wr + span)
         return True
 
-    def put_many(self, records: Iterable[tuple[int, int, Buffer]]) -> int:
+    def put_many(
+        self, records: Iterable[tuple[int, int, Buffer]], *, take_wakeup: bool = False
+    ) -> int:
         """Producer: append ``(timestamp, flags, data)`` records in order.
 
         Writes records until one does not fit, then publishes the write index once and
@@ -370,6 +389,10 @@ class Ring:
         has been consumed from it; pass a sequence and slice it to retry the rest.
         An invalid record raises :class:`InvalidRecord` (a ValueError) after the
         records before it have been published.
+
+        ``take_wakeup``: once records were written (and no exception raised), also do
+        what :meth:`take_consumer_wakeup` does, setting :attr:`consumer_wakeup` if it
+        took one: one call for the producer's hot path.
         """
         mm = self._mm
         if mm is None:
@@ -384,6 +407,31 @@ class Ring:
         max_payload = self.max_payload
         free = start_free = cap - (wr - rd)
         pos = wr & self._mask
+        if (type(records) is list or type(records) is deque) and len(records) == 1:
+            # One record (a message at a time) that needs no wrap: written in place and
+            # published without the loop's buffers. Anything else takes the loop.
+            timestamp, flags, data = records[0]
+            if type(data) is not bytes:
+                data = memoryview(data).cast("B")
+            length = len(data)
+            size = (length + 23) & ~7
+            if length <= max_payload and size <= cap - pos:
+                if size > free:
+                    return 0
+                start = HEADER_SIZE + pos
+                try:
+                    # Header before payload here: neither is visible before the index.
+                    _REC.pack_into(mm, start, timestamp, length, flags, KIND_DATA)
+                except struct.error:
+                    raise InvalidRecord(
+                        f"record 0: timestamp {timestamp} or flags {flags} out of range", 0
+                    ) from None
+                mm[start + 16 : start + 16 + length] = data
+                mm[_WRITE_FIELD] = _U64.pack(wr + size)
+                if take_wakeup and _U32.unpack_from(mm, _OFF_CONSUMER_ARMED)[0]:
+                    mm[_CONSUMER_ARMED_FIELD] = _DISARMED
+                    self.consumer_wakeup = True
+                return 1
         pack = _REC.pack
         pads = _PADS
         # Records are packed into one buffer per contiguous run of the data area and
@@ -437,7 +485,10 @@ class Ring:
             if free != start_free:
                 # See try_put for why this store order is all the ordering we get;
                 # one copy, as _store_u64 does.
-                mm[_OFF_WRITE : _OFF_WRITE + 8] = _U64.pack(wr + start_free - free)
+                mm[_WRITE_FIELD] = _U64.pack(wr + start_free - free)
+        if take_wakeup and n and _U32.unpack_from(mm, _OFF_CONSUMER_ARMED)[0]:
+            mm[_CONSUMER_ARMED_FIELD] = _DISARMED
+            self.consumer_wakeup = True
         return n
 
     def get(self) -> Record | None:
@@ -445,13 +496,46 @@ class Ring:
         records = self.get_many(1)
         return records[0] if records else None
 
-    def get_many(self, max_records: int = 1024, max_bytes: int | None = None) -> list[Record]:
+    def get_many(
+        self, max_records: int = 1024, max_bytes: int | None = None, *, take_wakeup: bool = False
+    ) -> list[Record]:
         """Consumer: take up to ``max_records`` records in order, publishing once.
 
         ``max_bytes`` bounds the total payload returned, except that one record is
         always returned when any is readable. Returns an empty list when the ring is
         empty. Raises ValueError if ``max_records < 1`` or ``max_bytes < 0``.
+
+        ``take_wakeup``: once records were taken, also do what
+        :meth:`take_producer_wakeup` does, setting :attr:`producer_wakeup` if it took
+        one: one call for the consumer's hot path.
         """
+        mm = self._mm
+        if mm is None:
+            raise ValueError(f"ring {self.path} is closed")
+        # The indices, validated as _indices does, inline: this is every consumer's
+        # hot path, and an empty ring (a foreign wake-up) returns here.
+        wr, rd = _INDICES.unpack_from(mm, _OFF_WRITE)
+        avail = wr - rd
+        pos = rd & self._mask
+        if (
+            16 <= avail <= self.capacity - pos
+            and not (wr | rd) & 7
+            and max_records >= 1
+            and (max_bytes is None or max_bytes >= 0)
+        ):
+            # Records readable up to the end of the area at most, and the indices and
+            # arguments valid: if that is exactly one data record (the common case of a
+            # message at a time), it is taken without the loop, validated as there (a
+            # record that is not exactly that takes the loop, which raises).
+            timestamp, length, flags, kind = _REC.unpack_from(mm, HEADER_SIZE + pos)
+            if (length + 23) & ~7 == avail and kind == KIND_DATA and length <= self.max_payload:
+                start = HEADER_SIZE + 16 + pos
+                record = tuple.__new__(Record, (timestamp, flags, mm[start : start + length]))
+                mm[_READ_FIELD] = _U64.pack(wr)
+                if take_wakeup and _U32.unpack_from(mm, _OFF_PRODUCER_ARMED)[0]:
+                    mm[_PRODUCER_ARMED_FIELD] = _DISARMED
+                    self.producer_wakeup = True
+                return [record]
         if max_records < 1:
             raise ValueError("max_records must be at least 1")
         # No limit: a budget no ring can exhaust (payloads total at most MAX_CAPACITY).
@@ -460,14 +544,7 @@ class Ring:
             if max_bytes < 0:
                 raise ValueError("max_bytes must not be negative")
             budget = max_bytes
-        mm = self._mm
-        if mm is None:
-            raise ValueError(f"ring {self.path} is closed")
-        # The indices, validated as _indices does, inline: this is every consumer's
-        # hot path, and an empty ring (a foreign wake-up) returns here.
-        wr, rd = _INDICES.unpack_from(mm, _OFF_WRITE)
         cap = self.capacity
-        avail = wr - rd
         if (wr | rd) & 7 or not 0 <= avail <= cap:
             raise RingCorrupt(
                 f"{self.path}: inconsistent indices: write {wr}, read {rd}, capacity {cap}"
@@ -479,7 +556,6 @@ class Ring:
         new = tuple.__new__
         out: list[Record] = []
         append = out.append
-        pos = rd & self._mask
         # Read bytes still unread just after the last record handed out: padding is
         # only consumed together with the record after it.
         left = avail
@@ -532,7 +608,10 @@ class Ring:
             # producer never leaves) so that readable() cannot stay true forever.
             left = 0
         if left != wr - rd:
-            mm[_OFF_READ : _OFF_READ + 8] = _U64.pack(wr - left)
+            mm[_READ_FIELD] = _U64.pack(wr - left)
+        if take_wakeup and out and _U32.unpack_from(mm, _OFF_PRODUCER_ARMED)[0]:
+            mm[_PRODUCER_ARMED_FIELD] = _DISARMED
+            self.producer_wakeup = True
         return out
 
     def discard_all(self) -> int:
@@ -594,7 +673,10 @@ class Ring:
 
         Does not validate; a corrupt ring reads as readable and get_many raises.
         """
-        wr, rd = _INDICES.unpack_from(self._map(), _OFF_WRITE)
+        mm = self._mm
+        if mm is None:
+            raise ValueError(f"ring {self.path} is closed")
+        wr, rd = _INDICES.unpack_from(mm, _OFF_WRITE)
         return bool(wr != rd)
 
     def free_bytes(self) -> int:
@@ -623,26 +705,33 @@ class Ring:
         Python cannot fence between the flag store and the index load, so a wake-up
         can in principle be missed; sleepers must use a (long) safety timeout.
         """
-        mm = self._map()
-        mm[_OFF_CONSUMER_ARMED : _OFF_CONSUMER_ARMED + 4] = _ARMED
+        mm = self._mm
+        if mm is None:
+            raise ValueError(f"ring {self.path} is closed")
+        mm[_CONSUMER_ARMED_FIELD] = _ARMED
         wr, rd = _INDICES.unpack_from(mm, _OFF_WRITE)
         if wr != rd:
-            mm[_OFF_CONSUMER_ARMED : _OFF_CONSUMER_ARMED + 4] = _DISARMED
+            mm[_CONSUMER_ARMED_FIELD] = _DISARMED
             return False
         return True
 
     def disarm_consumer(self) -> None:
         """Consumer: clear the consumer-armed flag (woke up for another reason)."""
-        self._map()[_OFF_CONSUMER_ARMED : _OFF_CONSUMER_ARMED + 4] = _DISARMED
+        mm = self._mm
+        if mm is None:
+            raise ValueError(f"ring {self.path} is closed")
+        mm[_CONSUMER_ARMED_FIELD] = _DISARMED
 
     def take_consumer_wakeup(self) -> bool:
         """Producer, after publishing: True (and the flag cleared) if the consumer armed.
 
         The caller must then wake the consumer. At most one True per arming.
         """
-        mm = self._map()
+        mm = self._mm
+        if mm is None:
+            raise ValueError(f"ring {self.path} is closed")
         if _U32.unpack_from(mm, _OFF_CONSUMER_ARMED)[0]:
-            mm[_OFF_CONSUMER_ARMED : _OFF_CONSUMER_ARMED + 4] = _DISARMED
+            mm[_CONSUMER_ARMED_FIELD] = _DISARMED
             return True
         return False
 
@@ -656,10 +745,10 @@ class Ring:
         if not 0 <= need <= self.max_payload:
             raise ValueError(f"need {need} out of range [0, {self.max_payload}]")
         mm = self._map()
-        mm[_OFF_PRODUCER_ARMED : _OFF_PRODUCER_ARMED + 4] = _ARMED
+        mm[_PRODUCER_ARMED_FIELD] = _ARMED
         wr, rd = self._indices(mm)
         if self._span_for(wr, record_size(need)) <= self.capacity - (wr - rd):
-            mm[_OFF_PRODUCER_ARMED : _OFF_PRODUCER_ARMED + 4] = _DISARMED
+            mm[_PRODUCER_ARMED_FIELD] = _DISARMED
             return False
         return True
 
@@ -670,9 +759,11 @@ class Ring:
     def take_producer_wakeup(self) -> bool:
         """Consumer, after publishing the read index: True (flag cleared) if the producer
         armed; the caller must then wake it. At most one True per arming."""
-        mm = self._map()
+        mm = self._mm
+        if mm is None:
+            raise ValueError(f"ring {self.path} is closed")
         if _U32.unpack_from(mm, _OFF_PRODUCER_ARMED)[0]:
-            mm[_OFF_PRODUCER_ARMED : _OFF_PRODUCER_ARMED + 4] = _DISARMED
+            mm[_PRODUCER_ARMED_FIELD] = _DISARMED
             return True
         return False
 

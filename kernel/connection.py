@@ -29,6 +29,7 @@ INTERRUPT_BATCH: Final = 256
 EARLY_INTERRUPT_SECONDS: Final = 1.0
 MAX_EARLY_INTERRUPTS: Final = 1024
 MAX_GROUPS: Final = 4096
+NOTIFY_ALL: Final = p.NOTIFY_ALL
 
 Continuation = Callable[[p.Reply], None]
 
@@ -118,7 +119,8 @@ class MiniportConnection:
 
     def take_interrupts(self) -> None:
         """Interrupt level: notify the port for every record in the interrupt ring."""
-        self.peer_settled()
+        if self._interrupt_fds:
+            self.peer_settled()
         reader = self.interrupts
         while reader is not None and not self.closed:
             try:
@@ -157,13 +159,17 @@ class MiniportConnection:
 
     def interrupt(self, groups: list[int]) -> None:
         """The miniport's ISR ran: notify each group (NOTIFY_ALL: every group)."""
-        self.loop.stats["interrupts"] += 1
+        self.loop.interrupts += 1
         if trace.ON:
             trace.instant("interrupt", "interrupt", {"device": self.device, "groups": groups})
-        unknown = [gid for gid in groups if gid != p.NOTIFY_ALL and gid not in self.groups]
-        if unknown or self._early:  # behind a held one, in order
-            self._hold_early(groups, unknown)
+        known = self.groups
+        if self._early:  # behind a held one, in order
+            self._hold_early(groups, [g for g in groups if g != NOTIFY_ALL and g not in known])
             return
+        for gid in groups:
+            if gid not in known and gid != NOTIFY_ALL:
+                self._hold_early(groups, [g for g in groups if g != NOTIFY_ALL and g not in known])
+                return
         self.on_interrupt(groups)
 
     def _hold_early(self, groups: list[int], unknown: list[int]) -> None:

@@ -34,12 +34,14 @@ class Dpc:
 class Timer:
     """A one-shot timer that queues its DPC when it expires. Setting it again re-arms it."""
 
-    __slots__ = ("_generation", "dpc", "due")
+    __slots__ = ("dpc", "due", "generation")
 
     def __init__(self, dpc: Dpc) -> None:
         self.dpc = dpc
         self.due: int | None = None
-        self._generation = 0
+        self.generation = 0
+        """Bumped whenever the timer is set, cancelled or fires: a heap entry made with
+        another generation is stale (read-only outside the scheduler)."""
 
 
 class Scheduler:
@@ -47,15 +49,24 @@ class Scheduler:
 
     def __init__(self, clock: Callable[[], int] = now_100ns) -> None:
         self.clock = clock
-        self._queue: collections.deque[Dpc] = collections.deque()
-        self._timers: list[tuple[int, int, int, Timer]] = []
+        self.dpc_queue: collections.deque[Dpc] = collections.deque()
+        """The queued DPCs, first to run first. Outside this class only read (the loop
+        tests it on every turn, cheaper than `pending`), or appended to as `queue_dpc`
+        does (a service group's request, inline)."""
+        self._queue = self.dpc_queue
+        self.timers: list[tuple[int, int, int, Timer]] = []
+        """The timer heap, (due, sequence, generation, timer); entries whose generation
+        is not their timer's are stale. Outside this class it is only read, and stale
+        entries popped from its top (what `next_deadline` does; the loop does it inline)."""
+        self._timers = self.timers
         self._seq = itertools.count()
         self.dpcs_run = 0
         self.dpc_errors = 0
         self.on_dpc_error: Callable[[Dpc, BaseException], None] | None = None
 
     def queue_dpc(self, dpc: Dpc) -> bool:
-        """Queue `dpc`; False if it was already queued (the requests coalesce)."""
+        """Queue `dpc`; False if it was already queued (the requests coalesce).
+        (ServiceGroup.request_service does the same inline.)"""
         if dpc.queued:
             return False
         dpc.queued = True
@@ -101,26 +112,29 @@ class Scheduler:
 
     def set_timer(self, timer: Timer, due: int) -> None:
         """Arm `timer` to fire at absolute time `due` (100 ns); replaces an earlier setting."""
-        timer._generation += 1
+        timer.generation += 1
         timer.due = due
-        heapq.heappush(self._timers, (due, next(self._seq), timer._generation, timer))
+        heapq.heappush(self._timers, (due, next(self._seq), timer.generation, timer))
 
     def cancel_timer(self, timer: Timer) -> bool:
         """Disarm `timer`; True if it was armed."""
         armed = timer.due is not None
-        timer._generation += 1
+        timer.generation += 1
         timer.due = None
         return armed
 
     def _drop_stale(self) -> None:
         timers = self._timers
-        while timers and timers[0][3]._generation != timers[0][2]:
+        while timers and timers[0][3].generation != timers[0][2]:
             heapq.heappop(timers)
 
     def next_deadline(self) -> int | None:
         """The due time of the earliest armed timer, or None when no timer is armed."""
-        self._drop_stale()
-        return self._timers[0][0] if self._timers else None
+        timers = self._timers
+        # _drop_stale, inline: the loop asks on every turn it may sleep.
+        while timers and timers[0][3].generation != timers[0][2]:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
 
     def due(self, now: int) -> bool:
         """True if a timer may be due at `now` (a stale entry can answer True; then
@@ -139,7 +153,7 @@ class Scheduler:
                 return fired
             _, _, _, timer = heapq.heappop(timers)
             timer.due = None
-            timer._generation += 1
+            timer.generation += 1
             self.queue_dpc(timer.dpc)
             fired += 1
 

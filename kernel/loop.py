@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import heapq
 import logging
 import os
 import signal
@@ -24,10 +25,12 @@ import zmq
 
 from ipc.doorbell import defer_rings, flush_deferred_rings
 from ipc.procwatch import ProcessWatch
+from ipc.runtime import now_100ns
 from ipc.waiter import Waiter
 from kernel.dpc import Dpc, Scheduler
 
 log = logging.getLogger("portcls.kernel")
+monotonic_ns = time.monotonic_ns
 
 SAFETY_POLL_MS: Final = 1000
 _SWEEP_INTERVAL: Final = SAFETY_POLL_MS * 10_000
@@ -44,10 +47,14 @@ class KernelLoop:
     """One thread's loop: descriptors, sockets, timers and DPCs, in IRQL order."""
 
     def __init__(self) -> None:
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(now_100ns)
+        """On the shared clock, which `turn` reads inline (time.monotonic_ns() // 100)."""
         self.scheduler.on_dpc_error = self._dpc_error
         self.waiter = Waiter()
         self.stats = collections.Counter[str]()
+        self.interrupts = 0
+        """Interrupt records taken (every miniport's): a plain int on the hot path,
+        published as stats["interrupts"] by `stats_snapshot`."""
         self.stopping = False
         self.hurry = False
         """A second stop signal came: whatever is being waited for is killed now."""
@@ -66,6 +73,13 @@ class KernelLoop:
         self._passive_sockets: dict[zmq.Socket[Any], Handler] = {}
         self._signal_r: int | None = None
         self._signal_w: int | None = None
+
+    def stats_snapshot(self) -> dict[str, int]:
+        """The loop's counters as one dict: `stats` and the hot-path counts."""
+        out = dict(self.stats)
+        if self.interrupts:
+            out["interrupts"] = self.interrupts
+        return out
 
     @staticmethod
     def clock_seconds() -> float:
@@ -136,26 +150,34 @@ class KernelLoop:
         and once after the wait: every turn of a busy loop pays for it.
         """
         sched = self.scheduler
-        clock = sched.clock
-        if sched.pending:
+        dpcs = sched.dpc_queue
+        timers = sched.timers
+        if dpcs:
             timeout = 0
         else:
-            now = clock()
+            # The scheduler's clock (now_100ns) and next_deadline(), inline: every
+            # turn of a busy loop pays for them.
+            now = monotonic_ns() // 100
             wake = self._sweep_due
-            deadline = sched.next_deadline()
+            while timers and timers[0][3].generation != timers[0][2]:
+                heapq.heappop(timers)  # a stale entry
             # A timer due a little after the sweep takes the sweep along: periodic
             # timers (heartbeat checks) and the sweep would otherwise keep waking the
             # loop twice a period, a few milliseconds apart, for ever.
-            if deadline is not None and deadline < wake + _SWEEP_SLACK:
-                wake = deadline
+            if timers and timers[0][0] < wake + _SWEEP_SLACK:
+                wake = timers[0][0]
             # Whole milliseconds, rounded up: waking early would only wait again.
-            timeout = min(max_timeout_ms, max(0, -((now - wake) // 10_000)))
+            timeout = -((now - wake) // 10_000)
+            if timeout > max_timeout_ms:
+                timeout = max_timeout_ms
+            elif timeout < 0:
+                timeout = 0
         sockets, fds = self.waiter.wait(timeout)
         # Doorbells rung during the turn are written at its end (see ipc.doorbell): a
         # woken peer that pre-empts the kernel then finds this turn's work all done.
         defer_rings()
         try:
-            now = clock()
+            now = monotonic_ns() // 100
             if now >= self._sweep_early:
                 # The sweeps run on any wake-up once most of their interval has passed,
                 # so that an idle loop woken by heartbeats and timers rarely needs a
@@ -170,22 +192,38 @@ class KernelLoop:
                     handler = interrupt_sockets.get(sock)
                     if handler is not None:
                         self._guarded(handler)
-            passive: list[int] = []
+            passive: list[int] | None = None
             if fds:
-                interrupt_fds = self._interrupt_fds
+                # The handlers are looked up as they run (an earlier one may unwatch a
+                # later descriptor) and called inline, as _guarded does: one call less
+                # per descriptor on every turn.
+                interrupt_fds, fd_handlers = self._interrupt_fds, self._fd_handlers
                 for fd in fds:
                     if fd in interrupt_fds:
-                        self._run_fd_handler(fd)
+                        handler = fd_handlers.get(fd)
+                        if handler is not None:
+                            try:
+                                handler()
+                            except Exception:  # a bug must not take the kernel down
+                                self._handler_failed(handler)
+                    elif passive is None:
+                        passive = [fd]
                     else:
                         passive.append(fd)
-            if sched.due(now):
+            if timers and timers[0][0] <= now:  # sched.due(now), inline
                 sched.fire_due_timers()
-            if sched.pending:
+            if dpcs:
                 sched.run_dpcs()
-            if passive:
+            if passive is not None:
+                fd_handlers = self._fd_handlers
                 for fd in passive:
-                    self._run_fd_handler(fd)
-                if sched.pending:
+                    handler = fd_handlers.get(fd)
+                    if handler is not None:
+                        try:
+                            handler()
+                        except Exception:  # a bug must not take the kernel down
+                            self._handler_failed(handler)
+                if dpcs:
                     sched.run_dpcs()
             if sockets:
                 ran_passive = False
@@ -195,22 +233,21 @@ class KernelLoop:
                     if handler is not None:
                         self._guarded(handler)
                         ran_passive = True
-                if ran_passive and sched.pending:
+                if ran_passive and dpcs:
                     sched.run_dpcs()
         finally:
             flush_deferred_rings()
-
-    def _run_fd_handler(self, fd: int) -> None:
-        handler = self._fd_handlers.get(fd)
-        if handler is not None:
-            self._guarded(handler)
 
     def _guarded(self, handler: Handler) -> None:
         try:
             handler()
         except Exception:  # a bug must not take the kernel down; counted
-            self.stats["handler_errors"] += 1
-            log.exception("loop handler %r raised", handler)
+            self._handler_failed(handler)
+
+    def _handler_failed(self, handler: Handler) -> None:
+        """Count and log the exception `handler` raised (call from its except block)."""
+        self.stats["handler_errors"] += 1
+        log.exception("loop handler %r raised", handler)
 
     def close(self) -> None:
         self.waiter.close()

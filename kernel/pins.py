@@ -35,6 +35,7 @@ from kernel.servicegroup import ServiceGroup
 from kernel.streamclock import StreamClock
 
 CAPTURE_BATCH: Final = 256
+_RUN: Final = KsState.RUN
 
 
 class Pin:
@@ -95,6 +96,17 @@ class Pin:
             loop, handle, self.clock, self.capture,
             lambda body: self.notify_client(body), self.queue_empty,
         )
+
+    @property
+    def format(self) -> DataFormat:
+        """The pin's data format; setting it also sets `dmus_format`."""
+        return self._format
+
+    @format.setter
+    def format(self, fmt: DataFormat) -> None:
+        self._format = fmt
+        self.dmus_format = is_dmus_format(fmt)
+        """The format is KSDATAFORMAT_SUBTYPE_DIRECTMUSIC (derived once, not per batch)."""
 
     def open_channels(self) -> None:
         """Attach the kernel's ends of both rings (made by the kernel beforehand)."""
@@ -241,41 +253,44 @@ class CapturePin(Pin):
     def _channels(self) -> tuple[list[ChannelReader | None], list[ChannelWriter | None]]:
         return [self.mp_reader], [self.client_writer]
 
-    def request_service(self) -> None:
-        self.drain()
-
     def drain(self) -> None:
         """The port's capture service: parse what the miniport read, deliver to the client."""
-        reader, parser = self.mp_reader, self.parser
-        if reader is None or self.removed is not None or self.waiting_client:
+        reader, writer, parser = self.mp_reader, self.client_writer, self.parser
+        if reader is None or writer is None or self.removed is not None or self.waiting_client:
             return
         if self.backlog and not self._flush_backlog():
             return
         while True:
             try:
-                records = reader.receive_many(max_records=CAPTURE_BATCH)
+                records = reader.receive_many(CAPTURE_BATCH)
             except RingError as exc:
                 self._miniport_ring_fault(exc)
                 return
             if not records:
                 return
-            messages: list[tuple[int, int, bytes]] = []
-            taps = messages
+            messages: list[tuple[int, int, bytes]]
+            taps: list[tuple[int, int, bytes]]
             count = -1
             if self.dmus is not None:
                 grouped = self.dmus.feed(records)
-                messages = for_client(grouped, is_dmus_format(self.format), self.stats)
+                messages = for_client(grouped, self.dmus_format, self.stats)
                 taps = [(t, f, m) for t, f, _, m in grouped]
-            elif not is_dmus_format(self.format):
+            elif not self.dmus_format:
                 # A run of whole channel messages stays one (FLAG_PACKED) record.
-                count = 0
-                limit = self.client_writer.ring.max_payload if self.client_writer else 3
-                for record in records:
-                    out, n = parser.feed_packed(record.data, record.timestamp, limit)
-                    messages += out
-                    count += n
+                limit = writer.ring.max_payload
+                feed = parser.feed_packed
+                if len(records) == 1:
+                    timestamp, _, data = records[0]
+                    messages, count = feed(data, timestamp, limit)
+                else:
+                    messages, count = [], 0
+                    for timestamp, _, data in records:
+                        out, n = feed(data, timestamp, limit)
+                        messages += out
+                        count += n
                 taps = unpacked(messages) if self.taps else messages
             else:
+                messages = []
                 for record in records:
                     messages += parser.feed(record.data, record.timestamp)
                 taps = messages
@@ -283,19 +298,33 @@ class CapturePin(Pin):
             if trace.ON:
                 trace_captured(self.handle, records)
             # DirectMusic capture passes events up in PAUSE too (PortCls).
-            if self.state != KsState.RUN and not (
+            if self.state != _RUN and not (
                     self.dmus is not None and self.state == KsState.PAUSE):
                 self.stats["dropped"] += len(messages) if count < 0 else count
             else:
                 if self.taps:
                     copy_to(self.taps, taps)
-                self.backlog = messages
-                if not self._flush_backlog():
+                try:
+                    sent = writer.send_many(messages)
+                except RingError as exc:
+                    self._client_ring_fault(exc)
                     return
+                if sent == len(messages):
+                    self.stats["delivered"] += (
+                        count if count >= 0 else sum(map(packed_count, messages)))
+                else:
+                    # The client's ring is full: the rest waits in the backlog.
+                    self.stats["delivered"] += sum(map(packed_count, messages[:sent]))
+                    self.backlog = messages[sent:]
+                    if not self._flush_backlog():
+                        return
             if len(records) < CAPTURE_BATCH:
                 # The ring was empty after these; what the miniport reads next comes
                 # with its own interrupt.
                 return
+
+    request_service = drain
+    """As a member of a service group: drain (the same method, no forwarding call)."""
 
     def info(self) -> dict[str, Any]:
         out = super().info()
@@ -304,6 +333,8 @@ class CapturePin(Pin):
         return out
 
     def _flush_backlog(self) -> bool:
+        """Send the backlog to the client; False if its ring filled up (the rest waits
+        for room)."""
         writer = self.client_writer
         assert writer is not None
         backlog = self.backlog

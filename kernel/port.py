@@ -60,6 +60,9 @@ class PortMidi:
         self.registered_group = False
         self.description: FilterDescriptor | None = None
         self.streams: dict[int, Pin] = {}
+        self._captures: tuple[Pin, ...] | None = None
+        """The capture streams, in the order they opened (None: work it out again);
+        reset whenever `streams` changes."""
         self.initialised = False
         self.init_started = False
         self.services = 0
@@ -123,8 +126,13 @@ class PortMidi:
         conn = self.conn
         if conn is None:
             raise StatusError(Status.INVALID_DEVICE_STATE, "interrupt before init")
+        known = conn.groups
         for gid in groups:
-            self.notify(None if gid == NOTIFY_ALL else conn.group(gid))
+            if gid == NOTIFY_ALL:
+                self.notify(None)
+            else:
+                # notify(group), inline: every interrupt comes this way.
+                (known.get(gid) or conn.group(gid)).request_service()
 
     def notify(self, group: ServiceGroup | None) -> None:
         """IPortMidi::Notify: service `group`, or (None) the port's group and every stream's."""
@@ -145,8 +153,11 @@ class PortMidi:
         `service()` and its streams' `read` ran in the host, in the group's insertion
         order, before it raised the interrupt (see miniports/host/dpc.py)."""
         self.services += 1
-        for stream in tuple(self.streams.values()):
-            if stream.capture and stream.group is None:
+        captures = self._captures
+        if captures is None:
+            captures = self._captures = tuple(s for s in self.streams.values() if s.capture)
+        for stream in captures:
+            if stream.group is None and not stream.released:
                 stream.request_service()
 
     # The streams.
@@ -202,6 +213,7 @@ class PortMidi:
         )
         pin.miniport_kind = self.kind
         self.streams[handle] = pin
+        self._captures = None
         pin.on_release.append(self._forget)
 
         def fail(exc: StatusError) -> None:
@@ -329,6 +341,7 @@ class PortMidi:
 
     def _forget(self, pin: Pin) -> None:
         self.streams.pop(pin.handle, None)
+        self._captures = None
 
     def set_stream_state(self, pin: Pin, target: KsState, done: Done) -> None:
         """IMiniportMidiStream::SetState, one step of STOP-ACQUIRE-PAUSE-RUN at a time.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
+from collections.abc import Iterable
 from typing import Any, Final
 
 from ipc import protocol as p
@@ -26,7 +28,7 @@ from ipc.ks import (
 from ipc.midi import FLAG_PACKED
 from ipc.ring import Record, RingError
 from ipc.status import Status
-from kernel.dmuspins import convert_render, is_dmus_format, release_ahead
+from kernel.dmuspins import convert_render, release_ahead
 from kernel.dpc import Dpc, Timer
 from kernel.midiparse import check_render, unpacked
 from kernel.monitor import copy_to
@@ -34,6 +36,9 @@ from kernel.pins import Pin, trace_released
 
 SEQUENCER_LIMIT: Final = 4096
 """Render events the sequencer holds; beyond it the client's ring (and the client) waits."""
+_RUN: Final = KsState.RUN
+_NOT_AT_ONCE: Final = RENDER_FLAG_BUFFER_END | RENDER_FLAG_PHYSICAL_TIME
+"""Render flags that keep a record from the sequencer's straight path (see `pump`)."""
 FLUSH_ROUNDS: Final = 1024
 """At most this many batches of 1024 records are taken from a client's ring at once
 (STOP, cancel): a client that keeps writing meanwhile cannot hold the kernel."""
@@ -73,15 +78,17 @@ class RenderPin(Pin):
         self.pump()
 
     def on_client_data(self) -> None:
-        assert self.client_reader is not None
-        self.client_reader.end_sleep()
-        self.pump()
+        reader = self.client_reader
+        assert reader is not None
+        reader.end_sleep()
+        self.pump(True)
 
-    def pump(self) -> None:
-        """The sequencer: pull the client's events and release those that are due, in order."""
+    def pump(self, woken: bool = False) -> None:
+        """The sequencer: pull the client's events and release those that are due, in
+        order. `woken`: the client's doorbell woke the pin (its ring is worth a look)."""
         reader, writer = self.client_reader, self.mp_writer
         if (
-            self.state != KsState.RUN
+            self.state != _RUN
             or self.removed is not None
             or self.waiting_miniport
             or reader is None
@@ -89,24 +96,54 @@ class RenderPin(Pin):
         ):
             return
         queue = self.queue
-        if not queue and reader.asleep():
+        if not (queue or woken) and reader.asleep():
             return  # serviced for another reason: nothing to play
+        mp_dmus = self.miniport_kind == "dmus"
         while True:
             room = SEQUENCER_LIMIT - len(queue)
+            records: list[Record] = []
             try:
                 if room > 0:
-                    records = reader.receive_many(max_records=room)
+                    records = reader.receive_many(room)
                     if records:
-                        pin_dmus = is_dmus_format(self.format)
-                        mp_dmus = self.miniport_kind == "dmus"
-                        records = check_render(records, self.stats, pin_dmus or mp_dmus)
-                        if records and (pin_dmus or mp_dmus):
-                            records = convert_render(records, pin_dmus, mp_dmus, self.stats)
-                    queue.extend(records)
+                        pin_dmus = self.dmus_format
+                        if pin_dmus or mp_dmus:
+                            records = check_render(records, self.stats, True)
+                            if records:
+                                records = convert_render(records, pin_dmus, mp_dmus, self.stats)
+                        else:
+                            for record in records:
+                                if record[1] & FLAG_PACKED:
+                                    # Only packed records need a look (the common
+                                    # case, none, costs no call).
+                                    records = check_render(records, self.stats, False)
+                                    break
             except RingError as exc:
                 self._client_ring_fault(exc)
                 return
             try:
+                if records:
+                    if queue or mp_dmus or self.taps or trace.ON:
+                        queue.extend(records)
+                    else:
+                        # Nothing held, and the records due at once: none waits for a
+                        # later time or ends a buffer, and each is stamped no later than
+                        # the stream time stood at when it last stopped (in RUN it only
+                        # grows from there). They go to the miniport as they are, in
+                        # order, without the queue or a clock read (what _release would
+                        # do for them); anything else goes through the queue.
+                        frozen = self.clock.frozen
+                        for record in records:
+                            if record[1] & _NOT_AT_ONCE or record[0] > frozen:
+                                queue.extend(records)
+                                break
+                        else:
+                            sent = writer.send_many(records)
+                            self.stats["released"] += sent
+                            if sent < len(records):
+                                queue.extend(records[sent:])  # _release waits for room
+                            elif self.events.enabled:
+                                self.drained()
                 if queue and not self._release(queue, writer):
                     return  # the miniport's ring is full: on_miniport_space pumps again
             except RingError as exc:
@@ -142,47 +179,57 @@ class RenderPin(Pin):
         ahead = release_ahead(self.schedule_prefetch) if dmus else 0
         while True:
             now = clock()
-            stream_now = stream.time(now)
-            batch: list[Record] = []
+            # stream.time(now), inline (in RUN, run_since is set).
+            run_since = stream.run_since
+            stream_now = stream.frozen
+            if run_since is not None and now > run_since:
+                stream_now += now - run_since
+            due = 0
             for record in queue:
-                flags = record.flags
-                if flags & RENDER_FLAG_BUFFER_END or record.timestamp - ahead > (
+                flags = record[1]
+                if flags & RENDER_FLAG_BUFFER_END or record[0] - ahead > (
                     now if flags & RENDER_FLAG_PHYSICAL_TIME else stream_now
                 ):
                     break
-                batch.append(record)
-            if batch:
-                start = trace.now() if trace.ON else 0
-                sent = writer.send_many(self._master_times(batch, now) if dmus else batch)
+                due += 1
+            if due:
+                # The whole queue (the common case) goes as it is, without a copy.
+                batch: collections.deque[Record] | list[Record] = (
+                    queue if due == len(queue) else list(itertools.islice(queue, due)))
                 if trace.ON:
+                    start = trace.now()
+                    sent = writer.send_many(self._master_times(batch, now) if dmus else batch)
                     trace_released(start, self.handle, self.stats["released"], sent)
-                if sent == len(queue):
-                    queue.clear()
                 else:
-                    for _ in range(sent):
-                        queue.popleft()
+                    sent = writer.send_many(self._master_times(batch, now) if dmus else batch)
                 self.stats["released"] += sent
                 if self.taps and sent:
                     # As played: the shared-clock time it went to the miniport.
                     skip = GROUP_PREFIX.size if dmus else 0
                     copy_to(self.taps, unpacked([(now, r.flags & FLAG_PACKED, r.data[skip:])
-                                                 for r in batch[:sent]]))
-                if sent < len(batch):
-                    if writer.prepare_to_wait_for_space(len(batch[sent].data)):
+                                                 for r in itertools.islice(batch, sent)]))
+                if sent == len(queue):
+                    queue.clear()
+                else:
+                    for _ in range(sent):
+                        queue.popleft()
+                if sent < due:
+                    if writer.prepare_to_wait_for_space(len(queue[0].data)):
                         self.waiting_miniport = True
                         self.loop.watch_fd(writer.space_fileno(), self.on_miniport_space)
                         return False
                     continue  # room appeared meanwhile
-            if queue and queue[0].flags & RENDER_FLAG_BUFFER_END:
+            if not queue:
+                if self.events.enabled:
+                    self.drained()
+                return True
+            if queue[0].flags & RENDER_FLAG_BUFFER_END:
                 done: list[int] = []
                 while queue and queue[0].flags & RENDER_FLAG_BUFFER_END:
                     done.append(buffer_number(queue.popleft()))
                 self.stats["buffers_done"] += len(done)
                 self._report_buffers(done, Status.SUCCESS)
                 continue
-            if not queue:
-                self.drained()
-                return True
             head = queue[0]
             deadline = (head.timestamp if head.flags & RENDER_FLAG_PHYSICAL_TIME
                         else stream.to_physical(head.timestamp))
@@ -192,7 +239,7 @@ class RenderPin(Pin):
                 scheduler.set_timer(self.timer, deadline)
             return True
 
-    def _master_times(self, batch: list[Record], now: int) -> list[Record]:
+    def _master_times(self, batch: Iterable[Record], now: int) -> list[Record]:
         """The records as a DMus miniport gets them: timestamp = presentation time on
         the master clock (a stream time mapped by the running clock), flags 0."""
         stream = self.clock

@@ -31,7 +31,10 @@ class ServiceGroup:
     def __init__(self, scheduler: Scheduler, name: str = "") -> None:
         self.name = name
         self._scheduler = scheduler
-        self._members: list[ServiceSink] = []
+        self._dpc_queue = scheduler.dpc_queue
+        self._members: tuple[ServiceSink, ...] = ()
+        """Replaced, never changed in place: a run iterates it without a copy, and
+        members added or removed during the run take effect next time."""
         self._dpc = Dpc(self._service_members)
         self._timer: Timer | None = None
         self.requests = 0
@@ -39,7 +42,7 @@ class ServiceGroup:
 
     @property
     def members(self) -> tuple[ServiceSink, ...]:
-        return tuple(self._members)
+        return self._members
 
     def add_member(self, sink: ServiceSink) -> None:
         """Append `sink`; it is serviced after the members added before it."""
@@ -51,7 +54,7 @@ class ServiceGroup:
         if len(self._members) >= MAX_MEMBERS:
             raise StatusError(Status.INSUFFICIENT_RESOURCES,
                               f"a service group holds at most {MAX_MEMBERS} members")
-        self._members.append(sink)
+        self._members += (sink,)
 
     def reaches(self, group: ServiceGroup) -> bool:
         """True if servicing this group services `group` (it is this one or nested in it)."""
@@ -71,21 +74,23 @@ class ServiceGroup:
         """Unlink `sink` (its first occurrence); unknown sinks are ignored, as in PortCls."""
         for i, member in enumerate(self._members):
             if member is sink:
-                del self._members[i]
+                self._members = self._members[:i] + self._members[i + 1 :]
                 return
 
     def request_service(self) -> None:
         """Queue the group's DPC (coalesces with a run already queued)."""
         self.requests += 1
-        self._scheduler.queue_dpc(self._dpc)
+        dpc = self._dpc
+        if not dpc.queued:  # Scheduler.queue_dpc, inline: every interrupt comes here
+            dpc.queued = True
+            self._dpc_queue.append(dpc)
 
     def _service_members(self) -> None:
         self.runs += 1
         if trace.ON:
-            trace_run(self, tuple(self._members))
+            trace_run(self, self._members)
             return
-        # A copy, so members added or removed during the run take effect next time.
-        for member in tuple(self._members):
+        for member in self._members:
             member.request_service()
 
     def support_delayed_service(self) -> None:
@@ -114,7 +119,7 @@ class ServiceGroup:
         """Drop members, cancel the timer and any queued run (the group's owner went away)."""
         self.cancel_delayed_service()
         self._scheduler.remove_dpc(self._dpc)
-        self._members.clear()
+        self._members = ()
 
     def __repr__(self) -> str:
         return f"<ServiceGroup {self.name or id(self):} members={len(self._members)}>"

@@ -339,7 +339,7 @@ class UserMode(KsPropertyRequests):
     def _stats(self, session: ClientSession) -> Any:
         scheduler = self.loop.scheduler
         return {
-            "kernel": dict(self.loop.stats),
+            "kernel": self.loop.stats_snapshot(),
             "dpcs_run": scheduler.dpcs_run,
             "dpc_errors": scheduler.dpc_errors,
             "devices": self.pnp.statistics(),

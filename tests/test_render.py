@@ -77,3 +77,17 @@ def test_device_error_fails_the_pin_with_a_clear_status(start_kernel) -> None:
             with pytest.raises(ksclient.DeviceError) as err:
                 out.send(b"\x90\x3c\x40")
             assert "unplugged" in str(err.value)
+
+
+def test_interrupts_taken_show_in_the_kernel_stats(loopback_kernel) -> None:
+    """The kernel counts interrupt records in a plain int on its hot path; the stats
+    still report them (each captured message here came with its own interrupt)."""
+    with loopback_kernel.connect() as c:
+        out, inp = _open(c, "loopback")
+        before = int(c.stats()["kernel"].get("interrupts", 0))
+        for i in range(5):
+            out.send([0x90, i, 100])
+            assert inp.receive(timeout=5).data[1] == i
+        assert int(c.stats()["kernel"]["interrupts"]) >= before + 5
+        out.close()
+        inp.close()

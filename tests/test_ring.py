@@ -41,6 +41,7 @@ from ipc.ring import (
 
 OFF_WRITE = 64
 OFF_READ = 128
+PRODUCER_ARMED = 256
 U64 = struct.Struct("<Q")
 REC = struct.Struct("<qIHH")
 
@@ -693,3 +694,40 @@ def test_padding_must_reach_the_end(pair: tuple[Ring, Ring]) -> None:
         consumer.get()
     poke(producer.path, HEADER_SIZE + 4064, REC.pack(0, 16, 0, KIND_PAD))
     assert consumer.get() == Record(0, 0, b"x" * 100)
+
+
+def test_take_wakeup_in_the_same_call(pair: tuple[Ring, Ring]) -> None:
+    """put_many/get_many(take_wakeup=True) take the peer's wake-up exactly as
+    take_consumer_wakeup/take_producer_wakeup would, and only after moving records."""
+    producer, consumer = pair
+    # Not armed: nothing taken. Armed: taken once, and the flag is cleared.
+    assert producer.put_many([(0, 0, b"a")], take_wakeup=True) == 1
+    assert not producer.consumer_wakeup
+    assert consumer.get_many() and consumer.arm_consumer()
+    assert producer.put_many([], take_wakeup=True) == 0
+    assert not producer.consumer_wakeup  # nothing written: the wake-up stays for later
+    assert producer.put_many([(0, 0, b"b")], take_wakeup=True) == 1
+    assert producer.consumer_wakeup and not producer.take_consumer_wakeup()
+    producer.consumer_wakeup = False
+    # The batch loop (several records) takes it too.
+    assert len(consumer.get_many()) == 1 and consumer.arm_consumer()
+    assert producer.put_many([(0, 0, b"c"), (0, 0, b"d")], take_wakeup=True) == 2
+    assert producer.consumer_wakeup and not producer.take_consumer_wakeup()
+    assert len(consumer.get_many()) == 2
+
+    # The producer's side (its armed flag set as arm_producer sets it).
+    armed = struct.pack("@I", 1)
+    assert producer.try_put(b"e")
+    poke(producer.path, PRODUCER_ARMED, armed)
+    assert consumer.get_many(take_wakeup=True)  # the one-record path
+    assert consumer.producer_wakeup and not consumer.take_producer_wakeup()
+    consumer.producer_wakeup = False
+    assert producer.put_many([(0, 0, b"f"), (0, 0, b"g")]) == 2
+    poke(producer.path, PRODUCER_ARMED, armed)
+    assert len(consumer.get_many(take_wakeup=True)) == 2  # the loop
+    assert consumer.producer_wakeup and not consumer.take_producer_wakeup()
+    consumer.producer_wakeup = False
+    # An empty ring takes nothing: the wake-up stays for the get that makes room.
+    poke(producer.path, PRODUCER_ARMED, armed)
+    assert consumer.get_many(take_wakeup=True) == []
+    assert not consumer.producer_wakeup and consumer.take_producer_wakeup()
