@@ -925,6 +925,9 @@ class Pin:
         self._runs: list[list[int]] = []
         """The RUN periods since the last STOP, as the kernel's clock told them:
         [physical start, stream time at start, stream time at the end (-1: running)]."""
+        self._running = (_NEVER, 0)
+        """The RUN period going on, if any, for the capture path: (its physical start,
+        its stream time minus that start); (_NEVER, 0) outside RUN."""
 
     def __enter__(self) -> Self:
         return self
@@ -986,6 +989,7 @@ class Pin:
         self._removed_at = None
         self.state = KsState.STOP
         self._runs.clear()
+        self._running = (_NEVER, 0)
         try:
             self.walk_to(self._target_state)
         except errors.DeviceRemovedError as exc:
@@ -1044,6 +1048,12 @@ class Pin:
             self._flushed()
 
     def _clock_changed(self, clock: Any) -> None:
+        self._note_clock(clock)
+        runs = self._runs
+        running = runs[-1] if runs and runs[-1][2] < 0 else None
+        self._running = (_NEVER, 0) if running is None else (running[0], running[1] - running[0])
+
+    def _note_clock(self, clock: Any) -> None:
         runs = self._runs
         if self.state == KsState.STOP:
             runs.clear()
@@ -1769,13 +1779,7 @@ class CapturePin(Pin):
         append = self._ready.append
         # The stream time of a capture in the RUN period going on (stream_time_at's
         # answer for it, inline); any other time asks stream_time_at.
-        runs = self._runs
-        start = _NEVER
-        if runs:
-            start, offset, end = runs[-1]
-            if end >= 0:
-                start = _NEVER
-            offset -= start
+        start, offset = self._running
         for record in records:
             timestamp, flags, data = record
             if flags:
@@ -1864,7 +1868,12 @@ class CapturePin(Pin):
                     ms = 1000
                 else:
                     remaining = deadline - _monotonic()
-                    ms = max(1, int(min(remaining, 1.0) * 1000)) if remaining > 0 else 0
+                    if remaining >= 1.0:
+                        ms = 1000
+                    elif remaining > 0:
+                        ms = int(remaining * 1000) or 1
+                    else:
+                        ms = 0
                 if ms:
                     sockets, fds = self._waiter.wait(ms)
                     # Only the data doorbell rang: no kernel message or death to look at.
