@@ -1845,10 +1845,11 @@ class CapturePin(Pin):
         """The next message, or WouldBlock if none is waiting."""
         if self._ready or self._fill():
             return self._ready.popleft()
-        with contextlib.suppress(errors.KsTimeoutError):  # a reopen waiting for the device
-            self._check(time.monotonic())
-        if self._fill():
-            return self._ready.popleft()
+        if self._error is not None or self._closed:
+            with contextlib.suppress(errors.KsTimeoutError):  # a reopen waiting for the device
+                self._check(time.monotonic())
+            if self._fill():
+                return self._ready.popleft()
         raise errors.WouldBlock("no message waiting")
 
     def poll(self, timeout: float | None = 0.0) -> bool:
