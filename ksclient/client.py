@@ -1798,8 +1798,10 @@ class CapturePin(Pin):
             if flags & FLAG_PACKED:
                 st = stream_time(timestamp)
                 flags &= ~FLAG_PACKED
-                ready.extend(MidiMessage(m, timestamp, flags, st)
-                             for m in split_packed(data) or ())
+                # A run of channel messages: a MidiMessage each, without the NamedTuple's
+                # Python constructor (the fields are the same, the group 1).
+                ready.extend([_new_tuple(MidiMessage, (m, timestamp, flags, st, 1))
+                              for m in split_packed(data) or ()])
             else:
                 ready.append(MidiMessage(data, timestamp, flags, stream_time(timestamp)))
 
