@@ -1862,7 +1862,10 @@ class CapturePin(Pin):
 
     def _poll(self, timeout: float | None, fill: Callable[[], bool]) -> bool:
         """Wait up to `timeout` until `fill()` finds something (True) or not (False)."""
-        deadline = None if timeout is None else _monotonic() + timeout
+        return self._poll_until(None if timeout is None else _monotonic() + timeout, fill)
+
+    def _poll_until(self, deadline: float | None, fill: Callable[[], bool]) -> bool:
+        """`_poll` until `deadline` (time.monotonic(); None: no limit)."""
         if self._error is not None or self._closed:
             self._check_or_timeout(deadline)
         while True:
@@ -1905,16 +1908,25 @@ class CapturePin(Pin):
         KsTimeoutError when nothing came; DeviceRemovedError if the device went away.
         """
         ready = self._ready
-        if not ready:
-            if ((timeout is None or timeout > 0) and self._error is None and not self._closed
-                    and not self._raw):
-                # About to wait: _poll looks at the ring as it arms, so an empty ring (the
-                # usual case, the message still on its way) is not read twice.
-                if not self._poll(timeout, self._fill):
-                    raise errors.KsTimeoutError("no MIDI message")
-            elif not (self._fill() or self._poll(timeout, self._fill)):
-                raise errors.KsTimeoutError("no MIDI message")
-        return ready.popleft()
+        if ready:
+            return ready.popleft()
+        if ((timeout is None or timeout > 0) and self._error is None and not self._closed
+                and not self._raw):
+            # The usual case, the message still on its way: _poll's first turn, inline.
+            # Arming looks at the ring (so an empty one is not read twice); a wake-up by
+            # the data doorbell alone needs no look at the kernel's messages or death.
+            deadline = None if timeout is None else _monotonic() + timeout
+            if self._channel.prepare_to_sleep():
+                sockets, fds = self._waiter.wait(
+                    1000 if timeout is None or timeout >= 1.0 else int(timeout * 1000) or 1)
+                if sockets or fds != [self._data_fd]:
+                    self.client.check_kernel()
+                    self.client.pump_events()
+            if self._fill() or self._poll_until(deadline, self._fill):
+                return ready.popleft()
+        elif self._fill() or self._poll(timeout, self._fill):
+            return ready.popleft()
+        raise errors.KsTimeoutError("no MIDI message")
 
     def receive_many(
         self, max_messages: int = 1024, timeout: float | None = None
