@@ -4,6 +4,7 @@ refuse what they refused, with the same errors."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
@@ -13,6 +14,7 @@ import zmq
 import ksclient
 from ipc.midi import InvalidMessage, check_message
 from ipc.waiter import Waiter
+from ksclient.client import _is_channel_message
 
 NOTE = bytes([0x90, 60, 100])
 
@@ -201,3 +203,20 @@ def test_the_waiter_tells_a_doorbell_from_a_socket_message() -> None:
         a.close(linger=0)
         b.close(linger=0)
         ctx.term()
+
+
+def test_the_short_path_takes_only_what_check_message_accepts() -> None:
+    # Every status byte, and data bytes at the edges of their range, 0 to 4 bytes long.
+    values = [*range(0x80, 0x100), 0x00, 0x01, 0x40, 0x7F]
+    taken = 0
+    for length in range(5):
+        for message in itertools.product(values, repeat=min(length, 1)):
+            for rest in itertools.product([0x00, 0x7F, 0x80, 0xF7], repeat=max(0, length - 1)):
+                data = bytes(message + rest)
+                if not _is_channel_message(data):
+                    continue
+                taken += 1
+                check_message(data)  # accepted by the generic check too
+                assert 0x80 <= data[0] < 0xF0
+    # Every channel status with in-range data bytes (2 or 3 bytes as it takes) is taken.
+    assert taken == 64 * 4 + 32 * 2 + 16 * 4
