@@ -4,14 +4,17 @@ refuse what they refused, with the same errors."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
+import signal
 import time
 
 import pytest
 import zmq
 
 import ksclient
+import ksclient.aio
 from ipc.midi import InvalidMessage, check_message
 from ipc.waiter import Waiter
 from ksclient.client import _is_channel_message
@@ -220,3 +223,30 @@ def test_the_short_path_takes_only_what_check_message_accepts() -> None:
                 assert 0x80 <= data[0] < 0xF0
     # Every channel status with in-range data bytes (2 or 3 bytes as it takes) is taken.
     assert taken == 64 * 4 + 32 * 2 + 16 * 4
+
+
+def test_an_async_receive_waiting_after_a_round_trip_sees_the_device_go(start_kernel) -> None:
+    kernel = start_kernel('[[device]]\nname = "loopback"\nminiport = "loopback"\n')
+
+    async def main() -> None:
+        async with await ksclient.aio.connect(kernel.runtime) as k:
+            await k.wait_for_filter("loopback")
+            inp = await k.open_capture("loopback")
+            out = await k.open_render("loopback")
+            await inp.run()
+            await out.run()
+            # The last wait of each receive ends with the data doorbell, after which the
+            # next one does not look at the kernel's messages first.
+            for n in range(20):
+                await out.send(bytes([0x90, n, 1]))
+                assert (await inp.receive(timeout=5)).data == bytes([0x90, n, 1])
+            waiting = asyncio.ensure_future(inp.receive(timeout=20))
+            await asyncio.sleep(0.1)
+            stats = await k._run(k.sync.stats)
+            os.kill(stats["devices"]["loopback"]["pid"], signal.SIGKILL)
+            with pytest.raises(ksclient.DeviceRemovedError):
+                await waiting
+            await out.close()
+            await inp.close()
+
+    asyncio.run(main())
