@@ -15,7 +15,7 @@ import zmq
 
 import ksclient
 import ksclient.aio
-from ipc.midi import InvalidMessage, check_message
+from ipc.midi import MESSAGE_LENGTH, InvalidMessage, check_message
 from ipc.waiter import Waiter
 from ksclient.client import _is_channel_message
 
@@ -250,3 +250,22 @@ def test_an_async_receive_waiting_after_a_round_trip_sees_the_device_go(start_ke
             await inp.close()
 
     asyncio.run(main())
+
+
+def test_the_mido_port_decodes_a_captured_message_as_a_mido_parser_would() -> None:
+    import mido
+
+    from ksclient.mido_backend import _decode
+
+    captured = [bytes([s, 0x12, 0x7F])[: max(1, MESSAGE_LENGTH[s])] for s in range(0x80, 0x100)]
+    # Whole SysEx, and one cut short (an aborted SysEx comes without its F7).
+    captured += [b"\xf0\xf7", b"\xf0\x01\x02\xf7", b"\xf0\x01\x02", b"\xf0"]
+    decoded = 0
+    for data in captured:
+        parser = mido.Parser()
+        parser.feed(data)
+        expected = list(parser)
+        assert _decode(data) == expected, data.hex()
+        decoded += len(expected)
+    # Not decoded: F4 F5 F9 FD (undefined), a lone F0 or F7, and the two cut short.
+    assert decoded == len(captured) - 8
