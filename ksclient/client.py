@@ -1367,7 +1367,7 @@ class RenderPin(Pin):
                 or _monotonic() - self._events_checked >= EVENT_CHECK_SECONDS):
             return False
         if trace.ON:
-            return self._send_traced(message)
+            return self._traced_send(message)
         try:
             if not self._channel.send(message):
                 return False
@@ -1376,7 +1376,7 @@ class RenderPin(Pin):
         self._written += 1
         return True
 
-    def _send_traced(self, message: bytes) -> bool:
+    def _traced_send(self, message: bytes) -> bool:
         """The end of `_send_fast` with tracing on."""
         start = trace.now()
         try:
