@@ -30,6 +30,17 @@ def _has_message(sock: zmq.Socket[Any]) -> bool:
     return bool(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
 
+class _Activity:
+    """A socket whose owner counts its uses (`Waiter.add_socket`): the count last seen."""
+
+    __slots__ = ("count", "seen", "sock")
+
+    def __init__(self, sock: zmq.Socket[Any], count: Callable[[], int]) -> None:
+        self.sock = sock
+        self.count = count
+        self.seen = count()
+
+
 class Waiter:
     """An epoll set of ZeroMQ sockets and descriptors; not thread-safe."""
 
@@ -37,7 +48,7 @@ class Waiter:
         self._epoll = select.epoll()
         self._sockets: dict[int, zmq.Socket[Any]] = {}
         self._touched: set[zmq.Socket[Any]] = set()
-        self._activity: dict[zmq.Socket[Any], tuple[Callable[[], int], int]] = {}
+        self._activity: list[_Activity] = []
 
     def add_socket(
         self, sock: zmq.Socket[Any], activity: Callable[[], int] | None = None
@@ -50,7 +61,7 @@ class Waiter:
         self._sockets[fd] = sock
         self._touched.add(sock)
         if activity is not None:
-            self._activity[sock] = (activity, activity())
+            self._activity.append(_Activity(sock, activity))
 
     def watch(self, fd: int) -> None:
         """Wait for `fd` to become readable too."""
@@ -71,11 +82,11 @@ class Waiter:
         a descriptor is readable; returns (sockets with a message, readable fds)."""
         readable: list[zmq.Socket[Any]] = []
         touched = self._touched
-        for sock, (activity, seen) in self._activity.items():
-            now = activity()
-            if now != seen:
-                self._activity[sock] = (activity, now)
-                touched.add(sock)
+        for used in self._activity:
+            now = used.count()
+            if now != used.seen:
+                used.seen = now
+                touched.add(used.sock)
         if touched:
             for sock in touched:
                 if _has_message(sock):
@@ -87,7 +98,12 @@ class Waiter:
         if not events:
             return readable, []
         sockets = self._sockets
-        if not sockets:
+        if len(events) == 1:
+            # The usual wake-up: one descriptor (a doorbell) rang.
+            fd = events[0][0]
+            if fd not in sockets:
+                return readable, [fd]
+        elif not sockets:
             return readable, [fd for fd, _ in events]
         fds: list[int] = []
         for fd, _ in events:

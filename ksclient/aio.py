@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +25,7 @@ from ipc.ks import DataFormat
 from ksclient import errors
 from ksclient.client import (
     DEFAULT_CAPACITY,
+    EVENT_CHECK_SECONDS,
     BufferRequest,
     CapturePin,
     Client,
@@ -165,39 +167,63 @@ class AsyncRenderPin(_AsyncPin):
 class AsyncCapturePin(_AsyncPin):
     sync: CapturePin
 
-    async def _readable(self, timeout: float) -> None:
+    def __init__(self, client: AsyncClient, pin: CapturePin) -> None:
+        super().__init__(client, pin)
+        self._events_checked = -EVENT_CHECK_SECONDS
+        """When this pin last took in the kernel's messages (time.monotonic())."""
+
+    async def _readable(self, timeout: float) -> bool:
+        """Wait until the pin's data doorbell rings (True) or `timeout` seconds pass (False)."""
         loop = asyncio.get_running_loop()
         fd = self.sync._channel.data_fileno()
-        ready = loop.create_future()
+        ready: asyncio.Future[bool] = loop.create_future()
 
-        def wake() -> None:
+        def wake(rung: bool) -> None:
             if not ready.done():
-                ready.set_result(None)
+                ready.set_result(rung)
 
-        loop.add_reader(fd, wake)
+        # A timer rather than asyncio.wait_for, which wraps the future in more futures
+        # and callbacks on every wait.
+        loop.add_reader(fd, wake, True)
+        timer = loop.call_later(timeout, wake, False)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ready, timeout)
+            return await ready
         finally:
+            timer.cancel()
             loop.remove_reader(fd)
 
     async def receive(self, timeout: float | None = None) -> MidiMessage:
-        """The next message; KsTimeoutError after `timeout` seconds (None: forever)."""
+        """The next message; KsTimeoutError after `timeout` seconds (None: forever).
+        DeviceRemovedError (and the other errors) as `CapturePin.receive`: the kernel's
+        messages are taken in before every wait but the first, and before that one too
+        unless they were taken in less than EVENT_CHECK_SECONDS ago (a receive whose
+        message comes with its first wake-up, the usual case, needs no look)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        sync = self.sync
+        ready = sync._ready
+        fresh = time.monotonic() - self._events_checked < EVENT_CHECK_SECONDS
         while True:
-            with contextlib.suppress(errors.WouldBlock):
-                return self.sync.receive_nowait()
-            if self.client._lock.acquire(blocking=False):
+            # receive_nowait, without raising WouldBlock on a healthy pin.
+            if ready or sync._fill():
+                return ready.popleft()
+            if sync._error is not None or sync._closed:
+                with contextlib.suppress(errors.WouldBlock):
+                    return sync.receive_nowait()
+            if not fresh and self.client._lock.acquire(blocking=False):
                 try:
-                    self.sync.client.pump_events()
+                    sync.client.pump_events()
                 finally:
                     self.client._lock.release()
-            self.sync._check()
+                self._events_checked = time.monotonic()
+            sync._check()
             remaining = 0.25 if deadline is None else min(0.25, deadline - loop.time())
             if remaining <= 0:
                 raise errors.KsTimeoutError("no MIDI message")
-            if self.sync._channel.prepare_to_sleep():
+            # Whatever ended a wait without a message (a timeout, a doorbell with nothing
+            # behind it, one that hung up) may be the kernel's news: look next time.
+            fresh = False
+            if sync._channel.prepare_to_sleep():
                 await self._readable(remaining)
 
     def __aiter__(self) -> AsyncIterator[MidiMessage]:

@@ -71,6 +71,7 @@ from ipc.ks import (
 )
 from ipc.midi import (
     FLAG_PACKED,
+    MESSAGE_LENGTH,
     PACKED_RUN,
     InvalidMessage,
     check_message,
@@ -109,6 +110,28 @@ MAX_TIME: Final = (1 << 63) - 1
 EVENT_CHECK_SECONDS: Final = 0.01
 """How stale a render pin's view of kernel events may get on the fast path (a check
 of the socket costs ~2 µs, too much for every send)."""
+
+_CHANNEL_LENGTH: Final = tuple(MESSAGE_LENGTH[s] if 0x80 <= s < 0xF0 else 0 for s in range(256))
+"""By byte value: the length of the channel message that status byte starts (2 or 3);
+0 for every other byte."""
+
+
+def _is_channel_message(message: bytes) -> bool:
+    """`message` is exactly one whole channel message (80-EF with the data bytes it
+    takes): what `send` passes on without the generic checks (which accept it too, and
+    refuse everything else with the error they name). Indexing, not a regex: setting
+    up a match costs more than the message."""
+    n = len(message)
+    if n == 3:
+        return _CHANNEL_LENGTH[message[0]] == 3 and (message[1] | message[2]) < 0x80
+    return n == 2 and _CHANNEL_LENGTH[message[0]] == 2 and message[1] < 0x80
+
+
+_monotonic = time.monotonic
+_new_tuple = tuple.__new__
+_STOP: Final = KsState.STOP
+_NEVER: Final = MAX_TIME + 1
+"""Later than any capture time (an i64)."""
 
 
 class PhysicalTime(int):
@@ -913,6 +936,9 @@ class Pin:
         self._runs: list[list[int]] = []
         """The RUN periods since the last STOP, as the kernel's clock told them:
         [physical start, stream time at start, stream time at the end (-1: running)]."""
+        self._running = (_NEVER, 0)
+        """The RUN period going on, if any, for the capture path: (its physical start,
+        its stream time minus that start); (_NEVER, 0) outside RUN."""
 
     def __enter__(self) -> Self:
         return self
@@ -974,6 +1000,7 @@ class Pin:
         self._removed_at = None
         self.state = KsState.STOP
         self._runs.clear()
+        self._running = (_NEVER, 0)
         try:
             self.walk_to(self._target_state)
         except errors.DeviceRemovedError as exc:
@@ -1032,6 +1059,12 @@ class Pin:
             self._flushed()
 
     def _clock_changed(self, clock: Any) -> None:
+        self._note_clock(clock)
+        runs = self._runs
+        running = runs[-1] if runs and runs[-1][2] < 0 else None
+        self._running = (_NEVER, 0) if running is None else (running[0], running[1] - running[0])
+
+    def _note_clock(self, clock: Any) -> None:
         runs = self._runs
         if self.state == KsState.STOP:
             runs.clear()
@@ -1142,10 +1175,21 @@ class Pin:
         return PhysicalTime(int(self.connection_property("latencyclock")))
 
     @property
+    def _fmt(self) -> DataFormat:
+        """The pin's data format as the kernel gave it at open (or `set_format` set it)."""
+        return self._format
+
+    @_fmt.setter
+    def _fmt(self, fmt: DataFormat) -> None:
+        self._format = fmt
+        # Asked on every message: kept with the format (DataFormat is frozen).
+        self._dmus = fmt.sub_format == KSDATAFORMAT_SUBTYPE_DIRECTMUSIC
+
+    @property
     def is_directmusic(self) -> bool:
         """The pin exchanges DirectMusic data (KSDATAFORMAT_SUBTYPE_DIRECTMUSIC): buffers are
         DMUS_EVENTHEADER buffers and messages carry a channel group."""
-        return self._fmt.sub_format == KSDATAFORMAT_SUBTYPE_DIRECTMUSIC
+        return self._dmus
 
     @property
     def format(self) -> DataFormat:
@@ -1300,7 +1344,49 @@ class RenderPin(Pin):
         `channel_group`: the DirectMusic channel group (1..65535) on a DirectMusic
         pin; a MIDI pin carries group 1 only (ValueError for another).
         """
+        if at is None and channel_group == 1 and self._send_fast(message):
+            return
         self.send_many([message], at, timeout, channel_group=channel_group)
+
+    def _send_fast(self, message: Any) -> bool:
+        """`send` of the common case, inline: one channel message (bytes, or a list of
+        ints) at once in group 1 on a MIDI pin that is ready, with the checks `send`
+        makes (a message this path does not take goes the generic way, which accepts
+        or refuses it as it always did). False, having sent nothing, where the
+        generic path must decide: another message, a pin not ready, kernel events
+        due a look (EVENT_CHECK_SECONDS), a full ring."""
+        if type(message) is not bytes:
+            if type(message) is not list:
+                return False
+            try:
+                message = bytes(message)
+            except (TypeError, ValueError):
+                return False
+        if (self._error is not None or self._closed or self._dmus or self.state == _STOP
+                or not _is_channel_message(message)
+                or _monotonic() - self._events_checked >= EVENT_CHECK_SECONDS):
+            return False
+        if trace.ON:
+            return self._traced_send(message)
+        try:
+            if not self._channel.send(message):
+                return False
+        except RingError as exc:
+            raise errors.BrokenError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}") from exc
+        self._written += 1
+        return True
+
+    def _traced_send(self, message: bytes) -> bool:
+        """The end of `_send_fast` with tracing on."""
+        start = trace.now()
+        try:
+            if not self._channel.send(message):
+                return False
+        except RingError as exc:
+            raise errors.BrokenError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}") from exc
+        tracing.sent(start, self.handle, self._written, 1)
+        self._written += 1
+        return True
 
     def send_raw(
         self, data: Any, at: int | None = None, timeout: float | None = None,
@@ -1313,6 +1399,8 @@ class RenderPin(Pin):
 
     def send_nowait(self, message: Any, at: int | None = None, channel_group: int = 1) -> None:
         """Like send, but raise WouldBlock (sending nothing) if the ring has no room."""
+        if at is None and channel_group == 1 and self._send_fast(message):
+            return
         try:
             self._ready(time.monotonic())
         except errors.KsTimeoutError:
@@ -1343,8 +1431,14 @@ class RenderPin(Pin):
         deadline = None if timeout is None else time.monotonic() + timeout
         self._ready(deadline)
         records: list[tuple[int, int, bytes]] = []
+        # A channel message at once in group 1 on a MIDI pin is its own record, as
+        # _records would make it, without the generic checks.
+        plain = at is None and not raw and channel_group == 1 and not self._dmus
         for message in messages:
-            records += self._records(message, at, raw, channel_group)
+            if plain and type(message) is bytes and _is_channel_message(message):
+                records.append((0, 0, message))
+            else:
+                records += self._records(message, at, raw, channel_group)
         self._send_records(records, deadline)
 
     def send_batch(
@@ -1665,19 +1759,46 @@ class CapturePin(Pin):
             # What receive_batch read comes first: the order is the ring's.
             raw, self._raw = self._raw, []
             self._queue(raw)
-        if self._detached:
+        if self._detached or self._closed:
             if self._closed:
                 raise errors.ClosedError("the pin is closed")
             return bool(self._ready)
-        records = self._read_records()
-        stream_time = self.stream_time_at
-        if self.is_directmusic:
+        # _read_records, inline (every receive's path).
+        try:
+            records = self._channel.receive_many(1024)
+        except RingError as exc:
+            raise errors.BrokenError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}") from exc
+        if not records:
+            return bool(self._ready)
+        if trace.ON:
+            tracing.received(self.handle, records)
+        if self._dmus:
+            stream_time = self.stream_time_at
             self._ready.extend(
                 MidiMessage(data, timestamp, flags, stream_time(timestamp), group)
                 for timestamp, flags, data, group in self._grouped.join(records))
         else:
-            self._queue(self._joined(records))
+            self._queue_plain(records)
         return bool(self._ready)
+
+    def _queue_plain(self, records: list[Any]) -> None:
+        """A MIDI pin's records as read into `_ready`. A record without flags is one whole
+        message the kernel checked (the SysEx joiner passes it as it is, whatever it
+        holds), so it becomes a MidiMessage right here; every other record goes
+        through `_joined` and `_queue`, in order."""
+        append = self._ready.append
+        # The stream time of a capture in the RUN period going on (stream_time_at's
+        # answer for it, inline); any other time asks stream_time_at.
+        start, offset = self._running
+        for record in records:
+            timestamp, flags, data = record
+            if flags:
+                self._queue(self._joined([record]))
+            elif timestamp >= start:
+                append(_new_tuple(MidiMessage, (data, timestamp, 0, offset + timestamp, 1)))
+            else:
+                append(_new_tuple(MidiMessage, (data, timestamp, 0,
+                                                self.stream_time_at(timestamp), 1)))
 
     def _queue(self, records: list[tuple[int, int, bytes]]) -> None:
         """Checked, joined records of a MIDI pin into `_ready`, one MidiMessage a message."""
@@ -1687,8 +1808,10 @@ class CapturePin(Pin):
             if flags & FLAG_PACKED:
                 st = stream_time(timestamp)
                 flags &= ~FLAG_PACKED
-                ready.extend(MidiMessage(m, timestamp, flags, st)
-                             for m in split_packed(data) or ())
+                # A run of channel messages: a MidiMessage each, without the NamedTuple's
+                # Python constructor (the fields are the same, the group 1).
+                ready.extend([_new_tuple(MidiMessage, (m, timestamp, flags, st, 1))
+                              for m in split_packed(data) or ()])
             else:
                 ready.append(MidiMessage(data, timestamp, flags, stream_time(timestamp)))
 
@@ -1734,10 +1857,11 @@ class CapturePin(Pin):
         """The next message, or WouldBlock if none is waiting."""
         if self._ready or self._fill():
             return self._ready.popleft()
-        with contextlib.suppress(errors.KsTimeoutError):  # a reopen waiting for the device
-            self._check(time.monotonic())
-        if self._fill():
-            return self._ready.popleft()
+        if self._error is not None or self._closed:
+            with contextlib.suppress(errors.KsTimeoutError):  # a reopen waiting for the device
+                self._check(time.monotonic())
+            if self._fill():
+                return self._ready.popleft()
         raise errors.WouldBlock("no message waiting")
 
     def poll(self, timeout: float | None = 0.0) -> bool:
@@ -1748,17 +1872,29 @@ class CapturePin(Pin):
 
     def _poll(self, timeout: float | None, fill: Callable[[], bool]) -> bool:
         """Wait up to `timeout` until `fill()` finds something (True) or not (False)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._check_or_timeout(deadline)
+        return self._poll_until(None if timeout is None else _monotonic() + timeout, fill)
+
+    def _poll_until(self, deadline: float | None, fill: Callable[[], bool]) -> bool:
+        """`_poll` until `deadline` (time.monotonic(); None: no limit)."""
+        if self._error is not None or self._closed:
+            self._check_or_timeout(deadline)
         while True:
             if not self._detached and self._channel.prepare_to_sleep():
-                remaining = 1.0 if deadline is None else deadline - time.monotonic()
-                fds = None
-                if remaining > 0:
-                    sockets, fds = self._waiter.wait(max(1, int(min(remaining, 1.0) * 1000)))
-                    if sockets:
-                        fds = None
-                if fds != [self._data_fd]:
+                if deadline is None:
+                    ms = 1000
+                else:
+                    remaining = deadline - _monotonic()
+                    if remaining >= 1.0:
+                        ms = 1000
+                    elif remaining > 0:
+                        ms = int(remaining * 1000) or 1
+                    else:
+                        ms = 0
+                if ms:
+                    sockets, fds = self._waiter.wait(ms)
+                    # Only the data doorbell rang: no kernel message or death to look at.
+                    woken_for_data = not sockets and fds == [self._data_fd]
+                if not ms or not woken_for_data:
                     self.client.check_kernel()
                     self.client.pump_events()
             if fill():
@@ -1781,9 +1917,26 @@ class CapturePin(Pin):
 
         KsTimeoutError when nothing came; DeviceRemovedError if the device went away.
         """
-        if not self.poll(timeout):
-            raise errors.KsTimeoutError("no MIDI message")
-        return self._ready.popleft()
+        ready = self._ready
+        if ready:
+            return ready.popleft()
+        if ((timeout is None or timeout > 0) and self._error is None and not self._closed
+                and not self._raw):
+            # The usual case, the message still on its way: _poll's first turn, inline.
+            # Arming looks at the ring (so an empty one is not read twice); a wake-up by
+            # the data doorbell alone needs no look at the kernel's messages or death.
+            deadline = None if timeout is None else _monotonic() + timeout
+            if self._channel.prepare_to_sleep():
+                sockets, fds = self._waiter.wait(
+                    1000 if timeout is None or timeout >= 1.0 else int(timeout * 1000) or 1)
+                if sockets or fds != [self._data_fd]:
+                    self.client.check_kernel()
+                    self.client.pump_events()
+            if self._fill() or self._poll_until(deadline, self._fill):
+                return ready.popleft()
+        elif self._fill() or self._poll(timeout, self._fill):
+            return ready.popleft()
+        raise errors.KsTimeoutError("no MIDI message")
 
     def receive_many(
         self, max_messages: int = 1024, timeout: float | None = None

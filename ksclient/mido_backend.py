@@ -181,9 +181,7 @@ class Input(_PinPort, ports.BaseInput):  # type: ignore[misc]
         return pin
 
     def _parse(self, data: bytes) -> None:
-        parser = mido.Parser()
-        parser.feed(data)
-        self._pending.extend(parser)
+        self._pending.extend(_decode(data))
 
     def _take(self, timeout: float | None) -> mido.Message | None:
         """The next message, waiting up to `timeout` (None: until one comes or the port
@@ -193,9 +191,10 @@ class Input(_PinPort, ports.BaseInput):  # type: ignore[misc]
                 raise OSError("port closed during receive()")
             wait = POLL_SLICE if timeout is None else min(timeout, POLL_SLICE)
             try:
-                if self._capture.poll(wait):
-                    self._parse(self._capture.receive_nowait().data)
-                    continue
+                self._parse(self._capture.receive(wait).data)
+                continue
+            except errors.KsTimeoutError:
+                pass
             except errors.KsError as exc:
                 raise _port_error(exc) from exc
             if timeout is not None:
@@ -229,11 +228,9 @@ class Input(_PinPort, ports.BaseInput):  # type: ignore[misc]
             return
         while self._pending:
             func(self._pending.pop(0))
-        parser = mido.Parser()
 
         def deliver(message: ksclient.MidiMessage) -> None:
-            parser.feed(message.data)
-            for msg in parser:
+            for msg in _decode(message.data):
                 func(msg)
 
         pin.set_callback(deliver)
@@ -243,6 +240,20 @@ class Input(_PinPort, ports.BaseInput):  # type: ignore[misc]
             self._pin.set_callback(None)
         self._callback = None
         self._close_pin()
+
+
+def _decode(data: bytes) -> list[mido.Message]:
+    """The mido messages of one captured message, as a mido Parser of its own gives them.
+    A Parser tokenizes the bytes, then decodes each message with Message.from_bytes; a
+    captured message is whole, so its bytes go to from_bytes straight away. What that
+    cannot decode as one message (an aborted SysEx, an undefined byte delivered) goes
+    through a Parser, which drops it as it always did."""
+    try:
+        return [mido.Message.from_bytes(data)]
+    except ValueError:
+        parser = mido.Parser()
+        parser.feed(data)
+        return list(parser)
 
 
 class Output(_PinPort, ports.BaseOutput):  # type: ignore[misc]
