@@ -252,8 +252,9 @@ class ServiceGroups:
         if get_ident() == self._thread:
             if self._running:
                 self._take(gid, when)
-                return
-            with self._lock:
+            else:
+                # No lock on the loop's thread: only this thread swaps the dict (in
+                # `run`), and one setdefault is atomic against the other threads'.
                 self._requests.setdefault(gid, when)
             return
         with self._lock:
@@ -319,30 +320,33 @@ class ServiceGroups:
         self._running = True
         try:
             budget = RUN_BUDGET
-            while budget > 0:
+            while True:
                 if self._requests:
                     with self._lock:
                         requests, self._requests = self._requests, {}
                     for gid, when in requests.items():
                         self._take(gid, when)
-                if not queue:
-                    break
-                while queue and budget > 0:
-                    budget -= 1
+                while queue:
                     group = queue.popleft()
-                    when, group.queued_at = group.queued_at or 0, None
+                    when = group.queued_at or 0
+                    group.queued_at = None
                     group.runs += 1
                     if group is not port_alone:
                         ran.setdefault(group.gid, when)
                     if trace.ON:
                         self._traced_run(group, when)
-                        continue
-                    # A snapshot: members added or removed during the run count from the next.
-                    for action in group.actions:
-                        action(when)
+                    else:
+                        # A snapshot: members added or removed during the run count
+                        # from the next.
+                        for action in group.actions:
+                            action(when)
+                    budget -= 1
+                    if not budget:
+                        return ran
+                if not self._requests:
+                    return ran
         finally:
             self._running = False
-        return ran
 
     def _traced_run(self, group: HostServiceGroup, when: int) -> None:
         start = trace.now()

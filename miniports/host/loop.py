@@ -214,8 +214,7 @@ class MiniportHost:
             streams.retry_due(now)
         if groups.armed:
             groups.fire_due_timers(now_100ns())
-        if groups.pending:
-            self._run_dpcs()
+        self._run_dpcs()
         bus.flush()
         return next_beat
 
@@ -446,7 +445,9 @@ class MiniportHost:
             return
         if not hs.held:
             hs.isr_time = when
-        self.streams.drain_capture(hs)
+        hs.drain_capture(self.streams.report)
+        if hs.waiting_space:
+            self.streams.wait_for_space(hs)
 
     def _shutdown(self) -> None:
         self.streams.close_all()

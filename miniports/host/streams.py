@@ -147,6 +147,8 @@ class HostStream:
                     raise MiniportFault("read raised") from exc
                 kind: type = type(got)  # a miniport may return anything
                 if kind is bytes:
+                    if not got:
+                        return moved
                     data = got
                 elif kind is bytearray:
                     data = bytes(got)
@@ -187,7 +189,8 @@ class StreamTable:
         self.by_id: dict[int, HostStream] = {}
         self._waiter = waiter
         self._runtime_dir = runtime_dir
-        self._report = report
+        self.report = report
+        """Posts an event to the kernel (a StreamError of a stream's pump or drain)."""
         self._fds: dict[int, HostStream] = {}
         self.retrying: set[HostStream] = set()
         """The streams a pump left something to offer again (a short write's rest, a
@@ -273,18 +276,23 @@ class StreamTable:
         del self._fds[fd]
 
     def pump_render(self, hs: HostStream) -> None:
-        hs.pump_render(self._report)
+        hs.pump_render(self.report)
         if hs.retry_at is not None or hs.pending:
             self.retrying.add(hs)
 
     def drain_capture(self, hs: HostStream) -> bool:
         """`hs.drain_capture`, then wait on the ring's space doorbell if it filled up."""
-        moved = hs.drain_capture(self._report)
-        if hs.waiting_space and hs.writer is not None:
+        moved = hs.drain_capture(self.report)
+        if hs.waiting_space:
+            self.wait_for_space(hs)
+        return moved
+
+    def wait_for_space(self, hs: HostStream) -> None:
+        """Wait on the space doorbell of `hs`'s ring (its capture filled the ring)."""
+        if hs.writer is not None:
             fd = hs.writer.space_fileno()
             if fd not in self._fds:
                 self._watch(fd, hs)
-        return moved
 
     def on_ready(self, fd: int) -> HostStream | None:
         """A stream's doorbell rang: render data came, or a full capture ring has room.
@@ -295,7 +303,7 @@ class StreamTable:
         if not hs.capture:
             assert hs.reader is not None
             hs.reader.end_sleep()
-            hs.pump_render(self._report)
+            hs.pump_render(self.report)
             if hs.retry_at is not None or hs.pending:
                 self.retrying.add(hs)
             return None
