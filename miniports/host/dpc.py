@@ -250,11 +250,18 @@ class ServiceGroups:
         if trace.ON:
             trace.instant("notify", "interrupt", {"group": gid, "when": when})
         if get_ident() == self._thread:
-            if self._running:
+            if gid != NOTIFY_ALL and (self._running or not self._requests):
+                # Queued at once (as `_take` does): no request from another thread
+                # waits before it, so the order of requests is kept.
+                group = self.by_id.get(gid)
+                if group is not None and group.queued_at is None:
+                    group.queued_at = when
+                    self._queue.append(group)
+            elif self._running:
                 self._take(gid, when)
             else:
-                # No lock on the loop's thread: only this thread swaps the dict (in
-                # `run`), and one setdefault is atomic against the other threads'.
+                # Notify(NULL) is expanded by `run`. No lock on the loop's thread: only
+                # it swaps the dict, and one setdefault is atomic against other threads'.
                 self._requests.setdefault(gid, when)
             return
         with self._lock:

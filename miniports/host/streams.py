@@ -111,9 +111,10 @@ class HostStream:
                 raise
             except Exception as exc:
                 raise MiniportFault("write raised") from exc
-            if type(taken) is not int or not 0 <= taken <= len(data):
-                raise MiniportFault(f"write returned {taken!r} for {len(data)} bytes")
-            if taken < len(data):
+            size = len(data)
+            if type(taken) is not int or not 0 <= taken <= size:
+                raise MiniportFault(f"write returned {taken!r} for {size} bytes")
+            if taken < size:
                 # Only a short write copies: the rest waits for the retry.
                 self.pending = data[taken:]
                 self.retry_at = time.monotonic() + RETRY_SECONDS
