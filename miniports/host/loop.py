@@ -441,7 +441,7 @@ class MiniportHost:
         """A capture stream's part of a DPC (its sink in its group's run, or the port's
         sink's for a stream in no group): read until b"" in one of `hs.moving` (RUN; a
         DirectMusic stream: RUN or PAUSE)."""
-        if hs.state not in hs.moving or self.streams.by_id.get(hs.sid) is not hs:
+        if not hs.reading:
             return
         if not hs.held:
             hs.isr_time = when

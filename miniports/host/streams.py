@@ -63,11 +63,15 @@ class HostStream:
     """Capture: the most one `read` may return (what one ring record holds at most)."""
     moving: tuple[KsState, ...] = (KsState.RUN,)
     """The states in which a DPC reads a capture stream (a DirectMusic one: RUN, PAUSE)."""
+    reading: bool = False
+    """A DPC reads the stream: it is in one of `moving` and not closed (kept by
+    `set_state` and `StreamTable.remove`, so that a DPC tests one flag)."""
 
     def set_state(self, state: KsState) -> None:
         """The miniport stream's `set_state`; STOP drops what the host holds for it."""
         call_miniport("set_state", self.stream.set_state, state)
         self.state = state
+        self.reading = state in self.moving
         if state == KsState.STOP:
             self.pending = b""
             self.held = None
@@ -90,8 +94,8 @@ class HostStream:
                         return
                     continue
                 # One record (the usual case) is passed as it is, without a join.
-                data = records[0].data if len(records) == 1 else b"".join(
-                    [r.data for r in records])
+                data = records[0][2] if len(records) == 1 else b"".join(
+                    [r[2] for r in records])  # Record.data
                 if trace.ON:
                     self._trace_render(len(records))
                 if not data:
@@ -247,6 +251,7 @@ class StreamTable:
         """Close stream `sid` (the miniport's and the host's ends); None if unknown."""
         hs = self.by_id.pop(sid, None)
         if hs is not None:
+            hs.reading = False
             self.retrying.discard(hs)
             self._close(hs)
         return hs
@@ -301,9 +306,9 @@ class StreamTable:
         hs = self._fds.get(fd)
         if hs is None:
             return None
-        if not hs.capture:
-            assert hs.reader is not None
-            hs.reader.end_sleep()
+        reader = hs.reader
+        if reader is not None:  # a render stream's data doorbell
+            reader.end_sleep()
             hs.pump_render(self.report)
             if hs.retry_at is not None or hs.pending:
                 self.retrying.add(hs)
