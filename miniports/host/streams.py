@@ -87,7 +87,9 @@ class HostStream:
         write = self.stream.write
         while True:
             data = self.pending
-            if not data:
+            if data:
+                self.pending = b""  # taken over; a short write leaves the rest again
+            else:
                 records = reader.receive_many(max_bytes=RENDER_BATCH_BYTES)
                 if not records:
                     if reader.prepare_to_sleep():
@@ -105,7 +107,6 @@ class HostStream:
             try:
                 taken = call_miniport("write", write, data) if trace.ON else write(data)
             except StatusError as exc:
-                self.pending = b""
                 reader.discard_all()
                 report(
                     p.StreamError(self.sid, exc.status, f"{exc.message} ({len(data)} bytes lost)")
@@ -116,14 +117,13 @@ class HostStream:
             except Exception as exc:
                 raise MiniportFault("write raised") from exc
             size = len(data)
-            if type(taken) is not int or not 0 <= taken <= size:
-                raise MiniportFault(f"write returned {taken!r} for {size} bytes")
-            if taken < size:
+            if type(taken) is not int or taken != size:
+                if type(taken) is not int or not 0 <= taken <= size:
+                    raise MiniportFault(f"write returned {taken!r} for {size} bytes")
                 # Only a short write copies: the rest waits for the retry.
                 self.pending = data[taken:]
                 self.retry_at = time.monotonic() + RETRY_SECONDS
                 return
-            self.pending = b""
             if reader.prepare_to_sleep():
                 return
 
@@ -137,8 +137,9 @@ class HostStream:
         chunk = self.read_chunk
         read = self.stream.read
         send = writer.send
+        data = self.held
+        self.held = None
         while True:
-            data = self.held
             if data is None:
                 # call_miniport, inline on this hot path (see pump_render).
                 try:
@@ -152,30 +153,32 @@ class HostStream:
                     raise MiniportFault("read raised") from exc
                 kind: type = type(got)  # a miniport may return anything
                 if kind is bytes:
-                    if not got:
-                        return moved
                     data = got
                 elif kind is bytearray:
                     data = bytes(got)
                 else:
                     raise MiniportFault(f"read returned {kind.__name__} of bad size")
-                if len(data) > chunk:
-                    raise MiniportFault(f"read returned {kind.__name__} of bad size")
                 if not data:
                     return moved
-            else:
-                self.held = None
-            start = trace.now() if trace.ON else 0
-            if not send(data, self.isr_time, 0):
-                self.held = data
-                if writer.prepare_to_wait_for_space(len(data)):
-                    self.waiting_space = True
-                    return moved
-                continue
-            moved = True
+                if len(data) > chunk:
+                    raise MiniportFault(f"read returned {kind.__name__} of bad size")
             if trace.ON:
-                trace.complete("captured", "capture", start, {"bytes": len(data)},
-                               (trace.capture_flow_id(self.isr_time),), "s")
+                start = trace.now()
+                if send(data, self.isr_time, 0):
+                    trace.complete("captured", "capture", start, {"bytes": len(data)},
+                                   (trace.capture_flow_id(self.isr_time),), "s")
+                    moved = True
+                    data = None
+                    continue
+            elif send(data, self.isr_time, 0):
+                moved = True
+                data = None
+                continue
+            # The ring is full: keep the bytes, and wait for room unless it came meanwhile.
+            if writer.prepare_to_wait_for_space(len(data)):
+                self.held = data
+                self.waiting_space = True
+                return moved
 
     def _trace_render(self, count: int) -> None:
         """The records the kernel released reach the miniport: the end of their flows."""
