@@ -322,7 +322,8 @@ class FifoCaptureStream(MiniportMidiStream):
     """A capture stream whose hardware (an ISR, a device callback) appends bytes to a FIFO.
 
     Input is kept only in RUN, as a UART keeps it. `read` and the STOP flush take
-    `sync`'s lock, so they never interleave with the service routine.
+    `sync`'s lock, so they never interleave with the service routine (a `read` that
+    finds the FIFO empty returns b"" without it: the routine only appends).
     """
 
     def __init__(self, sync: InterruptSync, fifo_size: int) -> None:
