@@ -171,6 +171,11 @@ class InterruptSyncMode(IntEnum):
     """Call every routine, again and again while any claims the interrupt."""
 
 
+_NORMAL = InterruptSyncMode.NORMAL
+_RUN = KsState.RUN
+_STOP = KsState.STOP
+
+
 class InterruptSync:
     """IInterruptSync: service routines run under the interrupt lock.
 
@@ -185,7 +190,9 @@ class InterruptSync:
     def __init__(self, mode: InterruptSyncMode = InterruptSyncMode.NORMAL) -> None:
         self.mode = mode
         self.lock = threading.RLock()
-        self._routines: list[Callable[[], bool]] = []
+        # A tuple replaced on each registration: an interrupt runs the routines that were
+        # registered when it came, without copying them.
+        self._routines: tuple[Callable[[], bool], ...] = ()
         self.interrupts = 0
         self.unclaimed = 0
 
@@ -193,9 +200,9 @@ class InterruptSync:
         """Add an ISR; it returns True when it claimed (handled) the interrupt."""
         with self.lock:
             if first:
-                self._routines.insert(0, routine)
+                self._routines = (routine, *self._routines)
             else:
-                self._routines.append(routine)
+                self._routines = (*self._routines, routine)
 
     def call_synchronized_routine(self, routine: Callable[..., Any], *args: Any) -> Any:
         """Run `routine(*args)` with the interrupt lock held; return its result."""
@@ -206,10 +213,17 @@ class InterruptSync:
         """Deliver one interrupt to the routines according to the mode; True if claimed."""
         with self.lock:
             self.interrupts += 1
+            if self.mode is _NORMAL:
+                # The first routine that claims it ends the interrupt.
+                for routine in self._routines:
+                    if routine():
+                        return True
+                self.unclaimed += 1
+                return False
             claimed_any = False
             for _ in range(self._REPEAT_LIMIT):
                 claimed = False
-                for routine in tuple(self._routines):
+                for routine in self._routines:
                     if routine():
                         claimed = True
                         if self.mode == InterruptSyncMode.NORMAL:
@@ -308,7 +322,8 @@ class FifoCaptureStream(MiniportMidiStream):
     """A capture stream whose hardware (an ISR, a device callback) appends bytes to a FIFO.
 
     Input is kept only in RUN, as a UART keeps it. `read` and the STOP flush take
-    `sync`'s lock, so they never interleave with the service routine.
+    `sync`'s lock, so they never interleave with the service routine (a `read` that
+    finds the FIFO empty returns b"" without it: the routine only appends).
     """
 
     def __init__(self, sync: InterruptSync, fifo_size: int) -> None:
@@ -320,11 +335,11 @@ class FifoCaptureStream(MiniportMidiStream):
 
     def room(self) -> int:
         """Bytes `hardware_input` takes now (a stream not running takes and drops all)."""
-        return self.fifo_size - len(self._fifo) if self.state == KsState.RUN else 1 << 62
+        return self.fifo_size - len(self._fifo) if self.state == _RUN else 1 << 62
 
     def hardware_input(self, data: bytes) -> bool:
         """The hardware delivered `data`: keep it if running and it fits; True if kept."""
-        if self.state != KsState.RUN:
+        if self.state != _RUN:
             return False
         if len(data) > self.fifo_size - len(self._fifo):
             self.overflowed += len(data)
@@ -338,13 +353,21 @@ class FifoCaptureStream(MiniportMidiStream):
     def set_state(self, state: KsState) -> None:
         with self.sync.lock:
             self.state = state
-            if state == KsState.STOP:
+            if state == _STOP:
                 self._fifo.clear()
 
     def read(self, max_bytes: int) -> bytes:
+        fifo = self._fifo
+        if not fifo:
+            # Empty: what the lock would give a moment later (the ISR only appends).
+            return b""
         with self.sync.lock:
-            data = bytes(self._fifo[:max_bytes])
-            del self._fifo[: len(data)]
+            if len(fifo) <= max_bytes:
+                data = bytes(fifo)
+                fifo.clear()
+            else:
+                data = bytes(fifo[:max_bytes])
+                del fifo[:max_bytes]
             return data
 
 

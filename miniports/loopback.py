@@ -64,7 +64,8 @@ class LoopbackRenderStream(MiniportMidiStream):
         if self._busy_left > 0:
             self._busy_left -= 1
             return 0
-        taken = owner.sync.call_synchronized_routine(owner.cable_send, data)
+        with owner.sync.lock:  # as call_synchronized_routine does
+            taken = owner.cable_send(data)
         if taken:
             self._busy_left = owner.busy_writes
         return int(taken)
@@ -153,21 +154,25 @@ class LoopbackMiniport(MiniportMidi):
     def cable_send(self, data: bytes) -> int:
         """The wire: take what every running capture stream has room for, then interrupt."""
         n = len(data)
-        if self.max_write is not None:
-            n = min(n, self.max_write)
-        for stream in self.captures:
-            n = min(n, stream.room())
+        if self.max_write is not None and self.max_write < n:
+            n = self.max_write
+        captures = self.captures
+        for stream in captures:
+            room = stream.room()
+            if room < n:
+                n = room
         if n <= 0:
             return 0
         chunk = data[:n]
-        for stream in self.captures:
+        for stream in captures:
             stream.hardware_input(chunk)
         self.sync.interrupt()
         return n
 
     def _isr(self) -> bool:
-        if not any(s.has_input() for s in self.captures):
-            return False
-        if self._port is not None:
-            self._port.notify(self._group)
-        return True
+        for stream in self.captures:
+            if stream.has_input():
+                if self._port is not None:
+                    self._port.notify(self._group)
+                return True
+        return False

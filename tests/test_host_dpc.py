@@ -165,3 +165,25 @@ def test_no_more_groups_than_one_interrupt_record_can_name() -> None:
     with pytest.raises(StatusError) as info:
         groups.new_group()
     assert info.value.status == Status.INSUFFICIENT_RESOURCES
+
+
+def test_requests_run_in_the_order_they_were_made_across_threads() -> None:
+    """The loop's own requests queue at once, but never ahead of one another thread
+    made before them (nor ahead of a Notify(NULL) made before them)."""
+    log: list[str] = []
+    groups, _ = _groups(log)
+    first, second, third = groups.new_group(), groups.new_group(), groups.new_group()
+    for name, group in (("first", first), ("second", second), ("third", third)):
+        group.add_member(Sink(log, name))
+    thread = threading.Thread(target=first.request_service)  # an ISR's thread
+    thread.start()
+    thread.join()
+    second.request_service()  # the loop's thread, after it
+    assert list(groups.run()) == [first.gid, second.gid]
+    assert log == ["first", "second"]
+    log.clear()
+    groups.register_port(third)
+    groups.request(NOTIFY_ALL)
+    first.request_service()
+    assert list(groups.run()) == [NOTIFY_ALL, third.gid, first.gid]
+    assert log == ["third", "port", "first"]

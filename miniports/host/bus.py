@@ -50,6 +50,8 @@ class KernelBus:
         self._events: list[bytes] = []
         self._interrupts: ChannelWriter | None = None
         self._beaten = False
+        self._one_group: dict[int, bytes] = {}
+        """The interrupt record that names one group, by group id."""
 
     @property
     def has_unsent(self) -> bool:
@@ -124,12 +126,18 @@ class KernelBus:
         if trace.ON:
             trace.instant("raise interrupt", "interrupt", {"groups": groups, "isr_time": isr_time})
         channel = self._interrupts
-        if (
-            channel is not None
-            and not self.has_unsent
-            and channel.send(p.encode_interrupt(groups), isr_time)
-        ):
-            return
+        if channel is not None and not self._outbox and not self._events:
+            if len(groups) == 1:
+                # One group (the usual interrupt): its record is encoded once.
+                record = self._one_group.get(groups[0])
+                if record is None:
+                    record = p.encode_interrupt(groups)
+                    if len(self._one_group) < p.MAX_INTERRUPT_GROUPS:
+                        self._one_group[groups[0]] = record
+            else:
+                record = p.encode_interrupt(groups)
+            if channel.send(record, isr_time):
+                return
         self.post(p.Interrupt(groups))
 
     def heartbeat(self) -> None:

@@ -268,6 +268,7 @@ class DmusHostStream(HostStream):
     """Capture: (payload, timestamp, flags, event to return after it) that did not fit."""
     stats: collections.Counter[str] = field(default_factory=collections.Counter)
     byte_position: int = 0
+    moving: tuple[KsState, ...] = (KsState.RUN, KsState.PAUSE)
 
     @classmethod
     def create(

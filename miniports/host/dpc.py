@@ -29,6 +29,7 @@ import collections
 import functools
 import threading
 from collections.abc import Callable
+from threading import get_ident
 from typing import Final
 
 from ipc import protocol as p
@@ -64,6 +65,9 @@ class HostServiceGroup(PortServiceGroup):
         self.gid = gid
         self.members: list[tuple[object, Action]] = []
         """(member, what running it does), in insertion order."""
+        self.actions: tuple[Action, ...] = ()
+        """What running each member does, in insertion order: a snapshot replaced at each
+        change, so that a run that started goes on with the members it started with."""
         self.queued_at: int | None = None
         """The time of the request a queued run serves; None when not queued."""
         self.supports_delayed = False
@@ -73,12 +77,14 @@ class HostServiceGroup(PortServiceGroup):
 
     def add(self, member: object, action: Action) -> None:
         self.members.append((member, action))
+        self.actions = tuple(a for _, a in self.members)
 
     def remove(self, member: object) -> None:
         """Unlink `member`'s first occurrence; an unknown member is ignored, as in PortCls."""
         for i, (known, _) in enumerate(self.members):
             if known is member:
                 del self.members[i]
+                self.actions = tuple(a for _, a in self.members)
                 return
 
     def _wire_member(self, sink: ServiceSink | PortServiceGroup) -> tuple[int | None, int | None]:
@@ -177,7 +183,9 @@ class ServiceGroups:
         self._lock = threading.Lock()
         self._requests: dict[int, int] = {}
         self._queue: collections.deque[HostServiceGroup] = collections.deque()
-        self._armed: set[HostServiceGroup] = set()
+        self.armed: set[HostServiceGroup] = set()
+        """The groups with a delayed service set (changed under the lock; the loop reads
+        it without, as a hint, before it takes the lock)."""
         self._running = False
         self._ran: dict[int, int] = {}
         # Notify(NULL) without a port group services the port's sink alone: a run of a
@@ -237,17 +245,28 @@ class ServiceGroups:
         """Request service on group `gid` (NOTIFY_ALL: Notify(NULL)); from any thread.
         Requests coalesce until `run`; `when` (default now) stamps what the run reads.
         A request made by a member during a run queues at once, as a DPC would."""
-        when = now_100ns() if when is None else when
-        on_loop = threading.get_ident() == self._thread
+        if when is None:
+            when = now_100ns()
         if trace.ON:
             trace.instant("notify", "interrupt", {"group": gid, "when": when})
-        if on_loop and self._running:
-            self._take(gid, when)
+        if get_ident() == self._thread:
+            if gid != NOTIFY_ALL and (self._running or not self._requests):
+                # Queued at once (as `_take` does): no request from another thread
+                # waits before it, so the order of requests is kept.
+                group = self.by_id.get(gid)
+                if group is not None and group.queued_at is None:
+                    group.queued_at = when
+                    self._queue.append(group)
+            elif self._running:
+                self._take(gid, when)
+            else:
+                # Notify(NULL) is expanded by `run`. No lock on the loop's thread: only
+                # it swaps the dict, and one setdefault is atomic against other threads'.
+                self._requests.setdefault(gid, when)
             return
         with self._lock:
             self._requests.setdefault(gid, when)
-        if not on_loop:
-            self._wake()
+        self._wake()
 
     @property
     def pending(self) -> bool:
@@ -257,31 +276,31 @@ class ServiceGroups:
     def set_timer(self, group: HostServiceGroup, due: int) -> None:
         with self._lock:
             group.due = due
-            self._armed.add(group)
+            self.armed.add(group)
         if threading.get_ident() != self._thread:
             self._wake()
 
     def cancel_timer(self, group: HostServiceGroup) -> None:
         with self._lock:
             group.due = None
-            self._armed.discard(group)
+            self.armed.discard(group)
 
     def next_due(self) -> int | None:
         """When the earliest delayed service is due (shared clock, 100 ns), if any."""
-        if not self._armed:
+        if not self.armed:
             return None
         with self._lock:
-            dues = [g.due for g in self._armed if g.due is not None]
+            dues = [g.due for g in self.armed if g.due is not None]
         return min(dues) if dues else None
 
     def fire_due_timers(self, now: int) -> None:
-        if not self._armed:
+        if not self.armed:
             return
         with self._lock:
-            fired = [g for g in self._armed if g.due is not None and g.due <= now]
+            fired = [g for g in self.armed if g.due is not None and g.due <= now]
             for group in fired:
                 group.due = None
-                self._armed.discard(group)
+                self.armed.discard(group)
         for group in fired:
             self.request(group.gid, now)
 
@@ -299,42 +318,49 @@ class ServiceGroups:
         At most RUN_BUDGET runs: what is still queued then runs (and is named) on the
         next call, never named before it ran.
         """
-        if not self._requests and not self._queue:
+        queue = self._queue
+        if not self._requests and not queue:
             return {}
-        self._ran = {}
+        ran: dict[int, int] = {}
+        self._ran = ran
+        port_alone = self._port_alone
         self._running = True
         try:
             budget = RUN_BUDGET
-            while budget > 0:
+            while True:
                 if self._requests:
                     with self._lock:
                         requests, self._requests = self._requests, {}
                     for gid, when in requests.items():
                         self._take(gid, when)
-                if not self._queue:
-                    break
-                while self._queue and budget > 0:
-                    budget -= 1
-                    group = self._queue.popleft()
-                    when, group.queued_at = group.queued_at or 0, None
+                while queue:
+                    group = queue.popleft()
+                    when = group.queued_at or 0
+                    group.queued_at = None
                     group.runs += 1
-                    if group is not self._port_alone:
-                        self._ran.setdefault(group.gid, when)
-                    # A copy: members added or removed during the run count from the next.
+                    if group is not port_alone:
+                        ran.setdefault(group.gid, when)
                     if trace.ON:
                         self._traced_run(group, when)
-                        continue
-                    for _, action in tuple(group.members):
-                        action(when)
+                    else:
+                        # A snapshot: members added or removed during the run count
+                        # from the next.
+                        for action in group.actions:
+                            action(when)
+                    budget -= 1
+                    if not budget:
+                        return ran
+                if not self._requests:
+                    return ran
         finally:
             self._running = False
-        return self._ran
 
     def _traced_run(self, group: HostServiceGroup, when: int) -> None:
         start = trace.now()
         members = tuple(group.members)
+        actions = group.actions
         try:
-            for _, action in members:
+            for action in actions:
                 action(when)
         finally:
             trace.complete("service group run", "dpc", start, {
@@ -355,8 +381,10 @@ class ServiceGroups:
 
     def _take(self, gid: int, when: int) -> None:
         if gid != NOTIFY_ALL:
-            if (group := self.by_id.get(gid)) is not None:
-                self.queue(group, when)
+            group = self.by_id.get(gid)
+            if group is not None and group.queued_at is None:  # as `queue`, inline
+                group.queued_at = when
+                self._queue.append(group)
             return
         # Notify(NULL): the port's group and every stream's group, as the kernel's port
         # expands it when the interrupt names NOTIFY_ALL.

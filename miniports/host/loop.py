@@ -100,11 +100,15 @@ class MiniportHost:
         self.waiter.watch(self._wake_r)
         identity = launch.identity if launch is not None else device.encode()
         self.bus = KernelBus(self.ctx, runtime_dir, identity, self._wake)
-        self.waiter.add_socket(self.bus.rpc.socket, lambda: self.bus.rpc.activity)
+        # A C-level getter: the waiter calls it on every turn.
+        self.waiter.add_socket(
+            self.bus.rpc.socket, functools.partial(getattr, self.bus.rpc, "activity"))
         self.streams = StreamTable(self.waiter, runtime_dir, self.bus.post)
         self.groups = ServiceGroups(self.bus.post_call, self._wake, self._service_port)
         self.port = HostPort(self.bus, self.streams.by_id, runtime_dir, self.groups)
         self._has_service = overrides(self.miniport, "service")
+        self._lone_captures: tuple[HostStream, ...] = ()
+        """The capture streams in no group: the port's sink reads them."""
         self._initialised = False
         self.running = True
         self._kernel_watch: ProcessWatch | None = None
@@ -173,34 +177,45 @@ class MiniportHost:
 
     def _turn(self, next_beat: float) -> float:
         """One loop turn: wait, then requests, heartbeat, retries, DPCs; the next beat."""
-        now = time.monotonic()
-        deadline = next_beat
-        retry = self.streams.next_retry()
-        if retry is not None:
-            deadline = min(deadline, retry)
-        due = self.groups.next_due()
-        if due is not None:
-            deadline = min(deadline, due / 1e7)  # the shared clock is time.monotonic's
-        timeout = max(0, int((deadline - now) * 1000 + 0.999))
-        if self.bus.has_unsent or self.groups.pending or self.bus.rpc.backlog:
+        streams, groups, bus = self.streams, self.groups, self.bus
+        rpc = bus.rpc
+        if bus.has_unsent or groups.pending or rpc.backlog:
             timeout = 0
+        else:
+            now = time.monotonic()
+            deadline = next_beat
+            # Only what is pending is looked at: on the data path, no stream waits for a
+            # retry and no delayed service is set.
+            if streams.retrying:
+                retry = streams.next_retry()
+                if retry is not None:
+                    deadline = min(deadline, retry)
+            if groups.armed:
+                due = groups.next_due()
+                if due is not None:
+                    deadline = min(deadline, due / 1e7)  # the shared clock is time.monotonic's
+            timeout = max(0, int((deadline - now) * 1000 + 0.999))
         sockets, fds = self.waiter.wait(timeout)
         if sockets:
-            self.bus.rpc.receive_pending()
+            rpc.receive_pending()
         for fd in fds:
             self._on_ready(fd)
-        self.bus.flush()
-        self._handle_backlog()
-        self._run_jobs()
+        bus.flush()
+        if rpc.backlog:
+            self._handle_backlog()
+        if self._jobs:
+            self._run_jobs()
         now = time.monotonic()
         if now >= next_beat:
             self.bus.heartbeat()
             next_beat = now + self.heartbeat
             self.streams.pump_all()
-        self.streams.retry_due(now)
-        self.groups.fire_due_timers(now_100ns())
+        if streams.retrying:
+            streams.retry_due(now)
+        if groups.armed:
+            groups.fire_due_timers(now_100ns())
         self._run_dpcs()
-        self.bus.flush()
+        bus.flush()
         return next_beat
 
     def _on_ready(self, fd: int) -> None:
@@ -300,7 +315,10 @@ class MiniportHost:
         self.streams.add(hs, channel)
         group = _group(group)
         if group is not None:
-            self.groups.add_stream(hs.sid, group, functools.partial(self._service_stream, hs))
+            sink = self._read if hs.capture else self._offer_again
+            self.groups.add_stream(hs.sid, group, functools.partial(sink, hs))
+        elif hs.capture:
+            self._lone_captures = (*self._lone_captures, hs)
         return {"group": None if group is None else group.gid, **reply}
 
     def _set_state(self, body: p.StreamSetState) -> None:
@@ -319,6 +337,7 @@ class MiniportHost:
 
     def _close_stream(self, body: p.CloseStream) -> None:
         self.groups.remove_stream(body.stream)
+        self._lone_captures = tuple(c for c in self._lone_captures if c.sid != body.stream)
         hs = self.streams.remove(body.stream)
         if isinstance(hs, DmusHostStream) and self.dmus is not None:
             hs.close_stream()
@@ -395,11 +414,13 @@ class MiniportHost:
         ran = self.groups.run()
         if not ran:
             return
-        # The miniport interrupted: a short write may go through now.
-        for hs in self.streams:
-            if not hs.capture and hs.pending:
-                hs.retry_at = None
-                self.streams.pump_render(hs)
+        streams = self.streams
+        if streams.retrying:
+            # The miniport interrupted: a short write may go through now.
+            for hs in streams:
+                if not hs.capture and hs.pending:
+                    hs.retry_at = None
+                    streams.pump_render(hs)
         self.bus.raise_interrupt(list(ran), min(ran.values()))
 
     def _service_port(self, when: int) -> None:
@@ -407,27 +428,26 @@ class MiniportHost:
         streams that joined no group (only the port's sink can reach them)."""
         if self._has_service:
             call_miniport_hook("service", self.miniport.service)
-        for hs in self.streams:
-            if hs.capture and self.groups.stream_group(hs.sid) is None:
-                self._read(hs, when)
-
-    def _service_stream(self, hs: HostStream, when: int) -> None:
-        """A stream's sink in its group's run: a capture stream is read until b"", a render
-        stream's short write offered again."""
-        if hs.capture:
+        for hs in self._lone_captures:
             self._read(hs, when)
-        elif hs.pending:
+
+    def _offer_again(self, hs: HostStream, when: int) -> None:
+        """A render stream's sink in its group's run: its short write offered again."""
+        if hs.pending:
             hs.retry_at = None
             self.streams.pump_render(hs)
 
     def _read(self, hs: HostStream, when: int) -> None:
-        """A capture stream's part of a DPC: in RUN (a DirectMusic stream: RUN or PAUSE)."""
-        moving = (KsState.RUN, KsState.PAUSE) if isinstance(hs, DmusHostStream) else (KsState.RUN,)
-        if hs.state not in moving or self.streams.by_id.get(hs.sid) is not hs:
+        """A capture stream's part of a DPC (its sink in its group's run, or the port's
+        sink's for a stream in no group): read until b"" in one of `hs.moving` (RUN; a
+        DirectMusic stream: RUN or PAUSE)."""
+        if not hs.reading:
             return
         if not hs.held:
             hs.isr_time = when
-        self.streams.drain_capture(hs)
+        hs.drain_capture(self.streams.report)
+        if hs.waiting_space:
+            self.streams.wait_for_space(hs)
 
     def _shutdown(self) -> None:
         self.streams.close_all()

@@ -30,6 +30,7 @@ from miniports.host.calls import MiniportFault, call_miniport, call_miniport_hoo
 __all__ = ["READ_CHUNK", "RENDER_BATCH_BYTES", "RETRY_SECONDS", "HostStream", "StreamTable"]
 
 RETRY_SECONDS = 0.001
+_RUN = KsState.RUN
 READ_CHUNK = 4096
 RENDER_BATCH_BYTES = 1 << 16
 
@@ -58,11 +59,19 @@ class HostStream:
     waiting_space: bool = False
     traced_records: int = 0
     """Render: records read from the ring so far, while tracing (the flow ids' seq)."""
+    read_chunk: int = READ_CHUNK
+    """Capture: the most one `read` may return (what one ring record holds at most)."""
+    moving: tuple[KsState, ...] = (KsState.RUN,)
+    """The states in which a DPC reads a capture stream (a DirectMusic one: RUN, PAUSE)."""
+    reading: bool = False
+    """A DPC reads the stream: it is in one of `moving` and not closed (kept by
+    `set_state` and `StreamTable.remove`, so that a DPC tests one flag)."""
 
     def set_state(self, state: KsState) -> None:
         """The miniport stream's `set_state`; STOP drops what the host holds for it."""
         call_miniport("set_state", self.stream.set_state, state)
         self.state = state
+        self.reading = state in self.moving
         if state == KsState.STOP:
             self.pending = b""
             self.held = None
@@ -73,38 +82,48 @@ class HostStream:
     def pump_render(self, report: Report) -> None:
         """Offer rendered bytes to the stream's write until it is short or the ring is empty."""
         reader = self.reader
-        if reader is None or self.state != KsState.RUN:
+        if reader is None or self.state != _RUN:
             return
+        write = self.stream.write
         while True:
             data = self.pending
-            if not data:
+            if data:
+                self.pending = b""  # taken over; a short write leaves the rest again
+            else:
                 records = reader.receive_many(max_bytes=RENDER_BATCH_BYTES)
                 if not records:
                     if reader.prepare_to_sleep():
                         return
                     continue
-                data = b"".join(r.data for r in records)
+                # One record (the usual case) is passed as it is, without a join.
+                data = records[0][2] if len(records) == 1 else b"".join(
+                    [r[2] for r in records])  # Record.data
                 if trace.ON:
                     self._trace_render(len(records))
                 if not data:
                     continue
+            # call_miniport, inline on this hot path: a StatusError is the miniport's
+            # answer, anything else it raises a MiniportFault.
             try:
-                taken = call_miniport("write", self.stream.write, data)
+                taken = call_miniport("write", write, data) if trace.ON else write(data)
             except StatusError as exc:
-                self.pending = b""
                 reader.discard_all()
                 report(
                     p.StreamError(self.sid, exc.status, f"{exc.message} ({len(data)} bytes lost)")
                 )
                 return
-            if type(taken) is not int or not 0 <= taken <= len(data):
-                raise MiniportFault(f"write returned {taken!r} for {len(data)} bytes")
-            if taken < len(data):
+            except MiniportFault:
+                raise
+            except Exception as exc:
+                raise MiniportFault("write raised") from exc
+            size = len(data)
+            if type(taken) is not int or taken != size:
+                if type(taken) is not int or not 0 <= taken <= size:
+                    raise MiniportFault(f"write returned {taken!r} for {size} bytes")
                 # Only a short write copies: the rest waits for the retry.
                 self.pending = data[taken:]
                 self.retry_at = time.monotonic() + RETRY_SECONDS
                 return
-            self.pending = b""
             if reader.prepare_to_sleep():
                 return
 
@@ -115,32 +134,51 @@ class HostStream:
         if writer is None or self.waiting_space:
             return False
         moved = False
-        chunk = min(READ_CHUNK, writer.ring.max_payload)
+        chunk = self.read_chunk
+        read = self.stream.read
+        send = writer.send
+        data = self.held
+        self.held = None
         while True:
-            data = self.held
-            self.held = None
             if data is None:
+                # call_miniport, inline on this hot path (see pump_render).
                 try:
-                    data = call_miniport("read", self.stream.read, chunk)
+                    got = call_miniport("read", read, chunk) if trace.ON else read(chunk)
                 except StatusError as exc:
                     report(p.StreamError(self.sid, exc.status, exc.message))
                     return moved
-                if type(data) not in (bytes, bytearray) or len(data) > chunk:
-                    raise MiniportFault(f"read returned {type(data).__name__} of bad size")
+                except MiniportFault:
+                    raise
+                except Exception as exc:
+                    raise MiniportFault("read raised") from exc
+                kind: type = type(got)  # a miniport may return anything
+                if kind is bytes:
+                    data = got
+                elif kind is bytearray:
+                    data = bytes(got)
+                else:
+                    raise MiniportFault(f"read returned {kind.__name__} of bad size")
                 if not data:
                     return moved
-            start = trace.now() if trace.ON else 0
-            if not writer.send(bytes(data), self.isr_time, 0):
-                self.held = bytes(data)
-                if writer.prepare_to_wait_for_space(len(data)):
-                    self.waiting_space = True
-                    return moved
-                continue
-            moved = True
+                if len(data) > chunk:
+                    raise MiniportFault(f"read returned {kind.__name__} of bad size")
             if trace.ON:
-                trace.complete("captured", "capture", start, {"bytes": len(data)},
-                               (trace.capture_flow_id(self.isr_time),), "s")
-
+                start = trace.now()
+                if send(data, self.isr_time, 0):
+                    trace.complete("captured", "capture", start, {"bytes": len(data)},
+                                   (trace.capture_flow_id(self.isr_time),), "s")
+                    moved = True
+                    data = None
+                    continue
+            elif send(data, self.isr_time, 0):
+                moved = True
+                data = None
+                continue
+            # The ring is full: keep the bytes, and wait for room unless it came meanwhile.
+            if writer.prepare_to_wait_for_space(len(data)):
+                self.held = data
+                self.waiting_space = True
+                return moved
 
     def _trace_render(self, count: int) -> None:
         """The records the kernel released reach the miniport: the end of their flows."""
@@ -159,8 +197,12 @@ class StreamTable:
         self.by_id: dict[int, HostStream] = {}
         self._waiter = waiter
         self._runtime_dir = runtime_dir
-        self._report = report
+        self.report = report
+        """Posts an event to the kernel (a StreamError of a stream's pump or drain)."""
         self._fds: dict[int, HostStream] = {}
+        self.retrying: set[HostStream] = set()
+        """The streams a pump left something to offer again (a short write's rest, a
+        `retry_at`): only these are looked at for retries."""
         self.kernel_pid: int | None = None
         """The kernel's pid (from the Register reply): whose /proc/<pid>/fd rings are."""
 
@@ -195,6 +237,7 @@ class StreamTable:
             fds = open_proc_fd_ref(channel, self.kernel_pid, reader=not hs.capture)
             if hs.capture:
                 hs.writer = ChannelWriter.from_fds(fds, name)
+                hs.read_chunk = min(READ_CHUNK, hs.writer.ring.max_payload)
             else:
                 hs.reader = ChannelReader.from_fds(fds, name)
                 self._watch(hs.reader.data_fileno(), hs)
@@ -211,6 +254,8 @@ class StreamTable:
         """Close stream `sid` (the miniport's and the host's ends); None if unknown."""
         hs = self.by_id.pop(sid, None)
         if hs is not None:
+            hs.reading = False
+            self.retrying.discard(hs)
             self._close(hs)
         return hs
 
@@ -240,16 +285,23 @@ class StreamTable:
         del self._fds[fd]
 
     def pump_render(self, hs: HostStream) -> None:
-        hs.pump_render(self._report)
+        hs.pump_render(self.report)
+        if hs.retry_at is not None or hs.pending:
+            self.retrying.add(hs)
 
     def drain_capture(self, hs: HostStream) -> bool:
         """`hs.drain_capture`, then wait on the ring's space doorbell if it filled up."""
-        moved = hs.drain_capture(self._report)
-        if hs.waiting_space and hs.writer is not None:
+        moved = hs.drain_capture(self.report)
+        if hs.waiting_space:
+            self.wait_for_space(hs)
+        return moved
+
+    def wait_for_space(self, hs: HostStream) -> None:
+        """Wait on the space doorbell of `hs`'s ring (its capture filled the ring)."""
+        if hs.writer is not None:
             fd = hs.writer.space_fileno()
             if fd not in self._fds:
                 self._watch(fd, hs)
-        return moved
 
     def on_ready(self, fd: int) -> HostStream | None:
         """A stream's doorbell rang: render data came, or a full capture ring has room.
@@ -257,10 +309,12 @@ class StreamTable:
         hs = self._fds.get(fd)
         if hs is None:
             return None
-        if not hs.capture:
-            assert hs.reader is not None
-            hs.reader.end_sleep()
-            self.pump_render(hs)
+        reader = hs.reader
+        if reader is not None:  # a render stream's data doorbell
+            reader.end_sleep()
+            hs.pump_render(self.report)
+            if hs.retry_at is not None or hs.pending:
+                self.retrying.add(hs)
             return None
         assert hs.writer is not None
         hs.waiting_space = False
@@ -270,13 +324,18 @@ class StreamTable:
 
     def next_retry(self) -> float | None:
         """When the earliest short write is offered again (time.monotonic), if any."""
-        times = [hs.retry_at for hs in self.by_id.values() if hs.retry_at is not None]
+        times = [hs.retry_at for hs in self.retrying if hs.retry_at is not None]
         return min(times) if times else None
 
     def retry_due(self, now: float) -> None:
-        for hs in self:
-            if hs.retry_at is not None and now >= hs.retry_at:
+        for hs in tuple(self.retrying):
+            retry_at = hs.retry_at
+            if retry_at is None:
+                if not hs.pending:
+                    self.retrying.discard(hs)
+            elif now >= retry_at:
                 hs.retry_at = None
+                self.retrying.discard(hs)
                 self.pump_render(hs)
 
     def pump_all(self) -> None:
