@@ -270,9 +270,12 @@ class ChannelWriter:
         """
         if self._waiting:
             self.end_wait_for_space()
-        if not self.ring.try_put(data, timestamp, flags):
+        ring = self.ring
+        if not ring.try_put(data, timestamp, flags):
             return False
-        self._wake_consumer()
+        if ring.take_consumer_wakeup():  # _wake_consumer, inline (every send's path)
+            self._data_bell.ring()
+            self.wakeups_sent += 1
         return True
 
     def _wake_consumer(self) -> None:
