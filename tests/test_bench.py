@@ -52,6 +52,8 @@ def _check_roundtrip(figures: dict[str, Any]) -> None:
 def _check_throughput(figures: dict[str, Any]) -> None:
     assert figures["lost"] == 0
     assert isinstance(figures["msgs_per_s"], float) and figures["msgs_per_s"] > 0
+    rates = sorted(run["msgs_per_s"] for run in figures["runs"])
+    assert len(rates) == 3 and rates[1] == figures["msgs_per_s"]  # the median run
 
 
 @pytest.mark.slow

@@ -214,13 +214,16 @@ def _throughput_table(section: dict[str, Any]) -> list[str]:
     if not tp:
         return []
     head = f"{'Throughput, 3-byte note-ons, batches of 64':<42}"
-    lines = [head + "".join(f"{h:>12}" for h in ("msgs/s", "lost", "messages", "seconds"))]
+    lines = [head + "".join(f"{h:>12}" for h in ("msgs/s", "lost", "messages", "seconds"))
+             + "   median run of"]
     lines.append("-" * len(lines[0]))
     for key, label in THROUGHPUT_LABELS.items():
         if key in tp:
             t = tp[key]
+            runs = t.get("runs") or []
             lines.append(f"{label:<42}{_num(t['msgs_per_s'], 12, 0)}{_num(t['lost'], 12)}"
-                         f"{_num(t['messages'], 12)}{_num(t['seconds'], 12, 3)}")
+                         f"{_num(t['messages'], 12)}{_num(t['seconds'], 12, 3)}   "
+                         + " / ".join(_num(r["msgs_per_s"], 0, 0) for r in runs))
             if t.get("note"):
                 lines.append(f"    {t['note']}")
     r = _ratios_of(section)

@@ -70,6 +70,11 @@ RAW_MESSAGES_FACTOR: Final = 4
 """The raw chains move this many times the messages of the loopback run: they are some
 20 times faster, and a run of a few milliseconds would mostly measure its start."""
 DRAIN_TIMEOUT: Final = 10.0
+THROUGHPUT_RUNS: Final = 3
+"""Each throughput path runs this many times and reports its median run (all runs are in
+the JSON): on this 2-CPU machine one run of the same code lands at 0.6 M or at 2.2 M
+messages a second depending on whether the scheduler puts two busy processes on one CPU,
+and a single run reported whichever mode it happened to catch."""
 JACK_PERIOD: Final = 64
 JACK_RATE: Final = 48_000
 EXTRA_DEVICE: Final = "loopback2"
@@ -203,6 +208,23 @@ class Phases:
     @property
     def failed(self) -> list[str]:
         return [name for name, r in self.records.items() if not r["ok"]]
+
+
+def median_throughput(
+    fn: Callable[[int, int, float], ThroughputResult], count: int, runs: int = THROUGHPUT_RUNS,
+) -> dict[str, Any]:
+    """`runs` zero-loss throughput runs of `count` messages: the median run's figures,
+    with every run's rate and loss under "runs", and "lost" the loss of all runs (a run
+    that lost anything fails the path, however fast the others were)."""
+    results: list[ThroughputResult] = []
+    with measuring():
+        for _ in range(runs):
+            results.append(fn(count, THROUGHPUT_WINDOW, DRAIN_TIMEOUT))
+    ordered = sorted(results, key=lambda r: r.msgs_per_s if not math.isnan(r.msgs_per_s) else -1)
+    out = ordered[len(ordered) // 2].to_json()
+    out["lost"] = sum(r.lost for r in results)
+    out["runs"] = [{"msgs_per_s": r.msgs_per_s, "lost": r.lost, "note": r.note} for r in results]
+    return out
 
 
 def _need(value: Any, what: str) -> Any:
@@ -536,9 +558,7 @@ class MainRun:
         self, key: str, fn: Callable[[int, int, float], ThroughputResult]
     ) -> None:
         count = self.s.messages * (1 if key.startswith("loopback") else RAW_MESSAGES_FACTOR)
-        with measuring():
-            result = fn(count, THROUGHPUT_WINDOW, DRAIN_TIMEOUT)
-        self.doc["throughput"][key] = result.to_json()
+        self.doc["throughput"][key] = median_throughput(fn, count)
 
     def _throughput_loopback(self) -> None:
         pins = _need(self.pins, "the loopback pins")
@@ -743,9 +763,7 @@ def _pinned_phases(
                 run = (chain.throughput_per_message if name == "loopback_per_message"
                        else chain.throughput)
                 count = s.messages * (1 if name.startswith("loopback") else RAW_MESSAGES_FACTOR)
-                with measuring():
-                    result = run(count, THROUGHPUT_WINDOW, DRAIN_TIMEOUT)
-                doc["throughput"][name] = result.to_json()
+                doc["throughput"][name] = median_throughput(run, count)
 
             phases.run(f"throughput {name}", one)
 
