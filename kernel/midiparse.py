@@ -83,7 +83,13 @@ class MidiStreamParser(MessageAssembler):
         channel messages at the start of a fragment take the fast path."""
         if type(data) is not bytes:
             data = bytes(data)
-        if self._need or self._in_sysex:
+        if self._need and not self._in_sysex:
+            finished = self._finish_pending(data, timestamp)
+            if finished is None:
+                return super().feed(data, timestamp)
+            head, rest = finished
+            return head + self.feed(rest, timestamp) if rest else head
+        if self._in_sysex:
             return super().feed(data, timestamp)
         n = len(data)
         if n == 3:
@@ -105,6 +111,17 @@ class MidiStreamParser(MessageAssembler):
             out += super().feed(data[end:], timestamp)
         return out
 
+    def _finish_pending(self, data: bytes, timestamp: int) -> tuple[list[Record], bytes] | None:
+        """If `data` starts with the data bytes the message a fragment cut still needs,
+        complete it the general way and return its record and the rest of `data` (which
+        then starts at a message boundary); else None, nothing taken. (A status
+        or real-time byte among them stays with the rest, so that the general path
+        sees it with what follows, as `feed` of the whole fragment would.)"""
+        need = self._need
+        if len(data) < need or max(data[:need]) >= 0x80:
+            return None
+        return super().feed(data[:need], timestamp), data[need:]
+
     def feed_packed(self, data: bytes | bytearray | memoryview, timestamp: int = 0,
                     limit: int = 3072) -> tuple[list[Record], int]:
         """As `feed`, but a leading run of two or more whole three-byte channel messages
@@ -113,7 +130,20 @@ class MidiStreamParser(MessageAssembler):
         counters count messages, as `feed`'s do)."""
         if type(data) is not bytes:
             data = bytes(data)
-        if self._need or self._in_sysex:
+        if self._need and not self._in_sysex:
+            # The message the last fragment cut goes the general way; what follows it
+            # takes the fast path again (a capture read of 4096 bytes cuts every 3-byte
+            # message run, and the whole next fragment went per message).
+            finished = self._finish_pending(data, timestamp)
+            if finished is None:
+                out = super().feed(data, timestamp)
+                return out, len(out)
+            head, rest = finished
+            if not rest:
+                return head, len(head)
+            tail, count = self.feed_packed(rest, timestamp, limit)
+            return head + tail, len(head) + count
+        if self._in_sysex:
             out = self.feed(data, timestamp)
             return out, len(out)
         n = len(data)
@@ -145,9 +175,9 @@ class MidiStreamParser(MessageAssembler):
             run = data[:end]
             records = [(timestamp, FLAG_PACKED, run[i : i + step]) for i in range(0, end, step)]
         if end < len(data):
-            rest = self.feed(data[end:], timestamp)
-            records += rest
-            count += len(rest)
+            after = self.feed(data[end:], timestamp)
+            records += after
+            count += len(after)
         return records, count
 
 

@@ -48,6 +48,26 @@ def test_feed_packed_gives_what_feed_gives() -> None:
         assert count == len(expected) == packed.messages == plain.messages
 
 
+def test_a_run_cut_by_a_fragment_end_is_packed_again_after_the_cut_message() -> None:
+    """A capture read of 4096 bytes cuts a run of 3-byte messages (4096 = 3 * 1365 + 1):
+    the message it cut is completed the general way, and the rest of the next fragment
+    is one packed record again, not a record per message."""
+    stream = b"".join(bytes([0x90, i & 0x7F, 1 + i % 100]) for i in range(3000))
+    parser, plain = MidiStreamParser(), MidiStreamParser()
+    first, n1 = parser.feed_packed(stream[:4096], 1, limit=8192)
+    second, n2 = parser.feed_packed(stream[4096:8192], 2, limit=8192)
+    assert [r[1] for r in first] == [FLAG_PACKED]
+    assert [r[1] for r in second] == [0, FLAG_PACKED]  # the cut message, then the run
+    assert n1 + n2 == 1365 + 1 + 1364
+    want = plain.feed(stream[:4096], 1) + plain.feed(stream[4096:8192], 2)
+    assert unpacked(first + second) == want
+    # A status or real-time byte where the cut message's data should be: the general path.
+    cut = MidiStreamParser()
+    cut.feed_packed(b"\x90\x40", 1)
+    out, n = cut.feed_packed(b"\xf8\x7f" + stream[:30], 2)
+    assert out[0] == (2, 0, b"\xf8") and n == len(unpacked(out))
+
+
 def test_send_batch_round_trip_and_per_message_receive(loopback_kernel) -> None:
     messages = [bytes([0x90 | i % 16, i % 128, 1 + i % 100]) for i in range(5000)]
     messages[7] = b"\xc3\x11"  # a two-byte channel message rides along
