@@ -232,12 +232,11 @@ class LoopbackPins:
         The schedule is a batch every millisecond (tick ``j`` holds the messages
         ``j * rate // 1000`` up to ``(j + 1) * rate // 1000``); the sender sends every
         batch that is due with one ``send_many`` (``batched``: one ``send_batch`` of the
-        bytes, received with ``receive_batch``), then receives until the next tick.
+        bytes, received with ``receive_batch``, each run's messages sharing its receipt
+        time, which is when the client had them), then receives until the next tick.
         A message's latency is its receipt time minus its batch's scheduled time, so
         a sender that falls behind is charged for it, not hidden.
         """
-        if batched:
-            return self._paced_batches(rate, seconds, drain_timeout)
         count = max(1, round(rate * seconds))
         ticks_per_s = 1_000_000_000 // TICK_NS
         messages = numbered_messages(count)
@@ -245,10 +244,45 @@ class LoopbackPins:
         step = RateStep(rate)
         latency = step.latency_ns
         clock = time.perf_counter_ns
-        send_many, receive_nowait, take = self.out.send_many, self.inp.receive_nowait, check.take
-        would_block = ksclient.WouldBlock
         last_tick = -(-count * ticks_per_s // rate) - 1  # the tick of the last message
         t0 = clock() + TICK_NS
+
+        def arrived(k: int, received_at: int) -> None:
+            """Messages `k` .. `check.expected` - 1 came in order at `received_at`."""
+            for m in range(k, check.expected):
+                # m's tick: the first j with (j + 1) * rate // ticks_per_s > m.
+                j = -(-(m + 1) * ticks_per_s // rate) - 1
+                latency.append(received_at - t0 - j * TICK_NS)
+
+        if batched:
+            send_batch, receive_batch = self.out.send_batch, self.inp.receive_batch
+
+            def send(first: int, end: int) -> None:
+                send_batch(b"".join(messages[first:end]), timeout=drain_timeout)
+
+            def receive() -> None:
+                for batch in receive_batch(timeout=0):
+                    received_at = clock()
+                    k = check.expected
+                    check.take_run(batch.data)
+                    if check.expected == k + len(batch.data) // 3:
+                        arrived(k, received_at)
+        else:
+            send_many, receive_nowait = self.out.send_many, self.inp.receive_nowait
+
+            def send(first: int, end: int) -> None:
+                send_many(messages[first:end], timeout=drain_timeout)
+
+            def receive() -> None:
+                with contextlib.suppress(ksclient.WouldBlock):
+                    while True:
+                        data = receive_nowait().data
+                        received_at = clock()
+                        k = check.expected
+                        check.take(data)
+                        if check.expected == k + 1:  # message k itself, in order
+                            arrived(k, received_at)
+
         tick = 0  # the next tick to send
         sent = 0
         end = None
@@ -259,72 +293,9 @@ class LoopbackPins:
                 tick = min(last_tick, (now - t0) // TICK_NS) + 1
                 due = min(count, tick * rate // ticks_per_s)
                 if due > sent:
-                    send_many(messages[sent:due], timeout=drain_timeout)
+                    send(sent, due)
                     sent = due
-            try:
-                while True:
-                    data = receive_nowait().data
-                    received_at = clock()
-                    k = check.expected
-                    take(data)
-                    if check.expected == k + 1:  # message k itself, in order
-                        # k's tick: the first j with (j + 1) * rate // ticks_per_s > k.
-                        j = -(-(k + 1) * ticks_per_s // rate) - 1
-                        latency.append(received_at - t0 - j * TICK_NS)
-            except would_block:
-                pass
-            if tick <= last_tick:
-                wait = (t0 + tick * TICK_NS - clock()) / 1e9
-                if wait > 0:
-                    _wait_readable(self.inp, wait)
-                continue
-            if end is None:
-                end = time.monotonic() + drain_timeout
-            elif time.monotonic() > end:
-                break
-            _wait_readable(self.inp, 0.05)
-        step.seconds = (clock() - t0) / 1e9
-        step.sent = sent
-        step.lost = check.lost()
-        if not check.done:
-            self.settle()
-        return step
-
-    def _paced_batches(self, rate: int, seconds: float, drain_timeout: float) -> RateStep:
-        """:meth:`paced` through the batch path: what is due goes as one buffer, and what
-        comes back is read as runs of messages (each run's messages share its receipt
-        time, which is when the client had them)."""
-        count = max(1, round(rate * seconds))
-        ticks_per_s = 1_000_000_000 // TICK_NS
-        messages = numbered_messages(count)
-        check = SequenceCheck(messages)
-        step = RateStep(rate)
-        latency = step.latency_ns
-        clock = time.perf_counter_ns
-        send_batch, receive_batch, take_run = (
-            self.out.send_batch, self.inp.receive_batch, check.take_run)
-        last_tick = -(-count * ticks_per_s // rate) - 1
-        t0 = clock() + TICK_NS
-        tick = 0
-        sent = 0
-        end = None
-        while not check.done:
-            now = clock()
-            if tick <= last_tick and now >= t0 + tick * TICK_NS:
-                tick = min(last_tick, (now - t0) // TICK_NS) + 1
-                due = min(count, tick * rate // ticks_per_s)
-                if due > sent:
-                    send_batch(b"".join(messages[sent:due]), timeout=drain_timeout)
-                    sent = due
-            for batch in receive_batch(timeout=0):
-                received_at = clock()
-                k = check.expected
-                data = batch.data
-                take_run(data)
-                if check.expected == k + len(data) // 3:  # messages k.. in order
-                    for m in range(k, check.expected):
-                        j = -(-(m + 1) * ticks_per_s // rate) - 1
-                        latency.append(received_at - t0 - j * TICK_NS)
+            receive()
             if tick <= last_tick:
                 wait = (t0 + tick * TICK_NS - clock()) / 1e9
                 if wait > 0:
