@@ -207,6 +207,9 @@ class MiniportHost:
             self._run_jobs()
         now = time.monotonic()
         if now >= next_beat:
+            # Once a beat, read the bus socket's real state whatever its signal said: a
+            # safety net under the waiter's edge rule (as the kernel's sweep is for rings).
+            self.waiter.touched(rpc.socket)
             self.bus.heartbeat()
             next_beat = now + self.heartbeat
             self.streams.pump_all()
