@@ -22,6 +22,9 @@ def test_a_lossy_miniport_fails_the_burst_check() -> None:
     )
     outcomes = {r.name: r.outcome for r in report.results}
     assert outcomes == {"descriptor": "passed", "roundtrip": "passed", "burst": "failed"}
+    # The failure says where the message went missing: the pins' and the device's counts.
+    detail = next(r.detail for r in report.results if r.name == "burst")
+    assert "render pin {" in detail and "'released'" in detail and "capture pin {" in detail
     with pytest.raises(ConformanceError, match="burst"):
         report.raise_for_failures()
 

@@ -330,6 +330,13 @@ class _Suite:
                         raise AssertionError(f"pin {pin_id}: asked for {state.name}, "
                                              f"is {pin.state.name}")
 
+    def _device_stats(self) -> object:
+        """The device's registry values (its miniport's statistics), or why not."""
+        try:
+            return {k["path"]: k["values"] for k in self.client.device_registry(DEVICE)}
+        except ksclient.KsError as exc:
+            return repr(exc)
+
     def _loop_pins(
         self, run: bool = True, fmt: DataFormat | None = None,
     ) -> tuple[ksclient.RenderPin, ksclient.CapturePin]:
@@ -445,7 +452,14 @@ class _Suite:
             wanted = [bytes((0x90 | (i % 16), i % 128, (i // 128) % 128)) for i in
                       range(self.burst_size)]
             out.send_many(wanted)
-            self._expect(inp, wanted)
+            try:
+                self._expect(inp, wanted)
+            except AssertionError as exc:
+                # Where a message was lost or doubled: what the kernel released to the
+                # miniport and delivered from it, and what the device says it did.
+                raise AssertionError(f"{exc}; render pin {out.statistics()}; capture pin "
+                                     f"{inp.statistics()}; device {self._device_stats()}"
+                                     ) from None
 
     def stop_flush(self) -> None:
         out, inp = self._loop_pins()
