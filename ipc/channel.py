@@ -427,13 +427,7 @@ class ChannelReader:
     def end_sleep(self) -> None:
         """Stop sleeping: drain the data doorbell and disarm, without reading records
         (for an event loop woken while it does not want the data yet)."""
-        # _end_sleep, inline: an event loop calls this on every wake-up.
-        self._armed = False
-        rung = self._data_bell.drain()
-        if rung:
-            self.wakeups_received += 1
-            self.idle_wakeups += rung - 1
-        self.ring.disarm_consumer()
+        self._end_sleep()
 
     def _wake_producer(self) -> None:
         if self.ring.take_producer_wakeup():

@@ -47,8 +47,12 @@ class RpcEndpoint:
         return rid
 
     def send_event(self, body: Any) -> None:
+        self.send_frame(protocol.encode_event(body))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Send an encoded frame as it is (counted in `activity`, as every use is)."""
         self.activity += 1
-        self.socket.send(protocol.encode_event(body), copy=False)
+        self.socket.send(frame, copy=False)
 
     def reply(self, rid: int, result: Any = None) -> None:
         self.activity += 1

@@ -345,10 +345,7 @@ class PnpManager(adapters.AdapterCalls):
     def _check_heartbeats(self) -> None:
         # Hosts write their heartbeats into the interrupt ring without a doorbell: take
         # them first (and any interrupt behind them, as the safety sweep would).
-        for device in tuple(self.devices.values()):
-            for conn in device.conns:
-                if conn.settled:
-                    conn.take_interrupts()
+        self._take_all_interrupts()
         now = self.loop.clock_seconds()
         for device in tuple(self.devices.values()):
             for conn in device.conns:
@@ -357,12 +354,16 @@ class PnpManager(adapters.AdapterCalls):
                     break
         self._arm_heartbeat_check()
 
-    def _safety_sweep(self) -> None:
-        # A wake-up lost to store reordering (Python cannot fence) is rescued here.
+    def _take_all_interrupts(self) -> None:
+        """Read every settled host's interrupt ring unasked (see `conn.settled`)."""
         for device in tuple(self.devices.values()):
             for conn in device.conns:
                 if conn.settled:
                     conn.take_interrupts()
+
+    def _safety_sweep(self) -> None:
+        # A wake-up lost to store reordering (Python cannot fence) is rescued here.
+        self._take_all_interrupts()
         self.loop.scheduler.run_dpcs()
         for device in tuple(self.devices.values()):
             for port in device.ports:

@@ -1366,25 +1366,14 @@ class RenderPin(Pin):
                 or not _is_channel_message(message)
                 or _monotonic() - self._events_checked >= EVENT_CHECK_SECONDS):
             return False
+        start = trace.now() if trace.ON else 0
+        try:
+            if not self._channel.send(message):
+                return False
+        except RingError as exc:
+            raise errors.BrokenError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}") from exc
         if trace.ON:
-            return self._traced_send(message)
-        try:
-            if not self._channel.send(message):
-                return False
-        except RingError as exc:
-            raise errors.BrokenError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}") from exc
-        self._written += 1
-        return True
-
-    def _traced_send(self, message: bytes) -> bool:
-        """The end of `_send_fast` with tracing on."""
-        start = trace.now()
-        try:
-            if not self._channel.send(message):
-                return False
-        except RingError as exc:
-            raise errors.BrokenError(Status.IO_DEVICE_ERROR, f"corrupt ring: {exc}") from exc
-        tracing.sent(start, self.handle, self._written, 1)
+            tracing.sent(start, self.handle, self._written, 1)
         self._written += 1
         return True
 

@@ -94,10 +94,7 @@ class KernelBus:
             return
         self._events = []
         if len(events) == 1:
-            # A use the waiter must hear of (ipc.waiter): the send may take the signal of
-            # a request already waiting, which would then sit until the kernel gave up.
-            self.rpc.activity += 1
-            self.rpc.socket.send(events[0])
+            self.rpc.send_frame(events[0])
         else:
             self.rpc.send_event(p.Batch(events))
 
