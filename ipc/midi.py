@@ -75,6 +75,7 @@ __all__ = [
     "Record",
     "data_length",
     "is_channel_status",
+    "is_packed_run",
     "is_realtime",
     "is_status",
     "is_undefined",
@@ -104,11 +105,34 @@ PACKED_RUN: Final = re.compile(
 _PACKED_ONE: Final = re.compile(
     rb"[\x80-\xbf\xe0-\xef][\x00-\x7f][\x00-\x7f]|[\xc0-\xdf][\x00-\x7f]")
 
+_BYTE_CLASS: Final = bytes(
+    0x64 if b < 0x80  # "d": a data byte
+    else 0x33 if b < 0xC0 or 0xE0 <= b < 0xF0  # "3": the status of a 3-byte message
+    else 0x32 if b < 0xE0  # "2": the status of a 2-byte message (C0-DF)
+    else 0x78  # "x": a system byte, never in a packed run
+    for b in range(256))
+"""Each byte's class as one ASCII letter, for `bytes.translate`."""
+_THREES: Final = b"3dd" * 21846
+"""The classes of up to 65,538 bytes of 3-byte channel messages back to back."""
+
+
+def is_packed_run(data: bytes | bytearray) -> bool:
+    """True exactly when `PACKED_RUN` matches the whole of `data` (a valid FLAG_PACKED
+    payload). A run of 3-byte messages, the usual payload, is recognised by classing
+    every byte with one `translate` and comparing the classes with the pattern's in
+    one go: about a tenth of the regular expression's cost for 64 messages, which
+    steps once per message. Anything else (2-byte messages in the run, a bad byte) is
+    decided by the regular expression."""
+    classes = data.translate(_BYTE_CLASS)
+    if classes and len(classes) % 3 == 0 and _THREES.startswith(classes):
+        return True
+    return PACKED_RUN.fullmatch(data) is not None
+
 
 def split_packed(data: bytes) -> list[bytes] | None:
     """The messages of a FLAG_PACKED payload in order, or None if it is not one (the
     reader then drops the record and counts it)."""
-    if PACKED_RUN.fullmatch(data) is None:
+    if not is_packed_run(data):
         return None
     return _PACKED_ONE.findall(data)
 
@@ -118,6 +142,8 @@ def packed_error(data: bytes | bytearray | memoryview) -> str | None:
     payload), else what is wrong, naming the byte offset where it goes wrong."""
     if not data:
         return "an empty batch"
+    if not isinstance(data, memoryview) and is_packed_run(data):
+        return None
     match = PACKED_RUN.match(data)
     end = 0 if match is None else match.end()
     if end == len(data):

@@ -38,9 +38,9 @@ from ipc.midi import (
     FLAG_SYSEX_ABORTED,
     FLAG_SYSEX_MORE,
     MESSAGE_LENGTH,
-    PACKED_RUN,
     MessageAssembler,
     Record,
+    is_packed_run,
     split_packed,
 )
 from ipc.ring import Record as RingRecord
@@ -219,7 +219,7 @@ def check_render(records: list[RingRecord], stats: collections.Counter[str],
             out.append(record)
             continue
         if not split:
-            if PACKED_RUN.fullmatch(record.data) is None:
+            if not is_packed_run(record.data):
                 stats["malformed"] += 1
             else:
                 out.append(record)

@@ -72,9 +72,9 @@ from ipc.ks import (
 from ipc.midi import (
     FLAG_PACKED,
     MESSAGE_LENGTH,
-    PACKED_RUN,
     InvalidMessage,
     check_message,
+    is_packed_run,
     packed_error,
     split_packed,
 )
@@ -1737,7 +1737,7 @@ class CapturePin(Pin):
             return joined
         out = []
         for record in joined:
-            if record[1] & FLAG_PACKED and PACKED_RUN.fullmatch(record[2]) is None:
+            if record[1] & FLAG_PACKED and not is_packed_run(record[2]):
                 self._bad_packed += 1
             else:
                 out.append(record)

@@ -6,9 +6,18 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import ksclient
-from ipc.midi import FLAG_PACKED, FLAG_SYSEX, packed_error, split_packed
+from ipc.midi import (
+    FLAG_PACKED,
+    FLAG_SYSEX,
+    PACKED_RUN,
+    is_packed_run,
+    packed_error,
+    split_packed,
+)
 from kernel.midiparse import MidiStreamParser, unpacked
 
 
@@ -21,6 +30,37 @@ def test_split_packed_takes_whole_channel_messages_only() -> None:
         assert packed_error(bad) is not None
     assert packed_error(b"\x90\x40\x7f\x80\x40") == (
         "byte 3: the channel message there (0x80) is cut short or malformed")
+
+
+# Mostly note-ons (the translate path), with now and then a byte of any class: a 2-byte
+# message's status, a system byte, a stray data byte, a cut message.
+_NEAR_RUNS = st.lists(
+    st.one_of(
+        st.builds(lambda s, a, b: bytes((s, a, b)), st.integers(0x90, 0x9F),
+                  st.integers(0, 0x7F), st.integers(0, 0x7F)),
+        st.builds(bytes, st.lists(st.integers(0, 255), min_size=1, max_size=3)),
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@given(_NEAR_RUNS)
+def test_is_packed_run_is_the_pattern(data: bytes) -> None:
+    assert is_packed_run(data) == (PACKED_RUN.fullmatch(data) is not None)
+    assert is_packed_run(bytearray(data)) == is_packed_run(data)
+    assert (packed_error(data) is None) == is_packed_run(data)
+    assert (packed_error(memoryview(data)) is None) == is_packed_run(data)
+
+
+def test_is_packed_run_at_every_byte_and_length() -> None:
+    note = b"\x90\x40\x7f"
+    for byte in range(256):
+        for data in (bytes([byte]), note + bytes([byte]), bytes([byte, 0x40, 0x7F]),
+                     bytes([0x90, byte, 0x7F]) * 2, note * 5 + bytes([byte, 1, 2])):
+            assert is_packed_run(data) == (PACKED_RUN.fullmatch(data) is not None), data
+    for n in (0, 1, 2, 21845, 21846, 21847):  # the translate path's limit and beyond
+        assert is_packed_run(note * n) == (n > 0)
+    assert not is_packed_run(note * 100 + b"\x90\x40")
 
 
 def test_feed_packed_gives_what_feed_gives() -> None:
