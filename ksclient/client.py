@@ -1793,8 +1793,13 @@ class CapturePin(Pin):
         """Checked, joined records of a MIDI pin into `_ready`, one MidiMessage a message."""
         stream_time = self.stream_time_at
         ready = self._ready
+        start, offset = self._running  # as in _queue_plain
         for timestamp, flags, data in records:
-            if flags & FLAG_PACKED:
+            if not flags:
+                ready.append(_new_tuple(MidiMessage, (
+                    data, timestamp, 0,
+                    offset + timestamp if timestamp >= start else stream_time(timestamp), 1)))
+            elif flags & FLAG_PACKED:
                 st = stream_time(timestamp)
                 flags &= ~FLAG_PACKED
                 # A run of channel messages: a MidiMessage each, without the NamedTuple's
@@ -1805,7 +1810,7 @@ class CapturePin(Pin):
                 ready.append(MidiMessage(data, timestamp, flags, stream_time(timestamp)))
 
     def _fill_raw(self) -> bool:
-        if self._detached:
+        if self._detached or self._closed:
             if self._closed:
                 raise errors.ClosedError("the pin is closed")
             return bool(self._raw)
@@ -1855,9 +1860,12 @@ class CapturePin(Pin):
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """True when a message can be received without blocking (waits up to `timeout`)."""
-        if self._ready or self._fill():
+        if self._ready or self._raw:
             return True
-        return self._poll(timeout, self._fill)
+        # A MIDI pin reads into the records `receive_batch` hands out as they are and
+        # `receive` makes messages of first: a poll makes no Python object per message.
+        fill = self._fill if self._dmus else self._fill_raw
+        return fill() or self._poll(timeout, fill)
 
     def _poll(self, timeout: float | None, fill: Callable[[], bool]) -> bool:
         """Wait up to `timeout` until `fill()` finds something (True) or not (False)."""
@@ -1868,22 +1876,28 @@ class CapturePin(Pin):
         if self._error is not None or self._closed:
             self._check_or_timeout(deadline)
         while True:
-            if not self._detached and self._channel.prepare_to_sleep():
-                if deadline is None:
+            if deadline is None:
+                ms = 1000
+            else:
+                remaining = deadline - _monotonic()
+                if remaining >= 1.0:
                     ms = 1000
+                elif remaining > 0:
+                    ms = int(remaining * 1000) or 1
                 else:
-                    remaining = deadline - _monotonic()
-                    if remaining >= 1.0:
-                        ms = 1000
-                    elif remaining > 0:
-                        ms = int(remaining * 1000) or 1
-                    else:
-                        ms = 0
-                if ms:
-                    sockets, fds = self._waiter.wait(ms)
-                    # Only the data doorbell rang: no kernel message or death to look at.
-                    woken_for_data = not sockets and fds == [self._data_fd]
-                if not ms or not woken_for_data:
+                    ms = 0
+            if self._detached:
+                pass
+            elif not ms:
+                # Out of time (or asked not to wait): one look at the kernel's messages
+                # and death, and no arming, which would have the kernel ring this pin's
+                # doorbell for data a later call takes without sleeping.
+                self.client.check_kernel()
+                self.client.pump_events()
+            elif self._channel.prepare_to_sleep():
+                sockets, fds = self._waiter.wait(ms)
+                # Only the data doorbell rang: no kernel message or death to look at.
+                if sockets or fds != [self._data_fd]:
                     self.client.check_kernel()
                     self.client.pump_events()
             if fill():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import select
 import signal
 import time
 
@@ -155,6 +156,58 @@ def test_receive_takes_what_receive_batch_left_first(loopback_kernel) -> None:
         assert [b.data for b in first] == [b"".join(notes[:3])]
         # What receive_batch read and did not return comes first, in order.
         assert [inp.receive(timeout=5.0).data for _ in range(4)] == [sysex, *notes[3:]]
+
+
+def test_a_poll_leaves_packed_records_whole_for_receive_batch(loopback_kernel) -> None:
+    with loopback_kernel.connect() as c:
+        out, inp = _pins(c)
+        inp.run()
+        out.run()
+        notes = [bytes([0x90, n, 1]) for n in range(64)]
+        for _ in range(2):
+            out.send_batch(b"".join(notes))
+        time.sleep(0.3)  # both runs captured before the poll reads them
+        assert inp.poll(5.0)
+        batches = inp.receive_batch(timeout=5.0)
+        # As records, not a batch a message (which a poll that made messages gave).
+        assert b"".join(b.data for b in batches) == b"".join(notes) * 2
+        assert len(batches) < 16
+        # And a poll then receive gives messages as receive alone does.
+        out.send_batch(b"".join(notes[:3]))
+        out.send(NOTE)
+        assert inp.poll(5.0)
+        got = [inp.receive(timeout=5.0) for _ in range(4)]
+        assert [m.data for m in got] == [*notes[:3], NOTE]
+        for m in got:
+            assert m.stream_time == inp.stream_time_at(m.timestamp) > 0
+            assert (m.flags, m.channel_group) == (0, 1)
+
+
+def test_a_call_that_does_not_wait_does_not_have_the_kernel_ring(loopback_kernel) -> None:
+    """Arming the data doorbell is for a sleep: a zero-timeout call that armed it had
+    the kernel write the doorbell for data the next call takes without sleeping."""
+    with loopback_kernel.connect() as c:
+        out, inp = _pins(c)
+        inp.run()
+        out.run()
+        channel = inp._channel
+        arming = channel.prepare_to_sleep
+        armed = []
+
+        def counted() -> bool:
+            armed.append(1)
+            return arming()
+
+        channel.prepare_to_sleep = counted  # type: ignore[method-assign]
+        assert inp.receive_batch(timeout=0) == []
+        assert not inp.poll(0)
+        with pytest.raises(ksclient.WouldBlock):
+            inp.receive_nowait()
+        assert armed == []
+        out.send(NOTE)
+        time.sleep(0.3)  # captured by now
+        assert select.select([inp._data_fd], [], [], 0)[0] == []
+        assert inp.receive(timeout=5.0).data == NOTE
 
 
 def test_a_stream_time_after_pause_and_run_counts_only_the_runs(loopback_kernel) -> None:
