@@ -16,6 +16,7 @@ import zmq
 
 from ipc import protocol
 from ipc.status import Status, StatusError
+from ipc.waiter import has_message
 
 
 class RpcTimeout(StatusError):
@@ -68,7 +69,7 @@ class RpcEndpoint:
         sock = self.socket
         # Asking for the socket's state first: on an empty socket (the usual case) a
         # failed recv costs half again as much, for building its zmq.Again.
-        while int(sock.get(zmq.EVENTS)) & zmq.POLLIN:
+        while has_message(sock):
             try:
                 frame = sock.recv(zmq.NOBLOCK, copy=True)
             except zmq.Again:

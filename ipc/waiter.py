@@ -23,10 +23,11 @@ from typing import Any
 
 import zmq
 
-__all__ = ["Waiter"]
+__all__ = ["Waiter", "has_message"]
 
 
-def _has_message(sock: zmq.Socket[Any]) -> bool:
+def has_message(sock: zmq.Socket[Any]) -> bool:
+    """A message waits on `sock` now (its real state, whatever its signal said)."""
     return bool(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
 
@@ -89,7 +90,7 @@ class Waiter:
                 touched.add(used.sock)
         if touched:
             for sock in touched:
-                if _has_message(sock):
+                if has_message(sock):
                     readable.append(sock)
             touched.clear()
             if readable:
@@ -110,7 +111,7 @@ class Waiter:
             ready = sockets.get(fd)
             if ready is None:
                 fds.append(fd)
-            elif ready not in readable and _has_message(ready):
+            elif ready not in readable and has_message(ready):
                 readable.append(ready)
         return readable, fds
 

@@ -163,14 +163,14 @@ class MiniportConnection:
         if trace.ON:
             trace.instant("interrupt", "interrupt", {"device": self.device, "groups": groups})
         known = self.groups
-        if self._early:  # behind a held one, in order
-            self._hold_early(groups, [g for g in groups if g != NOTIFY_ALL and g not in known])
-            return
-        for gid in groups:
-            if gid not in known and gid != NOTIFY_ALL:
-                self._hold_early(groups, [g for g in groups if g != NOTIFY_ALL and g not in known])
+        if not self._early:  # else held behind a held one, in order
+            for gid in groups:
+                if gid not in known and gid != NOTIFY_ALL:
+                    break
+            else:
+                self.on_interrupt(groups)
                 return
-        self.on_interrupt(groups)
+        self._hold_early(groups, [g for g in groups if g != NOTIFY_ALL and g not in known])
 
     def _hold_early(self, groups: list[int], unknown: list[int]) -> None:
         """An interrupt through the ring can overtake the GroupNew the host sent on the

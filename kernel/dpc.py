@@ -1,8 +1,8 @@
 """The kernel's DPC queue and timers: deferred work, run by the one kernel loop.
 
-No I/O here. The loop asks `next_deadline()` for its poll timeout, then calls
-`fire_due_timers()` and `run_dpcs()` before it handles passive-level requests,
-the way DISPATCH_LEVEL work pre-empts PASSIVE_LEVEL on Windows.
+No I/O here. The loop takes its poll timeout from `next_deadline()` (inline, reading
+`timers`), then calls `fire_due_timers()` and `run_dpcs()` before it handles
+passive-level requests, the way DISPATCH_LEVEL work pre-empts PASSIVE_LEVEL on Windows.
 """
 
 from __future__ import annotations
@@ -53,12 +53,10 @@ class Scheduler:
         """The queued DPCs, first to run first. Outside this class only read (the loop
         tests it on every turn, cheaper than `pending`), or appended to as `queue_dpc`
         does (a service group's request, inline)."""
-        self._queue = self.dpc_queue
         self.timers: list[tuple[int, int, int, Timer]] = []
         """The timer heap, (due, sequence, generation, timer); entries whose generation
         is not their timer's are stale. Outside this class it is only read, and stale
         entries popped from its top (what `next_deadline` does; the loop does it inline)."""
-        self._timers = self.timers
         self._seq = itertools.count()
         self.dpcs_run = 0
         self.dpc_errors = 0
@@ -70,7 +68,7 @@ class Scheduler:
         if dpc.queued:
             return False
         dpc.queued = True
-        self._queue.append(dpc)
+        self.dpc_queue.append(dpc)
         return True
 
     def remove_dpc(self, dpc: Dpc) -> bool:
@@ -78,12 +76,12 @@ class Scheduler:
         if not dpc.queued:
             return False
         dpc.queued = False
-        self._queue.remove(dpc)
+        self.dpc_queue.remove(dpc)
         return True
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        return len(self.dpc_queue)
 
     def run_dpcs(self, budget: int = DPC_BUDGET) -> int:
         """Run queued DPCs until the queue is empty (including ones they queue) or `budget`
@@ -93,7 +91,7 @@ class Scheduler:
         during the run queues it again rather than being lost.
         """
         ran = 0
-        queue = self._queue
+        queue = self.dpc_queue
         while queue and ran < budget:
             dpc = queue.popleft()
             dpc.queued = False
@@ -114,7 +112,7 @@ class Scheduler:
         """Arm `timer` to fire at absolute time `due` (100 ns); replaces an earlier setting."""
         timer.generation += 1
         timer.due = due
-        heapq.heappush(self._timers, (due, next(self._seq), timer.generation, timer))
+        heapq.heappush(self.timers, (due, next(self._seq), timer.generation, timer))
 
     def cancel_timer(self, timer: Timer) -> bool:
         """Disarm `timer`; True if it was armed."""
@@ -124,29 +122,20 @@ class Scheduler:
         return armed
 
     def _drop_stale(self) -> None:
-        timers = self._timers
+        timers = self.timers
         while timers and timers[0][3].generation != timers[0][2]:
             heapq.heappop(timers)
 
     def next_deadline(self) -> int | None:
         """The due time of the earliest armed timer, or None when no timer is armed."""
-        timers = self._timers
-        # _drop_stale, inline: the loop asks on every turn it may sleep.
-        while timers and timers[0][3].generation != timers[0][2]:
-            heapq.heappop(timers)
-        return timers[0][0] if timers else None
-
-    def due(self, now: int) -> bool:
-        """True if a timer may be due at `now` (a stale entry can answer True; then
-        `fire_due_timers` finds nothing). Cheap: the loop asks on every turn."""
-        timers = self._timers
-        return bool(timers) and timers[0][0] <= now
+        self._drop_stale()
+        return self.timers[0][0] if self.timers else None
 
     def fire_due_timers(self) -> int:
         """Queue the DPC of every timer whose time has come; return how many fired."""
         fired = 0
         now = self.clock()
-        timers = self._timers
+        timers = self.timers
         while True:
             self._drop_stale()
             if not timers or timers[0][0] > now:

@@ -194,35 +194,24 @@ class KernelLoop:
                         self._guarded(handler)
             passive: list[int] | None = None
             if fds:
-                # The handlers are looked up as they run (an earlier one may unwatch a
-                # later descriptor) and called inline, as _guarded does: one call less
-                # per descriptor on every turn.
-                interrupt_fds, fd_handlers = self._interrupt_fds, self._fd_handlers
-                for fd in fds:
-                    if fd in interrupt_fds:
-                        handler = fd_handlers.get(fd)
-                        if handler is not None:
-                            try:
-                                handler()
-                            except Exception:  # a bug must not take the kernel down
-                                self._handler_failed(handler)
-                    elif passive is None:
-                        passive = [fd]
+                interrupt_fds = self._interrupt_fds
+                if len(fds) == 1:  # the usual wake-up: one doorbell
+                    if fds[0] in interrupt_fds:
+                        self._run_fd_handlers(fds)
                     else:
-                        passive.append(fd)
-            if timers and timers[0][0] <= now:  # sched.due(now), inline
+                        passive = fds
+                else:
+                    interrupts = [fd for fd in fds if fd in interrupt_fds]
+                    if len(interrupts) < len(fds):
+                        passive = [fd for fd in fds if fd not in interrupt_fds]
+                    if interrupts:
+                        self._run_fd_handlers(interrupts)
+            if timers and timers[0][0] <= now:  # a timer may be due (a stale one: no-op)
                 sched.fire_due_timers()
             if dpcs:
                 sched.run_dpcs()
             if passive is not None:
-                fd_handlers = self._fd_handlers
-                for fd in passive:
-                    handler = fd_handlers.get(fd)
-                    if handler is not None:
-                        try:
-                            handler()
-                        except Exception:  # a bug must not take the kernel down
-                            self._handler_failed(handler)
+                self._run_fd_handlers(passive)
                 if dpcs:
                     sched.run_dpcs()
             if sockets:
@@ -237,6 +226,19 @@ class KernelLoop:
                     sched.run_dpcs()
         finally:
             flush_deferred_rings()
+
+    def _run_fd_handlers(self, fds: list[int]) -> None:
+        """The handlers of `fds`, in order, each looked up as it comes (an earlier one may
+        unwatch a later descriptor) and called as `_guarded` does, inline: one call a
+        turn, not one a descriptor."""
+        fd_handlers = self._fd_handlers
+        for fd in fds:
+            handler = fd_handlers.get(fd)
+            if handler is not None:
+                try:
+                    handler()
+                except Exception:  # a bug must not take the kernel down; counted
+                    self._handler_failed(handler)
 
     def _guarded(self, handler: Handler) -> None:
         try:

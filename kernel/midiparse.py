@@ -146,18 +146,10 @@ class MidiStreamParser(MessageAssembler):
         if self._in_sysex:
             out = self.feed(data, timestamp)
             return out, len(out)
-        n = len(data)
-        if n == 3:
-            # One whole three-byte channel message (as `feed`'s fast path), the most
-            # common fragment of all.
-            status = data[0]
-            if (0x80 <= status < 0xF0 and MESSAGE_LENGTH[status] == 3
-                    and data[1] < 0x80 and data[2] < 0x80):
-                self._running = status
-                self.messages += 1
-                return [(timestamp, 0, data)], 1
-        if n < 6:
-            out = super().feed(data, timestamp)
+        if len(data) < 6:
+            # No run of two to pack; one whole 3-byte message, the most common fragment
+            # of all, takes `feed`'s fast path.
+            out = self.feed(data, timestamp)
             return out, len(out)
         match = _THREE_BYTE_RUN.match(data)
         if match is None or match.end() < 6:

@@ -196,12 +196,10 @@ class RenderPin(Pin):
                 # The whole queue (the common case) goes as it is, without a copy.
                 batch: collections.deque[Record] | list[Record] = (
                     queue if due == len(queue) else list(itertools.islice(queue, due)))
+                start = trace.now() if trace.ON else 0
+                sent = writer.send_many(self._master_times(batch, now) if dmus else batch)
                 if trace.ON:
-                    start = trace.now()
-                    sent = writer.send_many(self._master_times(batch, now) if dmus else batch)
                     trace_released(start, self.handle, self.stats["released"], sent)
-                else:
-                    sent = writer.send_many(self._master_times(batch, now) if dmus else batch)
                 self.stats["released"] += sent
                 if self.taps and sent:
                     # As played: the shared-clock time it went to the miniport.

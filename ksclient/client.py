@@ -42,7 +42,7 @@ import select
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -1767,33 +1767,24 @@ class CapturePin(Pin):
                 MidiMessage(data, timestamp, flags, stream_time(timestamp), group)
                 for timestamp, flags, data, group in self._grouped.join(records))
         else:
-            self._queue_plain(records)
+            # A record without flags is one whole message the kernel checked, which the
+            # SysEx joiner passes as it is: records that are all such (the usual read)
+            # need neither the joiner nor the packed-run check.
+            plain: Sequence[tuple[int, int, bytes]] = records
+            for record in records:
+                if record[1]:
+                    plain = self._joined(records)
+                    break
+            self._queue(plain)
         return bool(self._ready)
 
-    def _queue_plain(self, records: list[Any]) -> None:
-        """A MIDI pin's records as read into `_ready`. A record without flags is one whole
-        message the kernel checked (the SysEx joiner passes it as it is, whatever it
-        holds), so it becomes a MidiMessage right here; every other record goes
-        through `_joined` and `_queue`, in order."""
-        append = self._ready.append
-        # The stream time of a capture in the RUN period going on (stream_time_at's
-        # answer for it, inline); any other time asks stream_time_at.
-        start, offset = self._running
-        for record in records:
-            timestamp, flags, data = record
-            if flags:
-                self._queue(self._joined([record]))
-            elif timestamp >= start:
-                append(_new_tuple(MidiMessage, (data, timestamp, 0, offset + timestamp, 1)))
-            else:
-                append(_new_tuple(MidiMessage, (data, timestamp, 0,
-                                                self.stream_time_at(timestamp), 1)))
-
-    def _queue(self, records: list[tuple[int, int, bytes]]) -> None:
+    def _queue(self, records: Sequence[tuple[int, int, bytes]]) -> None:
         """Checked, joined records of a MIDI pin into `_ready`, one MidiMessage a message."""
         stream_time = self.stream_time_at
         ready = self._ready
-        start, offset = self._running  # as in _queue_plain
+        # The stream time of a capture in the RUN period going on is stream_time_at's
+        # answer, inline; any other time asks stream_time_at.
+        start, offset = self._running
         for timestamp, flags, data in records:
             if not flags:
                 ready.append(_new_tuple(MidiMessage, (
@@ -1925,17 +1916,10 @@ class CapturePin(Pin):
             return ready.popleft()
         if ((timeout is None or timeout > 0) and self._error is None and not self._closed
                 and not self._raw):
-            # The usual case, the message still on its way: _poll's first turn, inline.
-            # Arming looks at the ring (so an empty one is not read twice); a wake-up by
-            # the data doorbell alone needs no look at the kernel's messages or death.
-            deadline = None if timeout is None else _monotonic() + timeout
-            if self._channel.prepare_to_sleep():
-                sockets, fds = self._waiter.wait(
-                    1000 if timeout is None or timeout >= 1.0 else int(timeout * 1000) or 1)
-                if sockets or fds != [self._data_fd]:
-                    self.client.check_kernel()
-                    self.client.pump_events()
-            if self._fill() or self._poll_until(deadline, self._fill):
+            # The usual case, the message still on its way: straight to the wait, whose
+            # arming looks at the ring (so an empty one is not read twice).
+            if self._poll_until(None if timeout is None else _monotonic() + timeout,
+                                self._fill):
                 return ready.popleft()
         elif self._fill() or self._poll(timeout, self._fill):
             return ready.popleft()

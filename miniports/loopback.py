@@ -64,8 +64,7 @@ class LoopbackRenderStream(MiniportMidiStream):
         if self._busy_left > 0:
             self._busy_left -= 1
             return 0
-        with owner.sync.lock:  # as call_synchronized_routine does
-            taken = owner.cable_send(data)
+        taken = owner.sync.call_synchronized_routine(owner.cable_send, data)
         if taken:
             self._busy_left = owner.busy_writes
         return int(taken)

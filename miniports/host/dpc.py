@@ -250,18 +250,14 @@ class ServiceGroups:
         if trace.ON:
             trace.instant("notify", "interrupt", {"group": gid, "when": when})
         if get_ident() == self._thread:
-            if gid != NOTIFY_ALL and (self._running or not self._requests):
-                # Queued at once (as `_take` does): no request from another thread
-                # waits before it, so the order of requests is kept.
-                group = self.by_id.get(gid)
-                if group is not None and group.queued_at is None:
-                    group.queued_at = when
-                    self._queue.append(group)
-            elif self._running:
+            if self._running or (gid != NOTIFY_ALL and not self._requests):
+                # Queued at once: during a run, as a DPC would; else no request from
+                # another thread waits before it, so the order of requests is kept.
                 self._take(gid, when)
             else:
-                # Notify(NULL) is expanded by `run`. No lock on the loop's thread: only
-                # it swaps the dict, and one setdefault is atomic against other threads'.
+                # Behind other threads' requests, in order, or Notify(NULL), which `run`
+                # expands. No lock on the loop's thread: only it swaps the dict, and one
+                # setdefault is atomic against other threads'.
                 self._requests.setdefault(gid, when)
             return
         with self._lock:

@@ -448,9 +448,7 @@ class MiniportHost:
             return
         if not hs.held:
             hs.isr_time = when
-        hs.drain_capture(self.streams.report)
-        if hs.waiting_space:
-            self.streams.wait_for_space(hs)
+        self.streams.drain_capture(hs)
 
     def _shutdown(self) -> None:
         self.streams.close_all()

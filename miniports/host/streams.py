@@ -292,16 +292,11 @@ class StreamTable:
     def drain_capture(self, hs: HostStream) -> bool:
         """`hs.drain_capture`, then wait on the ring's space doorbell if it filled up."""
         moved = hs.drain_capture(self.report)
-        if hs.waiting_space:
-            self.wait_for_space(hs)
-        return moved
-
-    def wait_for_space(self, hs: HostStream) -> None:
-        """Wait on the space doorbell of `hs`'s ring (its capture filled the ring)."""
-        if hs.writer is not None:
+        if hs.waiting_space and hs.writer is not None:
             fd = hs.writer.space_fileno()
             if fd not in self._fds:
                 self._watch(fd, hs)
+        return moved
 
     def on_ready(self, fd: int) -> HostStream | None:
         """A stream's doorbell rang: render data came, or a full capture ring has room.
@@ -312,9 +307,7 @@ class StreamTable:
         reader = hs.reader
         if reader is not None:  # a render stream's data doorbell
             reader.end_sleep()
-            hs.pump_render(self.report)
-            if hs.retry_at is not None or hs.pending:
-                self.retrying.add(hs)
+            self.pump_render(hs)
             return None
         assert hs.writer is not None
         hs.waiting_space = False

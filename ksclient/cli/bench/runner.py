@@ -72,9 +72,9 @@ RAW_MESSAGES_FACTOR: Final = 4
 DRAIN_TIMEOUT: Final = 10.0
 THROUGHPUT_RUNS: Final = 3
 """Each throughput path runs this many times and reports its median run (all runs are in
-the JSON): on this 2-CPU machine one run of the same code lands at 0.6 M or at 2.2 M
-messages a second depending on whether the scheduler puts two busy processes on one CPU,
-and a single run reported whichever mode it happened to catch."""
+the JSON): on this 2-CPU machine one run of the same code lands at about half or at
+full speed depending on whether the scheduler puts two busy processes on one CPU, and a
+single run reported whichever mode it happened to catch."""
 JACK_PERIOD: Final = 64
 JACK_RATE: Final = 48_000
 EXTRA_DEVICE: Final = "loopback2"
