@@ -128,6 +128,11 @@ class MidiStreamParser(MessageAssembler):
         comes back as FLAG_PACKED records of at most `limit` bytes (at least one
         message each). Returns the records and how many messages they hold (the
         counters count messages, as `feed`'s do)."""
+        if len(data) < 6:
+            # No run of two to pack: `feed` (whose fast path takes one whole 3-byte
+            # message, the most common fragment of all) does every check below itself.
+            out = self.feed(data, timestamp)
+            return out, len(out)
         if type(data) is not bytes:
             data = bytes(data)
         if self._need and not self._in_sysex:
@@ -144,11 +149,6 @@ class MidiStreamParser(MessageAssembler):
             tail, count = self.feed_packed(rest, timestamp, limit)
             return head + tail, len(head) + count
         if self._in_sysex:
-            out = self.feed(data, timestamp)
-            return out, len(out)
-        if len(data) < 6:
-            # No run of two to pack; one whole 3-byte message, the most common fragment
-            # of all, takes `feed`'s fast path.
             out = self.feed(data, timestamp)
             return out, len(out)
         match = _THREE_BYTE_RUN.match(data)

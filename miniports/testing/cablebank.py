@@ -152,8 +152,8 @@ class CableBankMiniport(MiniportMidi):
         return n
 
     def _isr(self) -> bool:
-        """Notify the group of each cable that took input (once each: a second notify
-        of a queued group coalesces anyway)."""
+        """Notify the group of each cable that took input since the last ISR (a group
+        notified twice before its DPC runs is serviced once, as PortCls coalesces)."""
         taken, self._input = self._input, []
         port = self._port
         claimed = False
